@@ -1,0 +1,73 @@
+"""The `amr-fast` command line: one subcommand per module, imported only when it is used.
+
+Each subcommand module defines `configure_parser(parser)` (adds its flags, every one with help text) and
+`main(args) -> int`. The CLI only parses and dispatches; library code raises `ValueError` /
+`FileNotFoundError` with the fix in the message, and this file prints it without a traceback
+(set AMR_FAST_DEBUG=1 to see the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("amr_fast.train", "train an AMR autoencoder (or a baseline) on shards; re-run to resume"),
+    "shard": ("amr_fast.data.shard", "convert a dataset's published files into WebDataset shards"),
+    "eval": ("amr_fast.eval.cli", "probe / disentanglement / reconstruction metrics of a run or snapshot"),
+    "mix": ("amr_fast.eval.mix", "decode mixes of your own image files with a trained snapshot"),
+    "report": ("amr_fast.eval.report", "results table (markdown) and learning curves from run directories"),
+    "classify": ("amr_fast.classify", "train a Manifold Mixup / mixup / ERM / cutout classifier"),
+    "bench": ("amr_fast.bench", "benchmarks: kernels, data, train"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = [f"  {name:<9} {desc}" for name, (_, desc) in COMMANDS.items()]
+    return argparse.ArgumentParser(
+        prog="amr-fast",
+        description="Adversarial Mixup Resynthesis and Manifold Mixup, fast.",
+        epilog="commands:\n" + "\n".join(lines) + "\n\n`amr-fast COMMAND --help` explains each flag.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="amr-fast COMMAND [options]",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        top = _top_parser()
+        if argv and argv[0] not in ("-h", "--help"):
+            top.print_usage(sys.stderr)
+            print(
+                f"amr-fast: error: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}",
+                file=sys.stderr,
+            )
+            return 2
+        top.print_help()
+        return 0
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(
+        prog=f"amr-fast {name}",
+        description=(module.__doc__ or COMMANDS[name][1]).strip().split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    module.configure_parser(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.main(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get("AMR_FAST_DEBUG"):
+            raise
+        print(f"amr-fast {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"amr-fast {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""THE SPEC: reference samplers and mixing ops in plain torch, written like the papers' equations.
+
+Every fast path (`amr_fast.kernels`, impl "torch" and "triton") is tested against `simplex_mix` and `mask_mix`
+here. Both papers' mixes are one operation over k partners of each example b in the batch:
+
+    out[b] = sum_k  W[b, k] * h[perm[k, b]]                         (simplex_mix: W = w[b, k], a scalar)
+    out[b, c] = sum_k  m[b, k, c] * h[perm[k, b], c]                (mask_mix: a weight per channel c)
+
+- AMR (Beckham et al., NeurIPS 2019, section 2): mixup `a h1 + (1 - a) h2`, a ~ U(0, 1) per example;
+  Bernoulli mixup `m h1 + (1 - m) h2` with a 0/1 mask per feature map, m ~ Bern(p), p ~ U(0, 1) per batch
+  (as the public code); k-way mixup with w ~ Dirichlet(1, ..., 1); k-way Bernoulli, each feature map from one
+  of k sources.
+- Manifold Mixup (Verma et al., ICML 2019, eq. 2): `lam h + (1 - lam) h[perm]`, lam ~ Beta(alpha, alpha) per
+  batch; labels are mixed by the same call on one-hot targets `[B, num_classes]`.
+
+Every sampler takes a `torch.Generator`, so a seeded generator reproduces the draw exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# ---------------------------------------------------------------------------------------------------------------
+# Argument checks shared by every impl (ref, torch, triton).
+
+
+def check_mix_args(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor, kind: str) -> None:
+    """Raise TypeError / ValueError naming the argument and the expected shape. kind: "simplex" or "mask"."""
+    wname = "w" if kind == "simplex" else "m"
+    if not isinstance(h, torch.Tensor) or not h.is_floating_point():
+        got = h.dtype if isinstance(h, torch.Tensor) else type(h).__name__
+        raise TypeError(f"h must be a floating-point tensor [B, C, *S]; got {got}")
+    if h.dim() < 2:
+        raise ValueError(f"h must have shape [B, C, *S] (at least 2 dims); got shape {tuple(h.shape)}")
+    B, C = h.shape[0], h.shape[1]
+    if not isinstance(perm, torch.Tensor) or perm.dtype.is_floating_point or perm.dtype == torch.bool:
+        got = perm.dtype if isinstance(perm, torch.Tensor) else type(perm).__name__
+        raise TypeError(f"perm must be an integer tensor [K, B] of partner indices; got {got}")
+    if perm.dim() != 2 or perm.shape[1] != B:
+        raise ValueError(f"perm must have shape [K, B] = [K, {B}] (B from h); got shape {tuple(perm.shape)}")
+    K = perm.shape[0]
+    if K < 2:
+        raise ValueError(f"perm must have K >= 2 rows (k-way mixing needs at least 2 partners); got K = {K}")
+    if not isinstance(weights, torch.Tensor) or not weights.is_floating_point():
+        got = weights.dtype if isinstance(weights, torch.Tensor) else type(weights).__name__
+        raise TypeError(f"{wname} must be a floating-point tensor; got {got}")
+    expected = (B, K) if kind == "simplex" else (B, K, C)
+    if tuple(weights.shape) != expected:
+        names = "[B, K]" if kind == "simplex" else "[B, K, C]"
+        raise ValueError(
+            f"{wname} must have shape {names} = {list(expected)} (B, C from h, K from perm); "
+            f"got shape {tuple(weights.shape)}"
+        )
+    if weights.device != h.device or perm.device != h.device:
+        raise ValueError(
+            f"h, perm and {wname} must be on one device; got {h.device}, {perm.device}, {weights.device}"
+        )
+    if perm.device.type == "cpu" and B > 0:
+        # Each row must be a permutation of 0..B-1: the backward pass gathers through the inverse permutation.
+        # Checked on CPU only, where it costs no device sync.
+        if perm.min() < 0 or perm.max() >= B:
+            raise ValueError(
+                f"perm values must lie in [0, {B}) (row indices of h); got [{perm.min()}, {perm.max()}]"
+            )
+        if not torch.equal(perm.sort(dim=1).values, torch.arange(B).expand(K, B)):
+            raise ValueError("each row of perm must be a permutation of 0..B-1 (no repeated partner indices)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The ops.
+
+
+def simplex_mix(h: torch.Tensor, perm: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """out[b] = sum_k w[b, k] * h[perm[k, b]].  h [B, C, *S], perm [K, B], w [B, K] -> [B, C, *S]."""
+    check_mix_args(h, perm, w, "simplex")
+    h_k = h[perm.long()].float()  # [K, B, C, *S]: the k-th partner of every example
+    w_k = w.t().float().reshape(*w.t().shape, *([1] * (h.dim() - 1)))  # [K, B, 1, ...]
+    return (w_k * h_k).sum(dim=0).to(h.dtype)  # accumulate in fp32, return h's dtype
+
+
+def mask_mix(h: torch.Tensor, perm: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """out[b, c] = sum_k m[b, k, c] * h[perm[k, b], c].  h [B, C, *S], perm [K, B], m [B, K, C] -> [B, C, *S]."""
+    check_mix_args(h, perm, m, "mask")
+    h_k = h[perm.long()].float()  # [K, B, C, *S]
+    m_k = (
+        m.transpose(0, 1).float().reshape(*m.transpose(0, 1).shape, *([1] * (h.dim() - 2)))
+    )  # [K, B, C, 1...]
+    return (m_k * h_k).sum(dim=0).to(h.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Samplers. Each returns tensors on `device` (default: the generator's device).
+
+
+def _dev(generator: torch.Generator, device: torch.device | str | None) -> torch.device:
+    return torch.device(device) if device is not None else generator.device
+
+
+def sample_perm(k: int, batch: int, generator: torch.Generator, device=None) -> torch.Tensor:
+    """Partners perm [K, B]: row 0 the identity (each example mixes with itself first), rows 1..K-1 independent
+    random permutations of the batch."""
+    if k < 2:
+        raise ValueError(f"k must be >= 2 to mix (got k = {k})")
+    dev = _dev(generator, device)
+    rows = [torch.arange(batch, device=generator.device)]
+    rows += [torch.randperm(batch, generator=generator, device=generator.device) for _ in range(k - 1)]
+    return torch.stack(rows).to(dev)
+
+
+def sample_uniform_weights(batch: int, generator: torch.Generator, device=None) -> torch.Tensor:
+    """AMR mixup (k = 2): a ~ U(0, 1) per example; w = [a, 1 - a]  -> [B, 2]."""
+    a = torch.rand(batch, generator=generator, device=generator.device)
+    return torch.stack([a, 1 - a], dim=1).to(_dev(generator, device))
+
+
+def sample_gamma(alpha: float, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Gamma(alpha, 1) draws from a seeded generator (Marsaglia & Tsang 2000; alpha < 1 by the boost
+    Gamma(alpha) = Gamma(alpha + 1) * U^(1/alpha)). torch.distributions takes no generator, hence this."""
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0 (got {alpha})")
+    dev = generator.device
+    a = alpha + 1.0 if alpha < 1 else alpha
+    d = a - 1.0 / 3.0
+    c = 1.0 / (9.0 * d) ** 0.5
+    n = int(torch.tensor(shape).prod()) if shape else 1
+    out = torch.empty(n, dtype=torch.float64, device=dev)
+    todo = torch.arange(n, device=dev)
+    while todo.numel() > 0:  # vectorised rejection: acceptance is > 95% per round
+        x = torch.randn(todo.numel(), generator=generator, device=dev, dtype=torch.float64)
+        u = torch.rand(todo.numel(), generator=generator, device=dev, dtype=torch.float64)
+        v = (1 + c * x) ** 3
+        ok = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * v + d * torch.log(v.clamp_min(1e-300)))
+        out[todo[ok]] = d * v[ok]
+        todo = todo[~ok]
+    if alpha < 1:
+        u = torch.rand(n, generator=generator, device=dev, dtype=torch.float64)
+        out = out * u.pow(1.0 / alpha)
+    return out.reshape(shape).float()
+
+
+def sample_dirichlet_weights(
+    batch: int, k: int, alpha: float, generator: torch.Generator, device=None
+) -> torch.Tensor:
+    """k-way mixup: w ~ Dirichlet(alpha * 1_K) per example -> [B, K] on the simplex."""
+    if k < 2:
+        raise ValueError(f"k must be >= 2 to mix (got k = {k})")
+    g = sample_gamma(alpha, (batch, k), generator)
+    g = g.clamp_min(torch.finfo(torch.float32).tiny)  # tiny alpha can underflow every draw of a row to 0
+    return (g / g.sum(dim=1, keepdim=True)).to(_dev(generator, device))
+
+
+def sample_beta_weights(
+    batch: int, alpha: float, generator: torch.Generator, per_example: bool = False, device=None
+) -> torch.Tensor:
+    """Manifold Mixup: lam ~ Beta(alpha, alpha), one per batch (the paper) or per example; w = [lam, 1 - lam]."""
+    n = batch if per_example else 1
+    g = sample_gamma(alpha, (n, 2), generator).clamp_min(torch.finfo(torch.float32).tiny)
+    lam = (g[:, 0] / g.sum(dim=1)).expand(batch)
+    return torch.stack([lam, 1 - lam], dim=1).to(_dev(generator, device))
+
+
+def sample_bernoulli_masks(
+    batch: int, channels: int, generator: torch.Generator, per_example: bool = False, device=None
+) -> torch.Tensor:
+    """Bernoulli mixup (k = 2): p ~ U(0, 1) per batch (the public AMR code) or per example, m ~ Bern(p) per
+    channel; returned one-hot over the two sources as [B, 2, C]: m[:, 0] = m, m[:, 1] = 1 - m."""
+    dev = generator.device
+    p = torch.rand(batch if per_example else 1, 1, generator=generator, device=dev).expand(batch, channels)
+    m = (torch.rand(batch, channels, generator=generator, device=dev) < p).float()
+    return torch.stack([m, 1 - m], dim=1).to(_dev(generator, device))
+
+
+def sample_kway_bernoulli_masks(
+    batch: int, k: int, channels: int, generator: torch.Generator, per_example: bool = False, device=None
+) -> torch.Tensor:
+    """k-way Bernoulli: each channel taken from one of K sources, as a one-hot [B, K, C]. Source probabilities
+    p ~ Dirichlet(1_K) per batch (or per example), then source ~ Categorical(p) per channel; for K = 2 this is
+    exactly `sample_bernoulli_masks` (Dirichlet(1, 1) is U(0, 1))."""
+    if k < 2:
+        raise ValueError(f"k must be >= 2 to mix (got k = {k})")
+    dev = generator.device
+    n = batch if per_example else 1
+    p = sample_gamma(1.0, (n, k), generator).to(dev)
+    p = (p / p.sum(dim=1, keepdim=True)).expand(batch, k)
+    cdf = p.cumsum(dim=1)  # [B, K]
+    u = torch.rand(batch, channels, 1, generator=generator, device=dev)
+    src = (u > cdf[:, None, :]).sum(dim=2).clamp_max(k - 1)  # [B, C] index of the source of each channel
+    onehot = torch.nn.functional.one_hot(src, k).float()  # [B, C, K]
+    return onehot.transpose(1, 2).contiguous().to(_dev(generator, device))  # [B, K, C]
