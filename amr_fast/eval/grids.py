@@ -1,0 +1,434 @@
+"""Image grids of an autoencoder's reconstructions and decoded mixes (PNG, PIL + einops, no torchvision).
+
+The qualitative figures of AMR (Beckham et al., NeurIPS 2019): reconstructions; 2-way interpolation strips
+`dec(a h1 + (1 - a) h2)` for 10 values of a, with the pixel-space blend `a x1 + (1 - a) x2` underneath for
+comparison (section 4, figures 2 and 4); Bernoulli mixes `dec(m h1 + (1 - m) h2)` with a per-channel mask;
+k = 3 triangle grids over the simplex (figure 3); class-conditional mixes of the supervised mixer (figure 5); and
+for the 2-D spiral toy (supplement, figure 12) a scatter plot of decoded random mixes over the data.
+
+Every mix, in code space and in pixel space, goes through `amr_fast.kernels.simplex_mix` / `mask_mix`: the
+sources are stacked into one batch and `perm` rolls it by whole blocks, so `out[b] = sum_k w[b, k] h_k[b]`.
+
+Layout convention (the tests read pixels with it): a grid of R x Q tiles of H x W pixels, `pad` pixels of
+background (`BACKGROUND`) before every row and column and after the last; tile (r, q) starts at
+`(pad + r (H + pad), pad + q (W + pad))`. Panels of different widths are stacked top to bottom, left aligned,
+`GAP` background rows between them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
+
+from amr_fast import kernels, mixing
+
+BACKGROUND = 255  # white between tiles
+PAD = 2  # pixels around every tile
+GAP = 6  # rows between stacked panels
+STEPS = 10  # interpolation strip length (the paper's figures)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conversions.
+
+
+def to_unit(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Images as float32 in [-1, 1]: uint8 [0, 255] is scaled, floats are taken as already in [-1, 1]."""
+    x = torch.as_tensor(x)
+    if x.dtype == torch.uint8:
+        return x.float() / 127.5 - 1
+    return x.float()
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float -> uint8 [0, 255] (clamped, rounded), same shape, on the CPU."""
+    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def unwrap(ae: torch.nn.Module) -> torch.nn.Module:
+    """The autoencoder inside a DDP / compile wrapper (the thing with `.encode` / `.decode`)."""
+    while not hasattr(ae, "encode") and hasattr(ae, "module"):
+        ae = ae.module
+    while not hasattr(ae, "encode") and hasattr(ae, "_orig_mod"):
+        ae = ae._orig_mod
+    if not (hasattr(ae, "encode") and hasattr(ae, "decode")):
+        raise ValueError(f"expected an autoencoder with .encode/.decode (nets['ae']); got {type(ae).__name__}")
+    return ae
+
+
+@contextlib.contextmanager
+def inference(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """eval mode and no grad for the block; the module's previous train/eval mode is restored after it."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield module
+    finally:
+        module.train(was_training)
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def decode(ae: torch.nn.Module, h: torch.Tensor, cfg) -> torch.Tensor:
+    """dec(h) as images in [-1, 1]: a decoder trained with recon == "bce" outputs logits of pixels in [0, 1]."""
+    out = ae.decode(h).float()
+    if getattr(cfg, "recon", "l1") == "bce":
+        return torch.sigmoid(out) * 2 - 1
+    return out.clamp(-1, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mixing K aligned source batches through the kernels.
+
+
+def _block_perm(k: int, n: int, device: torch.device) -> torch.Tensor:
+    """perm [K, K n] for K stacked blocks of n rows: row j sends b to (b + j n) mod K n, so for b < n the j-th
+    partner of b is row b of block j."""
+    b = torch.arange(k * n, device=device)
+    return torch.stack([(b + j * n) % (k * n) for j in range(k)])
+
+
+def mix_sources(hs: Sequence[torch.Tensor], w: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """sum_j w[:, j] * hs[j]: K aligned batches hs[j] [N, C, *S], weights w [N, K] -> [N, C, *S]."""
+    k, n = len(hs), hs[0].shape[0]
+    h = torch.cat(list(hs))  # [K N, C, *S]
+    perm = _block_perm(k, n, h.device)
+    # Rows of blocks 1..K-1 are computed and dropped; their weights only have to be valid.
+    w_all = w.to(h.device, torch.float32).repeat(k, 1)  # [K N, K]
+    return kernels.simplex_mix(h, perm, w_all.to(h.dtype), impl=impl)[:n]
+
+
+def mask_sources(hs: Sequence[torch.Tensor], m: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """sum_j m[:, j, c] * hs[j][:, c]: K aligned batches [N, C, *S], per-channel weights m [N, K, C] -> [N, C, *S]."""
+    k, n = len(hs), hs[0].shape[0]
+    h = torch.cat(list(hs))
+    perm = _block_perm(k, n, h.device)
+    m_all = m.to(h.device, torch.float32).repeat(k, 1, 1)  # [K N, K, C]
+    return kernels.mask_mix(h, perm, m_all.to(h.dtype), impl=impl)[:n]
+
+
+def categorical_masks(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One-hot per-channel source masks [N, K, C]: channel c of row b comes from source j with probability w[b, j]
+    (inverse CDF of the uniform draws u [N, C]; the same u along a strip makes the channels switch one by one)."""
+    cdf = w.float().cumsum(dim=1)  # [N, K]
+    src = (u[:, :, None] > cdf[:, None, :]).sum(dim=2).clamp_max(w.shape[1] - 1)  # [N, C]
+    return torch.nn.functional.one_hot(src, w.shape[1]).float().transpose(1, 2)  # [N, K, C]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layout.
+
+
+def tile(images: torch.Tensor | np.ndarray, pad: int = PAD) -> np.ndarray:
+    """A grid of images [R, Q, C, H, W] (uint8, or float in [-1, 1]) -> uint8 [H', W', C] with
+    H' = pad + R (H + pad), W' = pad + Q (W + pad)."""
+    t = torch.as_tensor(images)
+    if t.dtype != torch.uint8:
+        t = to_uint8(t)
+    if t.dim() != 5:
+        raise ValueError(f"tile expects images [rows, cols, C, H, W]; got shape {tuple(t.shape)}")
+    t = torch.nn.functional.pad(t, (0, pad, 0, pad), value=BACKGROUND)  # bottom/right of every tile
+    grid = rearrange(t.cpu().numpy(), "r q c h w -> (r h) (q w) c")
+    return np.pad(grid, ((pad, 0), (pad, 0), (0, 0)), constant_values=BACKGROUND)
+
+
+def stack_panels(panels: Sequence[np.ndarray], gap: int = GAP) -> np.ndarray:
+    """Panels [H_i, W_i, C] stacked top to bottom, left aligned, padded to the widest with background."""
+    width = max(p.shape[1] for p in panels)
+    out = []
+    for i, p in enumerate(panels):
+        out.append(np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=BACKGROUND))
+        if i < len(panels) - 1:
+            out.append(np.full((gap, width, p.shape[2]), BACKGROUND, np.uint8))
+    return np.concatenate(out, axis=0)
+
+
+def save_png(path: str | os.PathLike, img: np.ndarray) -> None:
+    """Write uint8 [H, W, C] (C = 1 grey, 3 RGB, 4 RGBA) or [H, W] as PNG; atomic (tmp file + rename)."""
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        raise ValueError(f"save_png expects uint8 pixels; got {img.dtype} (convert with amr_fast.eval.grids.to_uint8)")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
+        raise ValueError(f"save_png expects [H, W, C] with C in 1, 3, 4; got shape {img.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(img).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The figures. Each takes images (uint8 or [-1, 1]) and returns uint8 [H, W, C].
+
+
+def reconstructions(ae: torch.nn.Module, x: torch.Tensor, cfg) -> np.ndarray:
+    """Two rows: the inputs x [N, C, H, W] and their reconstructions dec(enc(x))."""
+    ae = unwrap(ae)
+    with inference(ae):
+        x = to_unit(x).to(_device(ae))
+        x_rec = decode(ae, ae.encode(x), cfg)
+    return tile(torch.stack([x, x_rec]))
+
+
+def interpolation_strips(
+    ae: torch.nn.Module, x_a: torch.Tensor, x_b: torch.Tensor, cfg, steps: int = STEPS, pixel: bool = True
+) -> np.ndarray:
+    """Per pair (x_a[i], x_b[i]): a row dec(a h_a + (1 - a) h_b) for a = 1 ... 0 in `steps` steps (first column
+    decodes h_a, last h_b), and with `pixel` a row of the pixel blend a x_a + (1 - a) x_b under it."""
+    ae = unwrap(ae)
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2 (the two end points); got {steps}")
+    impl = getattr(cfg, "impl", "auto")
+    with inference(ae):
+        dev = _device(ae)
+        x_a, x_b = to_unit(x_a).to(dev), to_unit(x_b).to(dev)
+        n = x_a.shape[0]
+        a = torch.linspace(1, 0, steps, device=dev).repeat(n)  # [N steps], pair-major
+        w = torch.stack([a, 1 - a], dim=1)  # [N steps, 2]
+        xa_r, xb_r = x_a.repeat_interleave(steps, 0), x_b.repeat_interleave(steps, 0)
+        h_a, h_b = ae.encode(xa_r), ae.encode(xb_r)
+        x_mix = decode(ae, mix_sources([h_a, h_b], w, impl), cfg)  # [N steps, C, H, W]
+        rows = [x_mix.reshape(n, steps, *x_mix.shape[1:])]
+        if pixel:
+            x_pix = mix_sources([xa_r, xb_r], w, impl)
+            rows.append(x_pix.reshape(n, steps, *x_pix.shape[1:]))
+    grid = torch.stack(rows, dim=1).flatten(0, 1)  # [N rows, steps, C, H, W]
+    return tile(grid)
+
+
+def bernoulli_strips(
+    ae: torch.nn.Module, x_a: torch.Tensor, x_b: torch.Tensor, cfg, generator: torch.Generator, steps: int = STEPS
+) -> np.ndarray:
+    """Bernoulli mixup (AMR section 2): per pair, columns x_a, x_b, then dec(m h_a + (1 - m) h_b) with per-channel
+    masks m ~ Bern(p) for p = 1 ... 0: the same uniform draw per channel along the row, so channels switch from
+    h_a to h_b one at a time (first mix column is h_a, last is h_b)."""
+    ae = unwrap(ae)
+    impl = getattr(cfg, "impl", "auto")
+    with inference(ae):
+        dev = _device(ae)
+        x_a, x_b = to_unit(x_a).to(dev), to_unit(x_b).to(dev)
+        n = x_a.shape[0]
+        h_a, h_b = ae.encode(x_a), ae.encode(x_b)
+        c = h_a.shape[1]
+        u = torch.rand(n, 1, c, generator=generator, device=generator.device).to(dev).expand(n, steps, c)
+        p = torch.linspace(1, 0, steps, device=dev)  # p = probability of source a
+        w = torch.stack([p, 1 - p], dim=1).repeat(n, 1)  # [N steps, 2]
+        m = categorical_masks(w, u.reshape(n * steps, c))  # [N steps, 2, C]
+        h_mix = mask_sources([h_a.repeat_interleave(steps, 0), h_b.repeat_interleave(steps, 0)], m, impl)
+        x_mix = decode(ae, h_mix, cfg).reshape(n, steps, *x_a.shape[1:])
+    grid = torch.cat([x_a[:, None], x_b[:, None], x_mix], dim=1)  # [N, 2 + steps, C, H, W]
+    return tile(grid)
+
+
+def kway_mixes(
+    ae: torch.nn.Module, xs: torch.Tensor, cfg, generator: torch.Generator, n_mix: int = 8, mode: str = "mixup"
+) -> np.ndarray:
+    """k-way mixes (AMR section 2): xs [K, N, C, H, W] are K aligned sets of sources. Per example a row: the K
+    sources, then n_mix random mixes: mode "mixup" w ~ Dirichlet(alpha 1_K) with `simplex_mix`, mode "bernoulli"
+    each channel from one of the K sources (`mask_mix`), drawn with `amr_fast.mixing`'s samplers."""
+    ae = unwrap(ae)
+    impl = getattr(cfg, "impl", "auto")
+    k, n = xs.shape[0], xs.shape[1]
+    with inference(ae):
+        dev = _device(ae)
+        xs = to_unit(xs).to(dev)
+        hs = [ae.encode(xs[j]).repeat_interleave(n_mix, 0) for j in range(k)]  # K x [N n_mix, C, *S]
+        if mode == "mixup":
+            w = mixing.sample_dirichlet_weights(n * n_mix, k, getattr(cfg, "alpha", 1.0), generator, device=dev)
+            h_mix = mix_sources(hs, w, impl)
+        elif mode == "bernoulli":
+            m = mixing.sample_kway_bernoulli_masks(n * n_mix, k, hs[0].shape[1], generator, True, device=dev)
+            h_mix = mask_sources(hs, m, impl)
+        else:
+            raise ValueError(f"mode must be 'mixup' or 'bernoulli'; got {mode!r}")
+        x_mix = decode(ae, h_mix, cfg).reshape(n, n_mix, *xs.shape[2:])
+    grid = torch.cat([xs.transpose(0, 1), x_mix], dim=1)  # [N, K + n_mix, C, H, W]
+    return tile(grid)
+
+
+def simplex_points(steps: int) -> list[tuple[int, int, torch.Tensor]]:
+    """Triangle grid over the 3-simplex: (row, position, w [3]) for row r = 0..steps-1 and position q = 0..r;
+    w = ((steps-1-r), (r-q), q) / (steps-1): the top tile is source 0, bottom-left 1, bottom-right 2."""
+    d = steps - 1
+    return [(r, q, torch.tensor([(d - r) / d, (r - q) / d, q / d])) for r in range(steps) for q in range(r + 1)]
+
+
+def triangle_grid(
+    ae: torch.nn.Module,
+    x3: torch.Tensor,
+    cfg,
+    steps: int = 8,
+    mode: str = "mixup",
+    generator: torch.Generator | None = None,
+) -> np.ndarray:
+    """The paper's figure 3: decoded mixes of three images x3 [3, C, H, W] over a triangular grid of the simplex
+    (`simplex_points`), row r holding r + 1 tiles centred (half-tile offsets). mode "mixup": sum_j w_j h_j;
+    "bernoulli": each channel from source j with probability w_j (one uniform draw per channel for the whole
+    triangle, so neighbouring tiles differ by few channels). Corners decode the three codes themselves."""
+    ae = unwrap(ae)
+    if x3.shape[0] != 3 or steps < 2:
+        raise ValueError(f"triangle_grid needs exactly 3 images and steps >= 2; got {x3.shape[0]} images, {steps}")
+    impl = getattr(cfg, "impl", "auto")
+    pts = simplex_points(steps)
+    with inference(ae):
+        dev = _device(ae)
+        x3 = to_unit(x3).to(dev)
+        h3 = ae.encode(x3)  # [3, C, *S]
+        n = len(pts)
+        hs = [h3[j : j + 1].expand(n, *h3.shape[1:]).contiguous() for j in range(3)]
+        w = torch.stack([p[2] for p in pts]).to(dev)  # [n, 3]
+        if mode == "mixup":
+            h_mix = mix_sources(hs, w, impl)
+        elif mode == "bernoulli":
+            gen = generator if generator is not None else torch.Generator().manual_seed(0)
+            u = torch.rand(1, h3.shape[1], generator=gen, device=gen.device).to(dev).expand(n, -1)
+            h_mix = mask_sources(hs, categorical_masks(w, u), impl)
+        else:
+            raise ValueError(f"mode must be 'mixup' or 'bernoulli'; got {mode!r}")
+        tiles = to_uint8(decode(ae, h_mix, cfg)).numpy()  # [n, C, H, W]
+    c, hh, ww = tiles.shape[1:]
+    canvas = np.full((PAD + steps * (hh + PAD), PAD + steps * (ww + PAD), c), BACKGROUND, np.uint8)
+    for (r, q, _), img in zip(pts, tiles):
+        top = PAD + r * (hh + PAD)
+        left = PAD + ((steps - 1 - r) * (ww + PAD)) // 2 + q * (ww + PAD)
+        canvas[top : top + hh, left : left + ww] = rearrange(img, "c h w -> h w c")
+    return canvas
+
+
+def class_mixes(
+    ae: torch.nn.Module, mixer: torch.nn.Module, x_a: torch.Tensor, x_b: torch.Tensor, y_mix: torch.Tensor, cfg
+) -> np.ndarray:
+    """The paper's figure 5 (supervised AMR): per pair, columns x_a, x_b, then one decoded mix per target label
+    vector: the class mixer maps y_mix [T, num_classes] to per-channel probabilities m of taking h_a (the mixer's
+    `forward(y) -> m [T, C]`), and h_mix = m h_a + (1 - m) h_b through `mask_mix`."""
+    ae = unwrap(ae)
+    impl = getattr(cfg, "impl", "auto")
+    with inference(ae), inference(mixer):
+        dev = _device(ae)
+        x_a, x_b = to_unit(x_a).to(dev), to_unit(x_b).to(dev)
+        n, t = x_a.shape[0], y_mix.shape[0]
+        h_a, h_b = ae.encode(x_a), ae.encode(x_b)
+        p = mixer(y_mix.to(dev).float()).float().reshape(t, -1)  # [T, C] probability of source a per channel
+        if p.shape[1] != h_a.shape[1]:
+            raise ValueError(f"the class mixer gives {p.shape[1]} channel weights but the code has {h_a.shape[1]}")
+        m = torch.stack([p, 1 - p], dim=1).repeat(n, 1, 1)  # [N T, 2, C]
+        h_mix = mask_sources([h_a.repeat_interleave(t, 0), h_b.repeat_interleave(t, 0)], m, impl)
+        x_mix = decode(ae, h_mix, cfg).reshape(n, t, *x_a.shape[1:])
+    return tile(torch.cat([x_a[:, None], x_b[:, None], x_mix], dim=1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The spiral toy (AMR supplement, figure 12).
+
+
+def render_figure(fig) -> np.ndarray:
+    """A matplotlib figure (Agg) -> uint8 [H, W, 3]; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    fig.canvas.draw()
+    img = np.asarray(fig.canvas.buffer_rgba())[:, :, :3].copy()
+    plt.close(fig)
+    return img
+
+
+def spiral_mixes(
+    ae: torch.nn.Module, x: torch.Tensor, cfg, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoded random mixes of 2-D points x [N, 2]: the run's own mixer (mixup, Bernoulli, k-way) over random
+    partners from `amr_fast.mixing` -> (x_rec [N, 2], x_mix [N, 2]) on the CPU."""
+    ae = unwrap(ae)
+    impl = getattr(cfg, "impl", "auto")
+    k = max(2, int(getattr(cfg, "k", 2)))
+    with inference(ae):
+        dev = _device(ae)
+        x = x.float().to(dev)
+        h = ae.encode(x)
+        perm = mixing.sample_perm(k, x.shape[0], generator, device=dev)
+        if getattr(cfg, "mixer", "mixup") == "bernoulli":
+            m = mixing.sample_kway_bernoulli_masks(x.shape[0], k, h.shape[1], generator, device=dev)
+            h_mix = kernels.mask_mix(h, perm, m, impl=impl)
+        else:
+            w = mixing.sample_dirichlet_weights(x.shape[0], k, getattr(cfg, "alpha", 1.0), generator, device=dev)
+            h_mix = kernels.simplex_mix(h, perm, w, impl=impl)
+        return ae.decode(h).float().cpu(), ae.decode(h_mix).float().cpu()
+
+
+def spiral_plot(panels: Sequence[tuple[str, torch.Tensor, torch.Tensor]], size: float = 3.0) -> np.ndarray:
+    """One scatter per (title, data [N, 2], decoded mixes [M, 2]): data blue, mixes orange (figure 12 of the
+    supplement, one panel per beta) -> uint8 [H, W, 3]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size), squeeze=False)
+    for ax, (title, data, mixes) in zip(axes[0], panels):
+        ax.scatter(data[:, 0], data[:, 1], s=4, c="tab:blue", label="data")
+        ax.scatter(mixes[:, 0], mixes[:, 1], s=4, c="tab:orange", label="decoded mixes")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return render_figure(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The grid written during training.
+
+
+def training_grid(
+    ae: torch.nn.Module,
+    x: torch.Tensor,
+    cfg,
+    generator: torch.Generator,
+    y: torch.Tensor | None = None,
+    mixer: torch.nn.Module | None = None,
+) -> np.ndarray:
+    """`samples-<kimg>.png` of a run: reconstructions of up to 8 images, then the run's own kind of mixes
+    (cfg.mixer, cfg.k): interpolation strips with the pixel blend (mixup k = 2 and the AE+GAN baseline),
+    Bernoulli strips (bernoulli k = 2), a triangle grid (k = 3) and random k-way mixes (k > 3), class-conditional
+    mixes when `mixer` and labels `y` are given (cfg.mixer == "class"). For the spiral toy (cfg.arch == "mlp",
+    x [N, 2] points) the spiral scatter plot. x: uint8 or [-1, 1] images [N, C, H, W]; returns uint8 [H, W, C]."""
+    if getattr(cfg, "arch", "") == "mlp" or x.dim() == 2:
+        x_rec, x_mix = spiral_mixes(ae, x, cfg, generator)
+        title = f"{getattr(cfg, 'mixer', '')} k={getattr(cfg, 'k', 2)} beta={getattr(cfg, 'beta', 0.0)}"
+        return spiral_plot([(title, x.float().cpu(), x_mix)])
+    n = min(8, x.shape[0])
+    if n < 2:
+        raise ValueError(f"training_grid needs at least 2 images to mix; got {x.shape[0]}")
+    x = x[:n]
+    half = max(1, n // 2)
+    x_a, x_b = x[:half], x.roll(-half, 0)[:half]  # pairs (i, i + n/2)
+    kind, k = getattr(cfg, "mixer", "mixup"), int(getattr(cfg, "k", 2))
+    panels = [reconstructions(ae, x, cfg)]
+    if kind == "class" and mixer is not None and y is not None:
+        num_classes = int(getattr(cfg, "num_classes", 10))
+        y_a = torch.nn.functional.one_hot(y[:half].long().cpu(), num_classes).float()
+        y_b = torch.nn.functional.one_hot(y.roll(-half, 0)[:half].long().cpu(), num_classes).float()
+        a = torch.linspace(1, 0, 5)[:, None, None]
+        y_mix = (a * y_a[None] + (1 - a) * y_b[None]).transpose(0, 1)  # [half, 5, classes]
+        for i in range(half):  # each pair with its own label path
+            panels.append(class_mixes(ae, mixer, x_a[i : i + 1], x_b[i : i + 1], y_mix[i], cfg))
+    elif kind == "bernoulli" and k == 2:
+        panels.append(bernoulli_strips(ae, x_a, x_b, cfg, generator))
+    elif k == 3 and kind in ("mixup", "bernoulli") and n >= 3:
+        panels.append(triangle_grid(ae, x[:3], cfg, steps=6, mode=kind, generator=generator))
+    elif k > 3 and kind in ("mixup", "bernoulli") and n >= k:
+        xs = torch.stack([x.roll(-j, 0)[:2] for j in range(k)])  # [K, 2, C, H, W]
+        panels.append(kway_mixes(ae, xs, cfg, generator, n_mix=6, mode=kind))
+    else:
+        panels.append(interpolation_strips(ae, x_a, x_b, cfg))
+    return stack_panels(panels)
