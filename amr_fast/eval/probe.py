@@ -1,0 +1,98 @@
+"""The offline linear probe on frozen codes (AMR, Beckham et al. NeurIPS 2019, section 4.1, tables 1-3).
+
+During training the online probe (`nets["probe"]`, fed detached codes) reports its best validation accuracy.
+Offline, after training, a fresh linear classifier is fitted on the frozen codes of the whole train split and
+scored on the test split: the codes are standardised with the train split's mean and std and the multinomial
+logistic regression is solved by full-batch L-BFGS with a small L2 penalty (deterministic, no learning-rate
+schedule to tune). `fit_linear` is also the classifier of the beta-VAE metric (`amr_fast.eval.disentangle`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class LinearClassifier:
+    """softmax(((f - mean) / std) @ weight.T + bias): mean/std [D], weight [K, D], bias [K]."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def logits(self, f: torch.Tensor) -> torch.Tensor:
+        return ((f.float() - self.mean) / self.std) @ self.weight.t() + self.bias
+
+    def predict(self, f: torch.Tensor) -> torch.Tensor:
+        return self.logits(f).argmax(dim=1)
+
+    def accuracy(self, f: torch.Tensor, y: torch.Tensor) -> float:
+        return float((self.predict(f) == y.long()).float().mean()) if len(y) else float("nan")
+
+
+def fit_linear(
+    f: torch.Tensor, y: torch.Tensor, num_classes: int, steps: int = 500, l2: float = 1e-4, seed: int = 0
+) -> LinearClassifier:
+    """Multinomial logistic regression of y [N] (0..num_classes-1) on features f [N, D], standardised; full-batch
+    L-BFGS for at most `steps` iterations; l2 penalises the weights (keeps separable data bounded)."""
+    f, y = f.float().flatten(1), y.long()
+    if len(f) != len(y) or len(f) == 0:
+        raise ValueError(f"fit_linear needs as many labels as feature rows (> 0); got {len(f)} rows, {len(y)} labels")
+    if int(y.max()) >= num_classes or int(y.min()) < 0:
+        raise ValueError(f"labels must lie in [0, {num_classes}); got [{int(y.min())}, {int(y.max())}]")
+    mean, std = f.mean(dim=0), f.std(dim=0).clamp_min(1e-6)
+    z = (f - mean) / std
+    g = torch.Generator().manual_seed(seed)
+    weight = (torch.randn(num_classes, f.shape[1], generator=g) * 0.01).requires_grad_()
+    bias = torch.zeros(num_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], lr=1, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z @ weight.t() + bias, y) + l2 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return LinearClassifier(mean, std, weight.detach(), bias.detach())
+
+
+def encode_batches(
+    encode: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[dict], limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen codes of a loader's batches (dicts with uint8 "x" [N, C, H, W] and "y"): x is scaled to [-1, 1],
+    encoded without grad and flattened -> (h [N, D] float32 CPU, y [N] int64); stops after `limit` examples."""
+    hs, ys, n = [], [], 0
+    with torch.no_grad():
+        for batch in batches:
+            x = torch.as_tensor(batch["x"])
+            x = x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
+            hs.append(encode(x).detach().flatten(1).float().cpu())
+            ys.append(torch.as_tensor(batch["y"]).long().flatten().cpu())
+            n += len(x)
+            if limit is not None and n >= limit:
+                break
+    if not hs:
+        raise ValueError("the split yielded no batches: check --data and that the split exists in its index.json")
+    h, y = torch.cat(hs), torch.cat(ys)
+    return (h[:limit], y[:limit]) if limit is not None else (h, y)
+
+
+def offline_probe(
+    h_train: torch.Tensor, y_train: torch.Tensor, h_test: torch.Tensor, y_test: torch.Tensor, num_classes: int
+) -> dict:
+    """Fit on the train codes, score on the test codes -> {"train_acc", "test_acc", "n_train", "n_test", "dims"}."""
+    clf = fit_linear(h_train, y_train, num_classes)
+    return {
+        "train_acc": clf.accuracy(h_train, y_train),
+        "test_acc": clf.accuracy(h_test, y_test),
+        "n_train": len(y_train),
+        "n_test": len(y_test),
+        "dims": int(h_train.flatten(1).shape[1]),
+    }
