@@ -1,0 +1,183 @@
+"""Tests for `amr-fast classify` (amr_fast/classify.py): Manifold Mixup at exactly the drawn layer, mixed targets,
+the paper's loss, on-device augmentation, every mode end to end, resume."""
+
+import dataclasses
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from amr_fast import classify, kernels
+from amr_fast.classify import ClassifyConfig, mixup_forward, mixup_loss
+
+
+def tiny_cfg(**kw) -> ClassifyConfig:
+    base = dict(channels=1, num_classes=5, width=1 / 16, batch=8, mode="manifold", alpha=2.0)
+    return ClassifyConfig(**{**base, **kw}).validate()
+
+
+@pytest.fixture
+def recorded_mixes(monkeypatch):
+    """Every kernels.simplex_mix call made by classify: (h, perm, w, out)."""
+    calls, original = [], kernels.simplex_mix
+
+    def spy(h, perm, w, impl="auto"):
+        out = original(h, perm, w, impl=impl)
+        calls.append((h.detach().clone(), perm.clone(), w.clone(), out.detach().clone()))
+        return out
+
+    monkeypatch.setattr(classify.kernels, "simplex_mix", spy)
+    return calls
+
+
+def stage_inputs(model, run):
+    """Run `run()` and return the input of every stage of `model`."""
+    seen = {}
+    hooks = [
+        stage.register_forward_pre_hook(lambda mod, args, i=i: seen.__setitem__(i, args[0].detach().clone()))
+        for i, stage in enumerate(model.stages)
+    ]
+    try:
+        run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def test_manifold_mixes_at_exactly_the_drawn_layer(recorded_mixes):
+    cfg = tiny_cfg(mix_layers=(0, 1, 2))
+    model = classify.build_classifier(cfg).eval()  # eval: BatchNorm does not depend on the batch
+    x, y = torch.randn(8, 1, 32, 32), torch.randint(0, 5, (8,))
+    clean = stage_inputs(model, lambda: model(x))
+    drawn = set()
+    for seed in range(12):
+        recorded_mixes.clear()
+        g = torch.Generator().manual_seed(seed)
+        out = {}
+        mixed = stage_inputs(model, lambda: out.update(zip("lyk", mixup_forward(model, x, y, cfg, g))))
+        k = out["k"]
+        drawn.add(k)
+        h, perm, w, h_mix = recorded_mixes[0]  # the hidden-state mix (the second call mixes the targets)
+        lam = w[:, :1].reshape(-1, *[1] * (h.dim() - 1))
+        for i in range(len(model.stages)):
+            if i < k:
+                torch.testing.assert_close(mixed[i], clean[i])  # layers before k: unmixed
+        torch.testing.assert_close(h, clean[k])  # the mix is taken of the clean state at layer k ...
+        torch.testing.assert_close(mixed[k], lam * clean[k] + (1 - lam) * clean[k][perm[1]])  # ... as eq. 2
+        torch.testing.assert_close(mixed[k], h_mix)
+    assert drawn == {0, 1, 2}  # every allowed layer is drawn, and only those
+
+
+@pytest.mark.parametrize("mode", ["mixup", "manifold"])
+@pytest.mark.parametrize("per_example", [False, True])
+def test_mixed_targets_are_lam_and_one_minus_lam(recorded_mixes, mode, per_example):
+    cfg = tiny_cfg(mode=mode, per_example=per_example, mix_layers=(1,))
+    model = classify.build_classifier(cfg)
+    y = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    logits, y_mix, k = mixup_forward(model, torch.randn(8, 1, 32, 32), y, cfg, torch.Generator().manual_seed(3))
+    assert k == (0 if mode == "mixup" else 1)
+    _, perm, w, _ = recorded_mixes[-1]  # the target mix: same perm and weights as the hidden state's
+    torch.testing.assert_close(recorded_mixes[0][1], perm)
+    lam = w[:, 0]
+    assert bool(((lam > 0) & (lam < 1)).all())
+    assert (lam.unique().numel() == 1) != per_example  # one lam per batch (the paper) or one per example
+    torch.testing.assert_close(y_mix.sum(1), torch.ones(8))
+    for b in range(8):
+        a, p = int(y[b]), int(y[perm[1, b]])
+        expected = torch.zeros(5)
+        expected[a] += lam[b]
+        expected[p] += 1 - lam[b]
+        torch.testing.assert_close(y_mix[b], expected)
+    assert logits.shape == (8, 5)
+
+
+def test_erm_is_a_clean_forward_on_one_hot_targets(recorded_mixes):
+    cfg = tiny_cfg(mode="erm")
+    model = classify.build_classifier(cfg).eval()
+    x, y = torch.randn(4, 1, 32, 32), torch.tensor([0, 3, 1, 4])
+    logits, target, k = mixup_forward(model, x, y, cfg, torch.Generator())
+    assert k is None and not recorded_mixes
+    torch.testing.assert_close(logits, model(x))
+    torch.testing.assert_close(target, F.one_hot(y, 5).float())
+
+
+def test_loss_matches_the_papers_bce_on_softmax_and_soft_cross_entropy():
+    logits = torch.randn(6, 5) * 3
+    y_mix = torch.softmax(torch.randn(6, 5), dim=1)
+    expected = torch.nn.BCELoss()(torch.softmax(logits, dim=1), y_mix)
+    torch.testing.assert_close(mixup_loss(logits, y_mix, "bce"), expected)
+    hard = torch.tensor([0, 1, 2, 3, 4, 0])
+    torch.testing.assert_close(mixup_loss(logits, F.one_hot(hard, 5).float(), "ce"), F.cross_entropy(logits, hard))
+    saturated = torch.tensor([[200.0, 0, 0, 0, 0]], requires_grad=True)  # softmax rounds to exactly 1
+    loss = mixup_loss(saturated, torch.tensor([[0.5, 0.5, 0, 0, 0]]), "bce")
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(saturated.grad).all()
+
+
+def test_random_crop_is_a_shifted_window_of_the_padded_image_and_flips_mirror():
+    x = torch.rand(16, 2, 8, 8) * 2 - 1
+    assert torch.equal(classify.random_crop_flip(x, 0, False, torch.Generator()), x)
+    out = classify.random_crop_flip(x, 2, True, torch.Generator().manual_seed(0))
+    padded = F.pad(x, (2, 2, 2, 2), value=-1.0)
+    shifts = set()
+    for b in range(16):
+        windows = [
+            (dy, dx, flip)
+            for dy in range(5)
+            for dx in range(5)
+            for flip in (False, True)
+            if torch.equal(out[b], (lambda w: w.flip(2) if flip else w)(padded[b, :, dy : dy + 8, dx : dx + 8]))
+        ]
+        assert windows, f"example {b} is not a crop of its padded image"
+        shifts.add(windows[0])
+    assert len(shifts) > 4  # offsets and flips differ between examples
+
+
+def test_cutout_zeroes_one_square_per_example():
+    x = torch.ones(32, 1, 16, 16)
+    out = classify.cutout(x, 4, torch.Generator().manual_seed(0))
+    holes = (out == 0).sum(dim=(1, 2, 3))
+    assert bool((holes <= 16).all()) and bool((holes >= 4).all())  # clipped at the border, at least a corner
+    assert (holes == 16).any()
+    assert torch.equal(out[out != 0], x[out != 0])
+
+
+def test_fgsm_moves_every_pixel_by_eps_in_the_loss_increasing_direction():
+    cfg = tiny_cfg(mode="erm")
+    model = classify.build_classifier(cfg).eval()
+    x, y = torch.rand(4, 1, 32, 32) * 1.6 - 0.8, torch.tensor([0, 1, 2, 3])
+    x_adv = classify.fgsm(model, x, y, 0.03)
+    step = (x_adv - x).abs()
+    assert torch.allclose(step[step > 0], torch.tensor(0.06), atol=1e-6)  # 0.03 in [0, 1] units = 0.06 here
+    target = F.one_hot(y, 5).float()
+    assert mixup_loss(model(x_adv), target) > mixup_loss(model(x), target)
+
+
+def test_lr_schedule_counts_images():
+    cfg = tiny_cfg(lr=0.1, lr_steps_kimg=(1.0, 2.0), lr_gamma=0.1)
+    assert [round(classify.lr_at(cfg, n), 6) for n in (0, 999, 1000, 2500)] == [0.1, 0.1, 0.01, 0.001]
+
+
+def test_presets_follow_the_paper():
+    cifar = classify.CLASSIFY_PRESETS["cifar10-manifold"]
+    assert cifar.arch == "preactresnet18" and cifar.alpha == 2.0 and cifar.width == 1.0
+    epoch = 50.0  # CIFAR-10: 50k training images
+    assert cifar.total_kimg == 2000 * epoch and cifar.lr_steps_kimg == (500 * epoch, 1000 * epoch, 1500 * epoch)
+    assert classify.CLASSIFY_PRESETS["svhn-mixup"].alpha == 1.0
+    assert classify.CLASSIFY_PRESETS["cifar100-erm"].num_classes == 100
+    for name, cfg in classify.CLASSIFY_PRESETS.items():
+        assert cfg.data == "", name  # the user passes data=DIR
+        cfg.validate()
+
+
+def test_overrides_and_bad_values_are_clear_errors():
+    cfg = classify.resolve_classify("fashion-mnist-manifold", {"mix_layers": "0,2", "width": "0.25", "flip": "false"})
+    assert cfg.mix_layers == (0, 2) and cfg.width == 0.25 and cfg.flip is False
+    assert classify.config_from_dict(dataclasses.asdict(cfg)) == cfg
+    with pytest.raises(ValueError, match="mode"):
+        classify.resolve_classify("fashion-mnist-manifold", {"mode": "manifld"})
+    with pytest.raises(ValueError, match="unknown field"):
+        classify.resolve_classify("fashion-mnist-manifold", {"lr_step": "1"})
+    with pytest.raises(ValueError, match="mix_layers"):
+        classify.build_classifier(tiny_cfg(mix_layers=(0, 7)))
