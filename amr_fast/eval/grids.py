@@ -346,14 +346,14 @@ def render_figure(fig) -> np.ndarray:
 def spiral_mixes(
     ae: torch.nn.Module, x: torch.Tensor, cfg, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decoded random mixes of 2-D points x [N, 2]: the run's own mixer (mixup, Bernoulli, k-way) over random
-    partners from `amr_fast.mixing` -> (x_rec [N, 2], x_mix [N, 2]) on the CPU."""
+    """Decoded random mixes of 2-D points x ([N, 2] or the trainer's [N, 2, 1, 1] "images"): the run's own mixer
+    (mixup, Bernoulli, k-way) over random partners from `amr_fast.mixing` -> (x_rec [N, 2], x_mix [N, 2]) on CPU."""
     ae = unwrap(ae)
     impl = getattr(cfg, "impl", "auto")
     k = max(2, int(getattr(cfg, "k", 2)))
     with inference(ae):
         dev = _device(ae)
-        x = x.float().to(dev)
+        x = to_unit(x).to(dev)
         h = ae.encode(x)
         perm = mixing.sample_perm(k, x.shape[0], generator, device=dev)
         if getattr(cfg, "mixer", "mixup") == "bernoulli":
@@ -362,7 +362,7 @@ def spiral_mixes(
         else:
             w = mixing.sample_dirichlet_weights(x.shape[0], k, getattr(cfg, "alpha", 1.0), generator, device=dev)
             h_mix = kernels.simplex_mix(h, perm, w, impl=impl)
-        return ae.decode(h).float().cpu(), ae.decode(h_mix).float().cpu()
+        return ae.decode(h).float().flatten(1).cpu(), ae.decode(h_mix).float().flatten(1).cpu()
 
 
 def spiral_plot(panels: Sequence[tuple[str, torch.Tensor, torch.Tensor]], size: float = 3.0) -> np.ndarray:
@@ -401,11 +401,11 @@ def training_grid(
     (cfg.mixer, cfg.k): interpolation strips with the pixel blend (mixup k = 2 and the AE+GAN baseline),
     Bernoulli strips (bernoulli k = 2), a triangle grid (k = 3) and random k-way mixes (k > 3), class-conditional
     mixes when `mixer` and labels `y` are given (cfg.mixer == "class"). For the spiral toy (cfg.arch == "mlp",
-    x [N, 2] points) the spiral scatter plot. x: uint8 or [-1, 1] images [N, C, H, W]; returns uint8 [H, W, C]."""
+    x [N, 2] or [N, 2, 1, 1] points) the spiral scatter plot. x: uint8 or [-1, 1] images [N, C, H, W]; returns uint8 [H, W, C]."""
     if getattr(cfg, "arch", "") == "mlp" or x.dim() == 2:
         x_rec, x_mix = spiral_mixes(ae, x, cfg, generator)
         title = f"{getattr(cfg, 'mixer', '')} k={getattr(cfg, 'k', 2)} beta={getattr(cfg, 'beta', 0.0)}"
-        return spiral_plot([(title, x.float().cpu(), x_mix)])
+        return spiral_plot([(title, to_unit(x).flatten(1).cpu(), x_mix)])
     n = min(8, x.shape[0])
     if n < 2:
         raise ValueError(f"training_grid needs at least 2 images to mix; got {x.shape[0]}")

@@ -134,8 +134,9 @@ def test_class_mixes_use_the_mixer_probabilities():
     assert (tile_at(img, 0, 2, 5, 7) == 250).all() and (tile_at(img, 0, 3, 5, 7) == 50).all()
 
 
-def test_spiral_grid_is_an_rgb_plot():
-    x = torch.randn(64, 2)
+@pytest.mark.parametrize("shape", [(64, 2), (64, 2, 1, 1)])
+def test_spiral_grid_is_an_rgb_plot(shape):
+    x = torch.rand(shape) * 2 - 1
     img = grids.training_grid(IdentityAE(), x, cfg(arch="mlp"), torch.Generator().manual_seed(0))
     assert img.dtype == np.uint8 and img.shape[2] == 3 and img.shape[0] > 100
     orange = (img[:, :, 0] > 200) & (img[:, :, 1] > 100) & (img[:, :, 1] < 160) & (img[:, :, 2] < 60)
