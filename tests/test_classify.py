@@ -55,7 +55,7 @@ def test_manifold_mixes_at_exactly_the_drawn_layer(recorded_mixes):
         recorded_mixes.clear()
         g = torch.Generator().manual_seed(seed)
         out = {}
-        mixed = stage_inputs(model, lambda: out.update(zip("lyk", mixup_forward(model, x, y, cfg, g))))
+        mixed = stage_inputs(model, lambda g=g, out=out: out.update(k=mixup_forward(model, x, y, cfg, g)[2]))
         k = out["k"]
         drawn.add(k)
         h, perm, w, h_mix = recorded_mixes[0]  # the hidden-state mix (the second call mixes the targets)
