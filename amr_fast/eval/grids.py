@@ -401,7 +401,8 @@ def training_grid(
     (cfg.mixer, cfg.k): interpolation strips with the pixel blend (mixup k = 2 and the AE+GAN baseline),
     Bernoulli strips (bernoulli k = 2), a triangle grid (k = 3) and random k-way mixes (k > 3), class-conditional
     mixes when `mixer` and labels `y` are given (cfg.mixer == "class"). For the spiral toy (cfg.arch == "mlp",
-    x [N, 2] or [N, 2, 1, 1] points) the spiral scatter plot. x: uint8 or [-1, 1] images [N, C, H, W]; returns uint8 [H, W, C]."""
+    x [N, 2] or [N, 2, 1, 1] points) the spiral scatter plot. x: uint8 or [-1, 1] images [N, C, H, W].
+    Returns uint8 [H, W, C]."""
     if getattr(cfg, "arch", "") == "mlp" or x.dim() == 2:
         x_rec, x_mix = spiral_mixes(ae, x, cfg, generator)
         title = f"{getattr(cfg, 'mixer', '')} k={getattr(cfg, 'k', 2)} beta={getattr(cfg, 'beta', 0.0)}"
