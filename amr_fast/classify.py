@@ -396,6 +396,7 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
             with open(run / "log.txt", "a") as f:
                 f.write(msg + "\n")
 
+    torch.manual_seed(cfg.seed)  # the same initial weights for every rank and every rerun of a seed
     model = build_classifier(cfg).to(device)
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
