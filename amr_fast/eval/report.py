@@ -1,0 +1,301 @@
+"""`amr-fast report RUN... [--out results.md] [--plot curves.png] [--spiral spiral.png]`: results tables and plots.
+
+The table has the format of the AMR paper's tables 1-4 (Beckham et al., NeurIPS 2019): rows method / mix / k,
+columns datasets, cells mean ± std over seeds (runs that differ only in their seed) of the best validation
+accuracy of the online linear probe, in %; for runs evaluated with `amr-fast eval`, extra columns give the
+offline probe's test accuracy and (dSprites) the FactorVAE / beta-VAE disentanglement scores. Learning curves
+(probe validation accuracy and reconstruction loss against images seen) are drawn with matplotlib (Agg), and
+`--spiral` draws the spiral toy of the supplement (figure 12): decoded random mixes (orange) over the data (blue),
+one panel per run of the `spiral-*` presets (their beta values).
+
+Examples:
+    amr-fast report /work/runs/fmnist-* --out results.md --plot docs/curves.png
+    amr-fast report runs/spiral-beta0 runs/spiral-beta1 --spiral docs/spiral.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# stats.jsonl names of the online probe's validation accuracy (first one present wins) and of the recon loss.
+PROBE_KEYS = ("probe/valid_acc", "probe/val_acc", "valid/acc", "eval/valid_acc", "probe/acc_valid")
+RECON_KEYS = ("loss/recon", "loss/rec")
+METHOD_ORDER = ("AE+GAN", "AMR", "ACAI", "beta-VAE")
+MIX_ORDER = ("-", "mixup", "bernoulli", "class")
+
+
+@dataclass
+class Run:
+    """One run directory: its config (dict from config.json), stats rows, and the last line of each
+    metric-<name>.jsonl written by `amr-fast eval`."""
+
+    path: Path
+    cfg: dict
+    rows: list[dict]
+    metrics: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def dataset(self) -> str:
+        data = str(self.cfg.get("data", "")) or "?"
+        return data.split(":", 1)[1] if data.startswith("builtin:") else Path(data).name
+
+    @property
+    def label(self) -> tuple[str, str, str]:
+        """(method, mix, k) as the paper's rows: AE+GAN has no mix; AMR mixup k = 2, Bernoulli k = 3, ..."""
+        method, mixer = self.cfg.get("method", "amr"), self.cfg.get("mixer", "none")
+        name = {"amr": "AE+GAN" if mixer == "none" else "AMR", "acai": "ACAI", "betavae": "beta-VAE"}.get(
+            method, method
+        )
+        if mixer == "none":
+            return name, "-", "-"
+        return name, mixer, str(self.cfg.get("k", 2))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSON-lines file; a partially written last line (a crash) is ignored."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+def load_run(path: str | Path) -> Run:
+    """A run directory made by `amr-fast train` (config.json, stats.jsonl, metric-*.jsonl)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a run directory (no config.json); pass directories of `amr-fast train`")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg = cfg.get("config", cfg) if isinstance(cfg, dict) else cfg
+    rows = read_jsonl(path / "stats.jsonl") if (path / "stats.jsonl").is_file() else []
+    metrics = {}
+    for m in sorted(path.glob("metric-*.jsonl")):
+        lines = read_jsonl(m)
+        if lines:
+            metrics[m.stem[len("metric-") :]] = lines[-1]
+    return Run(path, cfg, rows, metrics)
+
+
+def find_key(rows: list[dict], keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        if any(key in r for r in rows):
+            return key
+    return None
+
+
+def best_valid(run: Run) -> float | None:
+    """Best online-probe validation accuracy of the run (a fraction), None if it never reported one."""
+    key = find_key(run.rows, PROBE_KEYS)
+    vals = [r[key] for r in run.rows if key and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    return max(vals) if vals else None
+
+
+def metric_value(run: Run, name: str) -> float | None:
+    """The headline number of metric-<name>.jsonl (probe: test accuracy; factorvae/betavae: score; recon: l1)."""
+    line = run.metrics.get(name)
+    if line is None:
+        return None
+    for key in ("test_acc", "score", "l1"):
+        if key in line:
+            return float(line[key])
+    return None
+
+
+def _fmt(values: list[float], scale: float, n_all: int) -> str:
+    if not values:
+        return "–"
+    v = np.asarray(values, dtype=np.float64) * scale
+    cell = f"{v.mean():.2f} ± {v.std():.2f}"  # population std over seeds, as numpy's default
+    return cell if len(v) == n_all else f"{cell} [{len(v)}]"
+
+
+def _row_key(label: tuple[str, str, str]) -> tuple:
+    method, mix, k = label
+    return (
+        METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER),
+        MIX_ORDER.index(mix) if mix in MIX_ORDER else len(MIX_ORDER),
+        int(k) if k.isdigit() else 0,
+        label,
+    )
+
+
+# (column suffix, how to read a run, scale to the printed unit)
+COLUMNS = (
+    ("", best_valid, 100.0),
+    (" offline probe", lambda r: metric_value(r, "probe"), 100.0),
+    (" FactorVAE", lambda r: metric_value(r, "factorvae"), 1.0),
+    (" beta-VAE metric", lambda r: metric_value(r, "betavae"), 1.0),
+)
+
+
+def results_table(runs: list[Run]) -> str:
+    """The markdown table (see module docstring) followed by one line saying what the cells are."""
+    if not runs:
+        raise ValueError("no runs given; pass run directories of `amr-fast train`")
+    datasets = list(dict.fromkeys(r.dataset for r in runs))
+    cells: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    columns: list[tuple[str, float]] = []
+    for ds in datasets:
+        for suffix, read, scale in COLUMNS:
+            got = False
+            for r in runs:
+                if r.dataset != ds:
+                    continue
+                v = read(r)
+                if v is not None:
+                    cells[r.label][ds + suffix].append(v)
+                    got = True
+            if got or suffix == "":
+                columns.append((ds + suffix, scale))
+    seeds = defaultdict(set)
+    for r in runs:
+        seeds[(r.label, r.dataset)].add(r.cfg.get("seed", 0))
+    n_all = max(len(v) for v in seeds.values())
+    head = ["method", "mix", "k"] + [c for c, _ in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * len(columns)) + "|"]
+    for label in sorted(cells.keys() | {r.label for r in runs}, key=_row_key):
+        row = list(label) + [_fmt(cells[label].get(c, []), scale, n_all) for c, scale in columns]
+        lines.append("| " + " | ".join(row) + " |")
+    note = (
+        f"Cells: mean ± std over {n_all} seed{'s' if n_all > 1 else ''} ([n] = fewer seeds in that cell). "
+        "Dataset columns: best validation accuracy of the online linear probe (%); 'offline probe': test accuracy "
+        "(%) of a linear classifier fitted on frozen train codes; FactorVAE / beta-VAE metric: score in [0, 1]."
+    )
+    return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def _curves(
+    runs: list[Run], keys: tuple[str, ...], scale: float
+) -> dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per (dataset, label): kimg grid common to every seed, mean and std of the key over seeds."""
+    groups: dict[tuple, list[dict[float, float]]] = defaultdict(list)
+    for r in runs:
+        key = find_key(r.rows, keys)
+        if key is None:
+            continue
+        series = {
+            round(float(row["kimg"]), 3): float(row[key]) * scale for row in r.rows if key in row and "kimg" in row
+        }
+        if series:
+            groups[(r.dataset, r.label)].append(series)
+    out = {}
+    for g, series in groups.items():
+        common = sorted(set.intersection(*[set(s) for s in series]))
+        if common:
+            vals = np.array([[s[k] for k in common] for s in series])
+            out[g] = (np.array(common), vals.mean(axis=0), vals.std(axis=0))
+    return out
+
+
+def plot_curves(runs: list[Run], path: str | Path) -> None:
+    """Learning curves: one column per dataset; rows probe validation accuracy (%) and reconstruction loss, each
+    line the mean over seeds with a ±std band. Written as PNG (Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("online probe valid acc (%)", _curves(runs, PROBE_KEYS, 100.0))]
+    recon = _curves(runs, RECON_KEYS, 1.0)
+    if recon:
+        panels.append(("reconstruction loss", recon))
+    datasets = list(dict.fromkeys(r.dataset for r in runs))
+    fig, axes = plt.subplots(
+        len(panels), len(datasets), figsize=(4.5 * len(datasets), 3.2 * len(panels)), squeeze=False
+    )
+    for i, (ylabel, curves) in enumerate(panels):
+        for j, ds in enumerate(datasets):
+            ax = axes[i][j]
+            for (d, label), (kimg, mean, std) in sorted(curves.items(), key=lambda kv: _row_key(kv[0][1])):
+                if d != ds:
+                    continue
+                name = label[0] if label[1] == "-" else f"{label[0]} {label[1]} k={label[2]}"
+                ax.plot(kimg, mean, label=name, lw=1.3, marker="o", ms=2.5)
+                ax.fill_between(kimg, mean - std, mean + std, alpha=0.2)
+            ax.set_title(ds, fontsize=10)
+            ax.set_xlabel("kimg")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def latest_snapshot(run_dir: str | Path) -> Path:
+    snaps = sorted(Path(run_dir).glob("snapshot-*.safetensors"))
+    if not snaps:
+        raise FileNotFoundError(f"{run_dir} has no snapshot-*.safetensors yet; train longer (snapshot_kimg)")
+    return snaps[-1]
+
+
+def spiral_figure(runs: list[Run], n: int = 1000, seed: int = 0) -> np.ndarray:
+    """The supplement's figure 12: for each spiral run (arch mlp), decoded random mixes of n spiral points over
+    the points themselves, titled by the run's beta."""
+    import torch
+
+    from amr_fast.checkpoint import load_networks
+    from amr_fast.data.procedural import spiral
+    from amr_fast.eval.grids import spiral_mixes, spiral_plot
+
+    panels = []
+    for r in sorted(runs, key=lambda r: float(r.cfg.get("beta", 0.0))):
+        if r.cfg.get("arch") != "mlp":
+            raise ValueError(
+                f"--spiral draws spiral runs (arch=mlp, presets spiral-*); {r.path} has arch={r.cfg.get('arch')}"
+            )
+        nets, cfg = load_networks(latest_snapshot(r.path))
+        points = torch.as_tensor(spiral(n, seed)[0], dtype=torch.float32).reshape(n, -1)
+        x = (
+            points.reshape(n, cfg.channels, cfg.img_size, cfg.img_size)
+            if cfg.channels * cfg.img_size**2 == points.shape[1]
+            else points
+        )
+        _, x_mix = spiral_mixes(nets["ae"], x, cfg, torch.Generator().manual_seed(seed))
+        panels.append((f"{r.path.name}: beta={cfg.beta:g}, {cfg.mixer} k={cfg.k}", points, x_mix))
+    return spiral_plot(panels)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN", help="run directories of `amr-fast train` (seeds are grouped)"
+    )
+    parser.add_argument("--out", default=None, help="also write the markdown table to this file")
+    parser.add_argument("--plot", default=None, help="write learning curves (PNG) to this file")
+    parser.add_argument(
+        "--spiral", default=None, help="write the spiral toy figure (PNG) of spiral-* runs to this file"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    runs = [load_run(p) for p in args.runs]
+    if args.spiral:
+        from amr_fast.eval.grids import save_png
+
+        save_png(args.spiral, spiral_figure(runs))
+        print(f"wrote {args.spiral}")
+    table = results_table(runs)
+    print(table, end="")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table)
+        print(f"wrote {args.out}")
+    if args.plot:
+        plot_curves(runs, args.plot)
+        print(f"wrote {args.plot}")
+    return 0

@@ -1,0 +1,92 @@
+"""`amr-fast report` on hand-written run directories: the exact table, seed grouping, curves PNG."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from amr_fast import cli
+from amr_fast.eval import report
+
+KEY = report.PROBE_KEYS[0]
+
+
+def make_run(root, name, data, mixer, k, seed, accs, method="amr", metrics=None):
+    d = root / name
+    d.mkdir()
+    cfg = {"data": data, "method": method, "mixer": mixer, "k": k, "seed": seed}
+    (d / "config.json").write_text(json.dumps(cfg))
+    with open(d / "stats.jsonl", "w") as f:
+        for i, a in enumerate(accs):
+            f.write(json.dumps({"kimg": float(i + 1), "loss/recon": 1.0 / (i + 1)}) + "\n")
+            f.write(json.dumps({"kimg": float(i + 1) + 0.5, KEY: a}) + "\n")
+        f.write('{"kimg": 99, "' + KEY + '": 1.0')  # a crash mid-line: ignored
+    for name, line in (metrics or {}).items():
+        (d / f"metric-{name}.jsonl").write_text(json.dumps({"score": 0.0}) + "\n" + json.dumps(line) + "\n")
+    return d
+
+
+def fixture_runs(tmp_path):
+    fm = "/data/fashion-mnist-32"
+    return [
+        make_run(tmp_path, "a0", fm, "none", 2, 0, [0.70, 0.80, 0.75]),
+        make_run(tmp_path, "a1", fm, "none", 2, 1, [0.82, 0.60]),
+        make_run(tmp_path, "m0", fm, "mixup", 2, 0, [0.85], metrics={"probe": {"test_acc": 0.9}}),
+        make_run(tmp_path, "m1", fm, "mixup", 2, 1, [0.80, 0.87], metrics={"probe": {"test_acc": 0.8}}),
+        make_run(tmp_path, "k3", fm, "mixup", 3, 0, [0.5]),
+        make_run(
+            tmp_path,
+            "d0",
+            "builtin:dsprites-procedural",
+            "bernoulli",
+            3,
+            0,
+            [0.3],
+            metrics={"factorvae": {"score": 0.7}},
+        ),
+    ]
+
+
+HEADER = (
+    "| method | mix | k | fashion-mnist-32 | fashion-mnist-32 offline probe | dsprites-procedural "
+    "| dsprites-procedural FactorVAE |\n"
+)
+EXPECTED = (
+    HEADER
+    + """\
+|---|---|---|---:|---:|---:|---:|
+| AE+GAN | - | - | 81.00 ± 1.00 | – | – | – |
+| AMR | mixup | 2 | 86.00 ± 1.00 | 85.00 ± 5.00 | – | – |
+| AMR | mixup | 3 | 50.00 ± 0.00 [1] | – | – | – |
+| AMR | bernoulli | 3 | – | – | 30.00 ± 0.00 [1] | 0.70 ± 0.00 [1] |
+"""
+)
+
+
+def test_report_table_is_exact(tmp_path):
+    runs = [report.load_run(p) for p in fixture_runs(tmp_path)]
+    table = report.results_table(runs)
+    assert table.startswith(EXPECTED)
+    assert "mean ± std over 2 seeds" in table
+
+
+def test_report_cli_writes_table_and_curves(tmp_path, capsys):
+    dirs = fixture_runs(tmp_path)
+    out, png = tmp_path / "res" / "results.md", tmp_path / "curves.png"
+    assert cli.main(["report", *map(str, dirs), "--out", str(out), "--plot", str(png)]) == 0
+    assert out.read_text().startswith(EXPECTED) and EXPECTED in capsys.readouterr().out
+    img = np.asarray(Image.open(png).convert("RGB"))
+    assert img.shape[0] > 300 and img.shape[1] > 600  # 2 rows (probe, recon) x 2 datasets
+    assert (img.std(axis=(0, 1)) > 10).all()  # not a blank canvas
+
+
+def test_curves_average_seeds_on_common_kimg(tmp_path):
+    runs = [report.load_run(p) for p in fixture_runs(tmp_path)]
+    curves = report._curves(runs, report.PROBE_KEYS, 100.0)
+    kimg, mean, std = curves[("fashion-mnist-32", ("AE+GAN", "-", "-"))]
+    assert kimg.tolist() == [1.5, 2.5] and np.allclose(mean, [76, 70]) and np.allclose(std, [6, 10])
+
+
+def test_report_on_a_non_run_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
