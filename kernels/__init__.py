@@ -1,9 +1,22 @@
-"""amr_fast.kernels: the mixing ops with `impl=` dispatch (contract: DESIGN.md "Contract: the mixing ops").
+"""amr_fast.kernels: the mixing ops of both papers with `impl=` dispatch (DESIGN.md "Contract: the mixing ops").
 
-PLACEHOLDER until the fast paths land: every impl runs the reference.
+    simplex_mix(h, perm, w)   out[b] = sum_k w[b, k] * h[perm[k, b]]               mixup, k-way mixup (AMR sec. 2),
+                                                                                   Manifold Mixup (Verma et al. eq. 2)
+    mask_mix(h, perm, m)      out[b, c] = sum_k m[b, k, c] * h[perm[k, b], c]      Bernoulli / k-way Bernoulli mixup
+
+impl:
+- "ref": `amr_fast.mixing`, the spec (a gather + einsum, K copies of h);
+- "torch": the fast plain-torch path (`torch_mix.py`): embedding_bag, no K-fold temporaries;
+- "triton": fused kernels (`triton_mix.py`): CUDA tensors, or CPU tensors under TRITON_INTERPRET=1;
+- "auto": "triton" for CUDA tensors when triton imports, "torch" otherwise. Never fails.
+An explicit impl that cannot run raises ValueError saying why. "torch" and "triton" are `torch.library` custom ops
+(`ops.py`): differentiable in h and w / m with a deterministic backward, traceable by `torch.compile`.
 """
 
 from __future__ import annotations
+
+import functools
+import os
 
 import torch
 
@@ -12,9 +25,53 @@ from amr_fast import mixing
 IMPLS = ("auto", "ref", "torch", "triton")
 
 
+@functools.cache
+def triton_import_error() -> str | None:
+    """None when triton imports, else why not."""
+    try:
+        import triton  # noqa: F401
+    except Exception as err:  # ImportError, or a broken install raising at import
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def resolve_impl(impl: str, h: torch.Tensor) -> str:
+    """The impl that will run for h: "auto" resolved; an explicit impl that cannot run raises ValueError."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got {impl!r}")
+    if impl == "auto":
+        return "triton" if h.is_cuda and triton_import_error() is None else "torch"
+    if impl == "triton" and triton_import_error() is not None:
+        raise ValueError(f"impl='triton' cannot run: triton does not import ({triton_import_error()}); use 'auto'")
+    if impl == "triton" and not h.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f"impl='triton' needs CUDA tensors (h is on {h.device}); use impl='torch' or 'auto' here, or set "
+            "TRITON_INTERPRET=1 before triton is imported to run the kernels in the interpreter"
+        )
+    return impl
+
+
+def _prepare(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor, kind: str, impl: str):
+    if not torch.compiler.is_compiling():  # the checks read perm's values: keep them out of compiled graphs
+        mixing.check_mix_args(h, perm, weights, kind)
+    return resolve_impl(impl, h), perm.long()
+
+
 def simplex_mix(h: torch.Tensor, perm: torch.Tensor, w: torch.Tensor, impl: str = "auto") -> torch.Tensor:
-    return mixing.simplex_mix(h, perm, w)
+    """out[b] = sum_k w[b, k] * h[perm[k, b]].  h [B, C, *S] float, perm [K, B] int, w [B, K] -> [B, C, *S]."""
+    impl, perm = _prepare(h, perm, w, "simplex", impl)
+    if impl == "ref":
+        return mixing.simplex_mix(h, perm, w)
+    from .ops import simplex_mix_op
+
+    return simplex_mix_op(h, perm, w, impl)
 
 
 def mask_mix(h: torch.Tensor, perm: torch.Tensor, m: torch.Tensor, impl: str = "auto") -> torch.Tensor:
-    return mixing.mask_mix(h, perm, m)
+    """out[b, c] = sum_k m[b, k, c] * h[perm[k, b], c].  h [B, C, *S], perm [K, B], m [B, K, C] -> [B, C, *S]."""
+    impl, perm = _prepare(h, perm, m, "mask", impl)
+    if impl == "ref":
+        return mixing.mask_mix(h, perm, m)
+    from .ops import mask_mix_op
+
+    return mask_mix_op(h, perm, m, impl)

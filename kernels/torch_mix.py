@@ -1,0 +1,84 @@
+"""The "torch" impl: the mixing ops (DESIGN.md "Contract: the mixing ops") as fast as plain torch gets on a CPU.
+
+Forward. out[b] = sum_k W[b, k] * h[perm[k, b]] is a weighted sum of K gathered rows: exactly what
+`torch.nn.functional.embedding_bag(mode="sum", per_sample_weights=...)` computes, in one multithreaded pass that
+reads each partner row once and writes the output once, with no temporaries (fp32 accumulation for fp16/bf16 too;
+the weights are cast to h's dtype, as embedding_bag requires). Each example row is cut into G segments ("bags")
+that share a weight: the C channels for mask_mix (each channel has its own weight), pieces of <= 4096 elements for
+simplex_mix (long rows parallelise poorly). A naive gather + einsum writes K copies of h; this reaches
+0.9-1.0x of a same-size `Tensor.copy_` at B=256, h 256x8x8, K=3 on the 2-core CPU (`amr-fast bench kernels`).
+
+Backward. grad_h is the same op through the inverse permutations (a gather, deterministic, no index_add);
+grad_w / grad_m are per-row dot products, computed in fp32 over chunks of rows so the gathered partners of a
+chunk stay in cache and no K x h temporary exists.
+
+mask_mix on a tensor whose channel is not the outermost dim of a row (channels-last) runs on a contiguous copy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .layout import group_weights, row_layout
+
+SEGMENT = 4096  # longest bag: longer rows are cut so both cores get work and a bag stays in L1/L2
+CHUNK_ELEMS = 1 << 18  # elements of gathered partners per chunk in the weight gradient (1 MiB in fp32)
+
+
+def _segments(group_len: int) -> int:
+    """How many equal pieces to cut a run of `group_len` elements sharing one weight into."""
+    if group_len <= SEGMENT:
+        return 1
+    piece = math.gcd(group_len, SEGMENT)
+    return group_len // piece if piece >= 256 else 1  # odd lengths: one long bag rather than tiny ones
+
+
+def mix(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """out[b] = sum_k W[b, k] * h[perm[k, b]]; weights [B, K] (one per example) or [B, K, C] (per channel)."""
+    if h.numel() == 0:
+        return torch.empty_like(h)
+    lay = row_layout(h, per_channel=weights.dim() == 3)
+    if lay.outer != 1:  # channels-last mask_mix: a weight per element of the row; mix a contiguous copy
+        return torch.empty_like(h).copy_(mix(h.contiguous(), perm, weights))
+    B, K = perm.shape[1], perm.shape[0]
+    wg = group_weights(weights)  # [B, K, G]
+    G = wg.shape[2]
+    seg = _segments(lay.inner)  # bags per group
+    bags = G * seg
+    table = lay.rows(h).view(B * bags, lay.inner // seg)  # [B * bags, L]: the rows embedding_bag gathers
+    idx_dtype = torch.int32 if B * bags < 2**31 else torch.int64
+    # Bag (b, g, s) sums the K bags (perm[k, b], g, s): table row perm[k, b] * bags + g * seg + s.
+    idx = (
+        perm.t().to(idx_dtype).mul(bags).view(B, 1, K) + torch.arange(bags, device=h.device, dtype=idx_dtype)[:, None]
+    )  # [B, bags, K]
+    psw = wg.transpose(1, 2).to(h.dtype)  # [B, G, K]
+    psw = psw[:, :, None, :].expand(B, G, seg, K)
+    res = F.embedding_bag(idx.reshape(-1, K), table, per_sample_weights=psw.reshape(-1, K), mode="sum")
+    return lay.unrows(res, h.shape)  # [B * bags, L] is the output's memory: hand it back with h's strides
+
+
+def weight_grad(grad: torch.Tensor, h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """grad_w[b, k] = sum_{c,s} grad[b] * h[perm[k, b]] ([B, K]); per channel grad_m[b, k, c] ([B, K, C]).
+    Accumulated in fp32, returned in weights' dtype."""
+    K, B = perm.shape
+    per_channel = weights.dim() == 3
+    if h.numel() == 0:
+        return torch.zeros_like(weights)
+    if per_channel and row_layout(h, True).outer != 1:
+        h = h.contiguous()  # channels-last: reduce over the contiguous copy, channels outermost
+    lay = row_layout(h, per_channel)
+    G, L = lay.groups, lay.inner
+    h_rows = lay.rows(h).view(B, G, L)
+    g_rows = lay.rows(grad).view(B, G, L)
+    out = torch.empty(B, K, G, device=h.device, dtype=torch.float32)
+    step = max(1, CHUNK_ELEMS // (K * G * L))
+    for b0 in range(0, B, step):
+        b1 = min(B, b0 + step)
+        src = perm[:, b0:b1].t().reshape(-1)  # [n * K], example-major
+        hk = h_rows.index_select(0, src).view(b1 - b0, K, G, L).float()  # fp32: accumulate products in fp32
+        gb = g_rows[b0:b1, None].float()  # [n, 1, G, L]
+        torch.sum(hk.mul_(gb), dim=3, out=out[b0:b1])
+    return out.view(B, K, G).to(weights.dtype).reshape(weights.shape)
