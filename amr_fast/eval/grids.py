@@ -310,9 +310,10 @@ def triangle_grid(
 def class_mixes(
     ae: torch.nn.Module, mixer: torch.nn.Module, x_a: torch.Tensor, x_b: torch.Tensor, y_mix: torch.Tensor, cfg
 ) -> np.ndarray:
-    """The paper's figure 5 (supervised AMR): per pair, columns x_a, x_b, then one decoded mix per target label
-    vector: the class mixer maps y_mix [T, num_classes] to per-channel probabilities m of taking h_a (the mixer's
-    `forward(y) -> m [T, C]`), and h_mix = m h_a + (1 - m) h_b through `mask_mix`."""
+    """The paper's figure 5 (supervised AMR, section 2.2): per pair, columns x_a, x_b, then one decoded mix per
+    target label vector y_mix [T, num_classes]: the class mixer maps it to per-channel weights m [T, 2, C]
+    (`ClassMixer.forward`; a mixer returning p [T, C], the weight of x_a, is accepted too) and
+    h_mix = m_0 h_a + m_1 h_b through `mask_mix`."""
     ae = unwrap(ae)
     impl = getattr(cfg, "impl", "auto")
     with inference(ae), inference(mixer):
@@ -320,13 +321,26 @@ def class_mixes(
         x_a, x_b = to_unit(x_a).to(dev), to_unit(x_b).to(dev)
         n, t = x_a.shape[0], y_mix.shape[0]
         h_a, h_b = ae.encode(x_a), ae.encode(x_b)
-        p = mixer(y_mix.to(dev).float()).float().reshape(t, -1)  # [T, C] probability of source a per channel
-        if p.shape[1] != h_a.shape[1]:
-            raise ValueError(f"the class mixer gives {p.shape[1]} channel weights but the code has {h_a.shape[1]}")
-        m = torch.stack([p, 1 - p], dim=1).repeat(n, 1, 1)  # [N T, 2, C]
-        h_mix = mask_sources([h_a.repeat_interleave(t, 0), h_b.repeat_interleave(t, 0)], m, impl)
+        m = mixer(y_mix.to(dev).float()).float()
+        if m.dim() == 2:  # p [T, C] -> [T, 2, C]
+            m = torch.stack([m, 1 - m], dim=1)
+        if m.dim() != 3 or m.shape[1] != 2 or m.shape[2] != h_a.shape[1]:
+            raise ValueError(
+                f"the class mixer must return m [T, 2, C] with C = {h_a.shape[1]} code channels; got {tuple(m.shape)}"
+            )
+        h_mix = mask_sources(
+            [h_a.repeat_interleave(t, 0), h_b.repeat_interleave(t, 0)], m.repeat(n, 1, 1), impl
+        )  # [N T, C, *S]
         x_mix = decode(ae, h_mix, cfg).reshape(n, t, *x_a.shape[1:])
     return tile(torch.cat([x_a[:, None], x_b[:, None], x_mix], dim=1))
+
+
+def class_label_paths(y_a: torch.Tensor, y_b: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Target label vectors for `class_mixes` of pairs with labels y_a, y_b [N]: class of a only, both classes,
+    class of b only (the values a per-class mix of two one-hot labels can take) -> [N, 3, num_classes]."""
+    one_a = torch.nn.functional.one_hot(y_a.long().cpu(), num_classes).float()
+    one_b = torch.nn.functional.one_hot(y_b.long().cpu(), num_classes).float()
+    return torch.stack([one_a, torch.maximum(one_a, one_b), one_b], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -416,11 +430,7 @@ def training_grid(
     kind, k = getattr(cfg, "mixer", "mixup"), int(getattr(cfg, "k", 2))
     panels = [reconstructions(ae, x, cfg)]
     if kind == "class" and mixer is not None and y is not None:
-        num_classes = int(getattr(cfg, "num_classes", 10))
-        y_a = torch.nn.functional.one_hot(y[:half].long().cpu(), num_classes).float()
-        y_b = torch.nn.functional.one_hot(y.roll(-half, 0)[:half].long().cpu(), num_classes).float()
-        a = torch.linspace(1, 0, 5)[:, None, None]
-        y_mix = (a * y_a[None] + (1 - a) * y_b[None]).transpose(0, 1)  # [half, 5, classes]
+        y_mix = class_label_paths(y[:half], y.roll(-half, 0)[:half], int(getattr(cfg, "num_classes", 10)))
         for i in range(half):  # each pair with its own label path
             panels.append(class_mixes(ae, mixer, x_a[i : i + 1], x_b[i : i + 1], y_mix[i], cfg))
     elif kind == "bernoulli" and k == 2:

@@ -124,9 +124,10 @@ def test_training_grid_shape_and_recon_rows(mixer, k, tmp_path):
 
 
 def test_class_mixes_use_the_mixer_probabilities():
-    class Mixer(torch.nn.Module):  # p(source a) per channel = y[:, 0], the same for every channel
+    class Mixer(torch.nn.Module):  # weight of source a per channel = y[:, 0], the same for every channel
         def forward(self, y):
-            return y[:, :1].expand(-1, 3)
+            p = y[:, :1].expand(-1, 3)
+            return torch.stack([p, 1 - p], dim=1)  # [T, 2, C] as amr_fast.models.mixer.ClassMixer
 
     x_a, x_b = const_images([250], c=3), const_images([50], c=3)
     y_mix = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -146,3 +147,19 @@ def test_spiral_grid_is_an_rgb_plot(shape):
 def test_save_png_rejects_float():
     with pytest.raises(ValueError, match="uint8"):
         grids.save_png("x.png", np.zeros((4, 4, 3)))
+
+
+def test_training_grid_class_mixer_panel():
+    class Mixer(torch.nn.Module):  # all channels from a if a's class is on alone, else from b
+        def forward(self, y):
+            p = ((y[:, 0] == 1) & (y.sum(1) == 1)).float()[:, None].expand(-1, 1)
+            return torch.stack([p, 1 - p], dim=1)
+
+    x = (torch.arange(4, dtype=torch.uint8) * 60)[:, None, None, None].expand(4, 1, 5, 7).contiguous()
+    y = torch.tensor([0, 0, 1, 1])
+    img = grids.training_grid(IdentityAE(), x, cfg(mixer="class"), torch.Generator(), y=y, mixer=Mixer())
+    assert grids.class_label_paths(y[:2], y[2:], 3)[0].tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 0]]
+    top = PAD + 2 * (5 + PAD) + grids.GAP  # the first class panel starts below the 2 recon rows
+    panel = img[top:]
+    # pair 0: a = image 0 (class 0), b = image 2 (class 1); mixes: a only -> a, both -> b, b only -> b
+    assert [int(tile_at(panel, 0, q, 5, 7)[0, 0, 0]) for q in range(5)] == [0, 120, 0, 120, 120]
