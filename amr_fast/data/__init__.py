@@ -1,0 +1,12 @@
+"""amr_fast.data: WebDataset shards for every dataset of AMR / Manifold Mixup, and the streaming reader.
+
+Write once (`make_shards`, or `amr-fast shard SOURCE --src PATH --out DIR`), then stream: `train_loader` (infinite,
+per rank, equal batch counts, resumable) and `eval_loader` (one exact pass). `load_index` / `check_index` read and
+validate a dataset's `index.json` against the model config before training. Layout: DESIGN.md "Layout".
+"""
+
+from amr_fast.data.index import check_index, load_index
+from amr_fast.data.loader import eval_loader, train_loader
+from amr_fast.data.write import make_shards
+
+__all__ = ["check_index", "eval_loader", "load_index", "make_shards", "train_loader"]

@@ -1,0 +1,184 @@
+"""The dataset index (`index.json`) and the per-sample codec of our WebDataset shards.
+
+A dataset directory holds `{split}-{i:06d}.tar` shards and one `index.json`, written last (see `write.py`): a
+directory without `index.json` is not a dataset. The index records what the model config must agree with (image
+size, channels, classes) and, under "fields", how each tensor of a batch is stored in a sample:
+
+    x               "raw" (uint8 C*H*W bytes), "png" or "jpg" (PIL), or "f32" (float32 points, e.g. the spiral)
+    y               "cls" (ASCII integer, the WebDataset convention); -1 when the dataset has no labels
+    attrs           raw uint8 0/1 (CelebA's 40 attributes, published as +-1), float32 in a batch
+    factors         raw float32 latent values (dSprites: color, shape, scale, orientation, posX, posY)
+    factor_classes  raw int16 latent class indices, int64 in a batch
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+FORMAT_VERSION = 1
+INDEX_NAME = "index.json"
+SPLITS = ("train", "valid", "test")
+
+
+def load_index(root: str | Path) -> dict:
+    """Read `root/index.json` (or `root` itself if it is the index file); add "root", check the shards exist."""
+    path = Path(root)
+    if path.is_dir():
+        path = path / INDEX_NAME
+    if not path.is_file():
+        hint = (
+            " (shards without an index are an unfinished write: re-run `amr-fast shard`)"
+            if path.parent.is_dir() and any(path.parent.glob("*.tar"))
+            else ""
+        )
+        raise FileNotFoundError(
+            f"no dataset index at {path}{hint}; create the dataset with `amr-fast shard SOURCE --src ... "
+            f"--out {path.parent}`"
+        )
+    index = json.loads(path.read_text())
+    version = index.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format_version {version!r} but this amr_fast reads version {FORMAT_VERSION}: "
+            "re-create the dataset with `amr-fast shard`"
+        )
+    index["root"] = str(path.parent)
+    for split, info in index["splits"].items():
+        missing = [name for name in info["shards"] if not (path.parent / name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"split {split!r} of {path} lists {len(missing)} shard(s) that do not exist, e.g. "
+                f"{path.parent / missing[0]}; copy the whole dataset directory or re-create it with `amr-fast shard`"
+            )
+    return index
+
+
+def check_index(index: dict, img_size: int, channels: int) -> None:
+    """Raise ValueError before training if the data and the model config disagree (both sides + the fix).
+
+    Image datasets: `img_size` is the side of the square images and `channels` their channel count. Point
+    datasets (the spiral): `channels` is the point dimension and `img_size` must be 0.
+    """
+    name, where = index.get("name", "?"), index.get("root", "the index")
+    if "dim" in index and index.get("image_size") is None:
+        if channels != index["dim"] or img_size not in (0, None):
+            raise ValueError(
+                f"dataset {name!r} at {where} holds {index['dim']}-D points but the model config expects "
+                f"img_size={img_size}, channels={channels}: use an MLP preset with input dim {index['dim']} "
+                "(img_size 0)"
+            )
+        return
+    size, chans = index.get("image_size"), index.get("channels")
+    if size != img_size or chans != channels:
+        raise ValueError(
+            f"dataset {name!r} at {where} has {size}x{size} images with {chans} channel(s) but the model config "
+            f"expects {img_size}x{img_size} with {channels}: re-shard with `amr-fast shard {name} --size "
+            f"{img_size} ...` (channels are fixed by the source), or choose a preset / --img-size matching the data"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sample codec.
+
+
+def field_specs(
+    x_shape: tuple[int, ...], encoding: str, *, attrs: int = 0, factors: int = 0, factor_classes: bool = False
+) -> dict:
+    """The index's "fields" entry. x_shape: [C, H, W] (uint8 images) or [D] (float32 points)."""
+    if len(x_shape) == 1:
+        fields = {"x": {"ext": "f32", "dtype": "float32", "shape": list(x_shape)}}
+    else:
+        ext = {"raw": "raw", "png": "png", "jpeg": "jpg"}[encoding]
+        fields = {"x": {"ext": ext, "dtype": "uint8", "shape": list(x_shape)}}
+    fields["y"] = {"ext": "cls", "dtype": "int64", "shape": []}
+    if attrs:
+        fields["attrs"] = {"ext": "attrs", "dtype": "uint8", "shape": [attrs]}
+    if factors:
+        fields["factors"] = {"ext": "factors", "dtype": "float32", "shape": [factors]}
+    if factors and factor_classes:
+        fields["factor_classes"] = {"ext": "fcls", "dtype": "int16", "shape": [factors]}
+    return fields
+
+
+def encode_sample(sample: dict[str, np.ndarray], fields: dict) -> dict[str, bytes]:
+    """One sample's arrays (x [C,H,W] uint8 or [D] float32, y scalar, ...) -> {ext: bytes} for the tar."""
+    out = {}
+    for name, spec in fields.items():
+        value = sample[name]
+        ext = spec["ext"]
+        if ext == "cls":
+            out[ext] = str(int(value)).encode()
+        elif ext in ("png", "jpg"):
+            img = np.ascontiguousarray(np.asarray(value, np.uint8).transpose(1, 2, 0))
+            img = img[:, :, 0] if img.shape[2] == 1 else img
+            buf = io.BytesIO()
+            if ext == "png":
+                Image.fromarray(img).save(buf, format="PNG", compress_level=1)  # fast to write, same decode speed
+            else:
+                Image.fromarray(img).save(buf, format="JPEG", quality=95)
+            out[ext] = buf.getvalue()
+        else:
+            out[ext] = np.ascontiguousarray(value, dtype=spec["dtype"]).tobytes()
+    return out
+
+
+def _nbytes(spec: dict) -> int:
+    return int(np.prod(spec["shape"], dtype=np.int64)) * np.dtype(spec["dtype"]).itemsize
+
+
+def decode_sample(raw: dict[str, memoryview], fields: dict) -> dict:
+    """Check / decode one sample's members; raise ValueError if it is missing a field or does not decode.
+
+    Fixed-size raw fields stay bytes (they are joined and reinterpreted once per batch in `collate`).
+    """
+    out = {}
+    for name, spec in fields.items():
+        payload = raw.get(spec["ext"])
+        if payload is None:
+            raise ValueError(f"sample has no .{spec['ext']} member")
+        ext = spec["ext"]
+        if ext == "cls":
+            out[name] = int(bytes(payload))
+        elif ext in ("png", "jpg"):
+            c, h, w = spec["shape"]
+            with Image.open(io.BytesIO(payload)) as im:
+                im = im.convert("L" if c == 1 else "RGB") if im.mode != ("L" if c == 1 else "RGB") else im
+                img = np.asarray(im)
+            if img.shape[:2] != (h, w):
+                raise ValueError(f"image is {img.shape[:2]}, expected {(h, w)}")
+            out[name] = img
+        else:
+            if len(payload) != _nbytes(spec):
+                raise ValueError(f".{ext} has {len(payload)} bytes, expected {_nbytes(spec)}")
+            out[name] = payload
+    return out
+
+
+def collate(samples: list[dict], fields: dict) -> dict[str, torch.Tensor]:
+    """Decoded samples -> a batch: x uint8 [N,C,H,W] (float32 [N,D] points), y int64 [N], attrs float32 ..."""
+    n = len(samples)
+    batch = {}
+    for name, spec in fields.items():
+        values = [s[name] for s in samples]
+        ext = spec["ext"]
+        if ext == "cls":
+            arr = np.array(values, dtype=np.int64)
+        elif ext in ("png", "jpg"):
+            arr = np.stack(values).reshape(n, *spec["shape"][1:], spec["shape"][0]).transpose(0, 3, 1, 2)
+            arr = np.ascontiguousarray(arr)
+        else:
+            arr = np.frombuffer(b"".join(values), dtype=spec["dtype"]).reshape(n, *spec["shape"])
+            if name == "attrs":
+                arr = arr.astype(np.float32)
+            elif name == "factor_classes":
+                arr = arr.astype(np.int64)
+            else:
+                arr = arr.copy()  # frombuffer is read-only; torch wants a writable array
+        batch[name] = torch.from_numpy(arr)
+    return batch

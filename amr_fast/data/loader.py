@@ -1,0 +1,319 @@
+"""The streaming reader: an infinite, resumable training stream per rank, and an exact evaluation pass.
+
+How the training stream splits the data (our equivalent of WebDataset's resampled shards + `split_by_node` +
+`split_by_worker`, with explicit rank / worker arguments so it is deterministic and resumable):
+
+- Readers ("slots"): `world_size x W` of them, W = max(workers, 1); slot = rank * W + worker.
+- Units: each shard is cut into P = ceil(slots / shards) interleaved parts (sample i of a shard goes to part
+  i % P), so there are always at least as many units as slots, even with few large shards and many GPUs.
+- Rounds: round r permutes the units with a generator seeded by (seed, r), the same on every rank; slot q gets
+  the q-th block of U = units // slots units, so within a round the slots read disjoint samples. Each slot
+  yields exactly B = (the U smallest units' samples) // batch_size batches per round, so every rank yields the
+  same number of batches and DDP never waits for a rank that ran dry. The unused tail of a round differs from
+  round to round. A shuffle buffer (seeded by (seed, r, slot)) mixes the samples a slot reads.
+- Order: the DataLoader takes batches from its workers round-robin, so the rank's batch g comes from slot
+  g % W, its (g // W)-th batch. `start_batch` re-derives that mapping: a resumed run (same seed, world size,
+  workers and batch size) continues the same stream, skipping whole rounds without reading them and replaying
+  only the current round up to the resume point.
+- Damage: a sample that will not decode, or the samples lost in a truncated shard, are skipped with a warning
+  and counted (`stats["skipped"]`, next to `stats["seen"]`); the slot then tops its round up from the round's
+  unused units, so the batch count stays equal. More than `max_skipped` (1%) of the last `window` samples
+  skipped stops the run with an error naming the dataset.
+
+Never pass these loaders to `accelerator.prepare`: it would wrap the DataLoader in its own sharding (each rank
+keeps only every world_size-th batch of a stream that is already per rank), dropping data and breaking the
+equal-count and resume guarantees above. Move batches to the device yourself.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from collections import deque
+from collections.abc import Iterator
+from itertools import count
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from amr_fast.data.index import collate, decode_sample, load_index
+from amr_fast.data.tario import iter_samples
+
+SHUFFLE_BUFFER = 2000  # samples held (undecoded) per worker for shuffling
+
+
+class _Units:
+    """A split's shards cut into interleaved parts: unit u = (shard j, part p) = samples p, p + P, ... of j."""
+
+    def __init__(self, index: dict, split: str, slots: int) -> None:
+        splits = index["splits"]
+        if split not in splits:
+            raise ValueError(
+                f"dataset {index.get('name')!r} at {index['root']} has no split {split!r}; it has {', '.join(splits)}"
+            )
+        info = splits[split]
+        self.root = Path(index["root"])
+        self.paths = [self.root / name for name in info["shards"]]
+        self.sizes = list(info.get("shard_sizes") or [])
+        if not self.paths or info["num_samples"] == 0:
+            raise ValueError(f"split {split!r} of {self.root} is empty; re-create the dataset with `amr-fast shard`")
+        self.parts = max(1, math.ceil(slots / len(self.paths)))
+        self.units = [(j, p) for j in range(len(self.paths)) for p in range(self.parts)]
+        self.unit_sizes = [len(range(p, self.sizes[j], self.parts)) for j, p in self.units]
+        self.fields = index["fields"]
+        self._cache: tuple[int, bytes] | None = None
+
+    def read(self, u: int, counter: dict) -> Iterator[tuple[str, dict]]:
+        """Samples (key, raw members) of unit u; missing samples (damaged shard) are added to counter["skipped"]."""
+        j, p = self.units[u]
+        got = 0
+        try:
+            if self._cache is None or self._cache[0] != j:
+                self._cache = (j, self.paths[j].read_bytes())
+            data = self._cache[1]
+        except OSError as err:
+            data = b""
+            warnings.warn(f"cannot read shard {self.paths[j]}: {err}; skipping its samples", stacklevel=2)
+        for ordinal, sample in enumerate(iter_samples(data)):
+            if ordinal % self.parts == p:
+                got += 1
+                yield sample
+        missing = self.unit_sizes[u] - got
+        if missing > 0:
+            counter["skipped"] += missing
+            if p == 0 or self.parts == 1:
+                warnings.warn(
+                    f"shard {self.paths[j]} is damaged (truncated or corrupt): {missing} of its samples in this part "
+                    "were lost and skipped; re-create the dataset with `amr-fast shard` to recover them",
+                    stacklevel=2,
+                )
+
+    def decode(self, sample: tuple[str, dict], counter: dict) -> dict | None:
+        key, raw = sample
+        try:
+            out = decode_sample(raw, self.fields)
+        except (ValueError, OSError, SyntaxError) as err:  # PIL raises OSError / SyntaxError on broken images
+            counter["skipped"] += 1
+            warnings.warn(f"skipping undecodable sample {key} in {self.root}: {err}", stacklevel=2)
+            return None
+        out["index"] = int(key.rsplit("/", 1)[-1])
+        return out
+
+
+def _batch(samples: list[dict], units: _Units, counter: dict) -> dict:
+    batch = collate(samples, units.fields)
+    batch["index"] = torch.tensor([s["index"] for s in samples], dtype=torch.int64)
+    batch["_seen"] = len(samples)
+    batch["_skipped"] = counter["skipped"]
+    counter["skipped"] = 0
+    return batch
+
+
+class _TrainStream(IterableDataset):
+    def __init__(
+        self,
+        index: dict,
+        split: str,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        workers: int,
+        start_batch: int,
+        shuffle_buffer: int,
+    ) -> None:
+        self.W = max(workers, 1)
+        self.slots = world_size * self.W
+        self.units = _Units(index, split, self.slots)
+        self.index, self.split, self.batch_size = index, split, batch_size
+        self.rank, self.seed, self.start_batch, self.shuffle_buffer = rank, seed, start_batch, shuffle_buffer
+        self.per_slot = len(self.units.units) // self.slots  # U units per slot per round
+        smallest = sorted(self.units.unit_sizes)[: self.per_slot]
+        self.batches_per_round = sum(smallest) // batch_size  # B, equal for every slot and rank
+        if self.batches_per_round == 0:
+            raise ValueError(
+                f"split {split!r} of {self.units.root} has {index['splits'][split]['num_samples']} samples: too few "
+                f"for {world_size} rank(s) x {self.W} worker(s) reading batches of {batch_size}; lower batch_size "
+                "or workers, or re-shard with more samples"
+            )
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        w = info.id if info is not None else 0
+        first = self.start_batch + w  # this worker makes the rank's batches first, first + W, first + 2W, ...
+        slot = self.rank * self.W + first % self.W
+        k = first // self.W  # position in that slot's stream
+        skip = k % self.batches_per_round
+        for r in count(k // self.batches_per_round):
+            for b, batch in enumerate(self._round(slot, r)):
+                if b >= skip:
+                    yield batch
+            skip = 0
+
+    def _round(self, slot: int, r: int) -> Iterator[dict]:
+        units, U = self.units, self.per_slot
+        order = np.random.default_rng([self.seed, r]).permutation(len(units.units))  # same on every rank
+        mine = order[slot * U : (slot + 1) * U]
+        spare = np.concatenate([order[self.slots * U :], order])  # top-ups if damage left this slot short
+        rnd = random.Random(f"{self.seed}/{self.split}/{r}/{slot}")
+        counter = {"skipped": 0}
+        samples: list[dict] = []
+        made = 0
+
+        def buffered() -> Iterator[tuple[str, dict]]:
+            buf: list = []
+            size = self.shuffle_buffer
+            for u in mine:
+                for sample in units.read(int(u), counter):
+                    if len(buf) < size:
+                        buf.append(sample)
+                        continue
+                    i = rnd.randrange(size)
+                    buf[i], sample = sample, buf[i]
+                    yield sample
+            rnd.shuffle(buf)
+            yield from buf
+
+        def topped_up() -> Iterator[tuple[str, dict]]:
+            yield from buffered()
+            for _ in range(2):  # at most two passes over every unit before giving up
+                for u in spare:
+                    yield from units.read(int(u), counter)
+            raise ValueError(
+                f"split {self.split!r} of {units.root}: no readable samples left for reader {slot}; the shards are "
+                "damaged: re-create the dataset with `amr-fast shard`"
+            )
+
+        for sample in topped_up():
+            decoded = units.decode(sample, counter)
+            if decoded is None:
+                continue
+            samples.append(decoded)
+            if len(samples) == self.batch_size:
+                yield _batch(samples, units, counter)
+                samples = []
+                made += 1
+                if made == self.batches_per_round:
+                    return
+
+
+class _EvalStream(IterableDataset):
+    def __init__(self, index: dict, split: str, batch_size: int, rank: int, world_size: int, workers: int) -> None:
+        self.W = max(workers, 1)
+        self.slots = world_size * self.W
+        self.units = _Units(index, split, self.slots)
+        self.batch_size, self.rank = batch_size, rank
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        slot = self.rank * self.W + (info.id if info is not None else 0)
+        counter = {"skipped": 0}
+        samples: list[dict] = []
+        for u in range(slot, len(self.units.units), self.slots):
+            for sample in self.units.read(u, counter):
+                decoded = self.units.decode(sample, counter)
+                if decoded is not None:
+                    samples.append(decoded)
+                if len(samples) == self.batch_size:
+                    yield _batch(samples, self.units, counter)
+                    samples = []
+        if samples or counter["skipped"]:
+            yield _batch(samples, self.units, counter) if samples else {"_seen": 0, "_skipped": counter["skipped"]}
+
+
+def _loader(dataset: IterableDataset, workers: int) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=None,  # workers make whole batches: one collate per batch, no per-sample IPC
+        num_workers=workers,
+        prefetch_factor=4 if workers > 0 else None,
+        in_order=True,  # round-robin over workers: the order `start_batch` relies on
+    )
+
+
+def _guarded(loader: DataLoader, stats: dict | None, max_skipped: float, window: int, root: str) -> Iterator[dict]:
+    """Pop the workers' counters, update `stats`, stop if too many samples were skipped in the last window."""
+    recent: deque[tuple[int, int]] = deque()
+    seen_w = skipped_w = 0
+    for batch in loader:
+        seen, skipped = batch.pop("_seen"), batch.pop("_skipped")
+        if stats is not None:
+            stats["seen"] = stats.get("seen", 0) + seen
+            stats["skipped"] = stats.get("skipped", 0) + skipped
+        recent.append((seen, skipped))
+        seen_w, skipped_w = seen_w + seen, skipped_w + skipped
+        while len(recent) > 1 and seen_w + skipped_w - sum(recent[0]) >= window:
+            s, k = recent.popleft()
+            seen_w, skipped_w = seen_w - s, skipped_w - k
+        if skipped_w > max_skipped * window:
+            raise ValueError(
+                f"{skipped_w} of the last {seen_w + skipped_w} samples read from {root} could not be read (limit "
+                f"{max_skipped:.0%} of {window}): the shards are damaged; re-create the dataset with `amr-fast "
+                "shard` (or raise max_skipped if you accept the loss)"
+            )
+        if seen:
+            yield batch
+
+
+def train_loader(
+    root: str | Path,
+    batch_size: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    workers: int = 2,
+    start_batch: int = 0,
+    split: str = "train",
+    stats: dict | None = None,
+    shuffle_buffer: int = SHUFFLE_BUFFER,
+    max_skipped: float = 0.01,
+    window: int = 10000,
+) -> Iterator[dict]:
+    """Infinite stream of this rank's training batches (see the module docstring for the split and the order).
+
+    Each batch: "x" uint8 [N, C, H, W] (float32 [N, D] for point datasets), "y" int64 [N] (-1: unlabelled),
+    "index" int64 [N] (each sample's index in its split), and when the dataset has them "attrs" float32 [N, A]
+    in {0, 1}, "factors" float32 [N, F], "factor_classes" int64 [N, F]. Deterministic given (seed, rank, worker,
+    position); a resumed run passes the number of batches this rank already consumed as `start_batch` and must
+    keep seed, world_size, workers and batch_size. Configuration errors raise here, before any worker starts.
+    """
+    if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or workers < 0 or start_batch < 0:
+        raise ValueError(
+            f"need batch_size >= 1, 0 <= rank < world_size, workers >= 0, start_batch >= 0; got batch_size="
+            f"{batch_size}, rank={rank}, world_size={world_size}, workers={workers}, start_batch={start_batch}"
+        )
+    index = load_index(root)
+    stream = _TrainStream(index, split, batch_size, rank, world_size, seed, workers, start_batch, shuffle_buffer)
+    return _guarded(_loader(stream, workers), stats, max_skipped, window, index["root"])
+
+
+def eval_loader(
+    root: str | Path,
+    split: str,
+    batch_size: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 0,
+    stats: dict | None = None,
+    max_skipped: float = 0.01,
+    window: int = 10000,
+) -> Iterator[dict]:
+    """One exact pass over `split`: every sample once across all ranks, in shard order, no padding duplicates.
+
+    Ranks (and workers) read disjoint parts of the shards, so they may get DIFFERENT numbers of samples and
+    batches (each worker's last batch may be short): gather results with a variable-size gather (or sum counts
+    and correct predictions), never assume equal batch counts. Batches have the keys of `train_loader`.
+    """
+    if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or workers < 0:
+        raise ValueError(
+            f"need batch_size >= 1, 0 <= rank < world_size, workers >= 0; got batch_size={batch_size}, "
+            f"rank={rank}, world_size={world_size}, workers={workers}"
+        )
+    index = load_index(root)
+    stream = _EvalStream(index, split, batch_size, rank, world_size, workers)
+    return _guarded(_loader(stream, workers), stats, max_skipped, window, index["root"])

@@ -1,0 +1,134 @@
+"""WebDataset tar shards at the byte level: a writer that publishes each shard atomically, and a fast reader.
+
+A shard is a plain POSIX (ustar) tar in the WebDataset convention: one sample is the run of consecutive members
+that share a key (`00001234.raw`, `00001234.cls`, ...), so `webdataset.WebDataset(url)` reads our shards too.
+The reader here parses the 512-byte headers itself (checksum verified) from the shard's bytes in memory: it is
+several times faster than `tarfile` per member, which matters for 1 KiB samples, and it reports a truncated or
+damaged shard as data instead of raising, so the loader can skip what is lost and count it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+BLOCK = 512
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """A ustar header for a regular file (read-only, mtime 0: identical inputs give identical shards)."""
+    encoded = name.encode()
+    if len(encoded) > 100:
+        raise ValueError(f"tar member name {name!r} is longer than 100 bytes; use shorter keys")
+    header = bytearray(BLOCK)
+    header[0 : len(encoded)] = encoded
+    header[100:108] = b"0000444\0"  # mode
+    header[108:116] = b"0000000\0"  # uid
+    header[116:124] = b"0000000\0"  # gid
+    header[124:136] = b"%011o\0" % size
+    header[136:148] = b"00000000000\0"  # mtime
+    header[148:156] = b" " * 8  # checksum placeholder: counted as spaces
+    header[156:157] = b"0"  # regular file
+    header[257:265] = b"ustar\x0000"
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+class ShardWriter:
+    """Write samples into `path` (a tar); the file appears under its final name only after `close()`.
+
+    Each sample is `(key, {ext: bytes})`, written as members `key.ext`. Until `close()` the data lives in
+    `path + ".partial"`, so an interrupted writer never leaves a shard that looks finished.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".partial")
+        self._file = open(self.tmp, "wb", buffering=1 << 20)  # noqa: SIM115 - closed in close() / abort()
+        self.num_samples = 0
+
+    def write(self, key: str, fields: dict[str, bytes]) -> None:
+        for ext, payload in fields.items():
+            self._file.write(tar_header(f"{key}.{ext}", len(payload)))
+            self._file.write(payload)
+            self._file.write(b"\0" * (-len(payload) % BLOCK))
+        self.num_samples += 1
+
+    def close(self) -> None:
+        self._file.write(b"\0" * (2 * BLOCK))  # end-of-archive marker
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _octal(field: bytes) -> int:
+    field = field.rstrip(b"\0 ").lstrip(b" ")
+    return int(field, 8) if field else 0
+
+
+def iter_members(data: bytes) -> Iterator[tuple[str, memoryview]]:
+    """Yield `(name, payload)` of every regular file in tar bytes; stop at the end or at the first damage.
+
+    After the generator is exhausted, check `damaged`-ness by comparing the samples you received with the count
+    you expected: a truncated or corrupt shard simply ends early (the caller counts what is missing).
+    """
+    view = memoryview(data)
+    end = len(data)
+    off = 0
+    long_name: str | None = None
+    while off + BLOCK <= end:
+        header = data[off : off + BLOCK]
+        if header.count(0) == BLOCK:  # end-of-archive marker
+            return
+        try:
+            stored = _octal(header[148:156])
+            size = _octal(header[124:136])
+        except ValueError:
+            return  # not a header: damaged archive
+        if stored != sum(header[:148]) + 8 * 32 + sum(header[156:]):  # checksum field counts as 8 spaces
+            return
+        kind = header[156:157]
+        start = off + BLOCK
+        stop = start + size
+        if stop > end:
+            return  # truncated payload
+        off = start + (size + BLOCK - 1) // BLOCK * BLOCK
+        if kind == b"L":  # GNU long name for the next member
+            long_name = bytes(view[start:stop]).rstrip(b"\0").decode("utf-8", "replace")
+            continue
+        if kind not in (b"0", b"\0"):
+            long_name = None
+            continue  # directories, pax headers, links: not sample data
+        if long_name is not None:
+            name, long_name = long_name, None
+        else:
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+            prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
+            if prefix:
+                name = prefix.decode("utf-8", "replace") + "/" + name
+        yield name, view[start:stop]
+
+
+def iter_samples(data: bytes) -> Iterator[tuple[str, dict[str, memoryview]]]:
+    """Group consecutive members by WebDataset key (the name up to the first dot after the last slash)."""
+    key: str | None = None
+    fields: dict[str, memoryview] = {}
+    for name, payload in iter_members(data):
+        base = name.rsplit("/", 1)[-1]
+        dot = base.find(".")
+        if dot < 0:
+            continue
+        k, ext = name[: len(name) - len(base) + dot], base[dot + 1 :]
+        if k != key:
+            if key is not None:
+                yield key, fields
+            key, fields = k, {}
+        fields[ext] = payload
+    if key is not None:
+        yield key, fields
