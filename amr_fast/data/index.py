@@ -132,30 +132,34 @@ def _nbytes(spec: dict) -> int:
     return int(np.prod(spec["shape"], dtype=np.int64)) * np.dtype(spec["dtype"]).itemsize
 
 
-def decode_sample(raw: dict[str, memoryview], fields: dict) -> dict:
-    """Check / decode one sample's members; raise ValueError if it is missing a field or does not decode.
+def decode_plan(fields: dict) -> list[tuple[str, str, int, tuple]]:
+    """(name, ext, byte count, shape) per field: computed once per reader, used by `decode_sample` per sample."""
+    return [(name, spec["ext"], _nbytes(spec), tuple(spec["shape"])) for name, spec in fields.items()]
 
-    Fixed-size raw fields stay bytes (they are joined and reinterpreted once per batch in `collate`).
+
+def decode_sample(raw: dict[str, memoryview], plan: list[tuple[str, str, int, tuple]]) -> dict:
+    """Check / decode one sample's members (plan: `decode_plan(index["fields"])`); raise ValueError if a field is
+    missing or does not decode. Fixed-size raw fields stay bytes (joined and reinterpreted once per batch in
+    `collate`).
     """
     out = {}
-    for name, spec in fields.items():
-        payload = raw.get(spec["ext"])
+    for name, ext, nbytes, shape in plan:
+        payload = raw.get(ext)
         if payload is None:
-            raise ValueError(f"sample has no .{spec['ext']} member")
-        ext = spec["ext"]
+            raise ValueError(f"sample has no .{ext} member")
         if ext == "cls":
             out[name] = int(bytes(payload))
-        elif ext in ("png", "jpg"):
-            c, h, w = spec["shape"]
+        elif ext == "png" or ext == "jpg":
+            c, h, w = shape
+            mode = "L" if c == 1 else "RGB"
             with Image.open(io.BytesIO(payload)) as im:
-                im = im.convert("L" if c == 1 else "RGB") if im.mode != ("L" if c == 1 else "RGB") else im
-                img = np.asarray(im)
+                img = np.asarray(im if im.mode == mode else im.convert(mode))
             if img.shape[:2] != (h, w):
                 raise ValueError(f"image is {img.shape[:2]}, expected {(h, w)}")
             out[name] = img
         else:
-            if len(payload) != _nbytes(spec):
-                raise ValueError(f".{ext} has {len(payload)} bytes, expected {_nbytes(spec)}")
+            if len(payload) != nbytes:
+                raise ValueError(f".{ext} has {len(payload)} bytes, expected {nbytes}")
             out[name] = payload
     return out
 

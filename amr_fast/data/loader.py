@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from amr_fast.data.index import collate, decode_sample, load_index
+from amr_fast.data.index import collate, decode_plan, decode_sample, load_index
 from amr_fast.data.tario import iter_samples
 
 SHUFFLE_BUFFER = 2000  # samples held (undecoded) per worker for shuffling
@@ -64,6 +64,7 @@ class _Units:
         self.units = [(j, p) for j in range(len(self.paths)) for p in range(self.parts)]
         self.unit_sizes = [len(range(p, self.sizes[j], self.parts)) for j, p in self.units]
         self.fields = index["fields"]
+        self.plan = decode_plan(self.fields)
         self._cache: tuple[int, bytes] | None = None
 
     def read(self, u: int, counter: dict) -> Iterator[tuple[str, dict]]:
@@ -94,7 +95,7 @@ class _Units:
     def decode(self, sample: tuple[str, dict], counter: dict) -> dict | None:
         key, raw = sample
         try:
-            out = decode_sample(raw, self.fields)
+            out = decode_sample(raw, self.plan)
         except (ValueError, OSError, SyntaxError) as err:  # PIL raises OSError / SyntaxError on broken images
             counter["skipped"] += 1
             warnings.warn(f"skipping undecodable sample {key} in {self.root}: {err}", stacklevel=2)

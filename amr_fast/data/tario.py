@@ -72,63 +72,60 @@ def _octal(field: bytes) -> int:
     return int(field, 8) if field else 0
 
 
-def iter_members(data: bytes) -> Iterator[tuple[str, memoryview]]:
+def iter_members(data: bytes) -> Iterator[tuple[bytes, memoryview]]:
     """Yield `(name, payload)` of every regular file in tar bytes; stop at the end or at the first damage.
 
-    After the generator is exhausted, check `damaged`-ness by comparing the samples you received with the count
-    you expected: a truncated or corrupt shard simply ends early (the caller counts what is missing).
+    A truncated or corrupt shard simply ends early: the caller compares what it received with what the index
+    promised and counts the difference as skipped.
     """
     view = memoryview(data)
     end = len(data)
     off = 0
-    long_name: str | None = None
+    long_name: bytes | None = None
     while off + BLOCK <= end:
         header = data[off : off + BLOCK]
-        if header.count(0) == BLOCK:  # end-of-archive marker
-            return
         try:
-            stored = _octal(header[148:156])
             size = _octal(header[124:136])
+            stored = _octal(header[148:156])
         except ValueError:
             return  # not a header: damaged archive
-        if stored != sum(header[:148]) + 8 * 32 + sum(header[156:]):  # checksum field counts as 8 spaces
-            return
-        kind = header[156:157]
+        if stored != sum(header) - sum(header[148:156]) + 256:  # the checksum counts its own field as 8 spaces
+            return  # also the end-of-archive marker (all zeros)
+        kind = header[156]
         start = off + BLOCK
         stop = start + size
         if stop > end:
             return  # truncated payload
         off = start + (size + BLOCK - 1) // BLOCK * BLOCK
-        if kind == b"L":  # GNU long name for the next member
-            long_name = bytes(view[start:stop]).rstrip(b"\0").decode("utf-8", "replace")
+        if kind == 76:  # b"L": GNU long name of the next member
+            long_name = bytes(view[start:stop]).rstrip(b"\0")
             continue
-        if kind not in (b"0", b"\0"):
+        if kind != 48 and kind != 0:  # not b"0" / b"\0" (a regular file): directories, pax headers, links
             long_name = None
-            continue  # directories, pax headers, links: not sample data
+            continue
         if long_name is not None:
             name, long_name = long_name, None
         else:
-            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-            prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
-            if prefix:
-                name = prefix.decode("utf-8", "replace") + "/" + name
+            name = header[:100].split(b"\0", 1)[0]
+            if header[345] and header[257:262] == b"ustar":  # ustar name prefix
+                name = header[345:500].split(b"\0", 1)[0] + b"/" + name
         yield name, view[start:stop]
 
 
 def iter_samples(data: bytes) -> Iterator[tuple[str, dict[str, memoryview]]]:
     """Group consecutive members by WebDataset key (the name up to the first dot after the last slash)."""
-    key: str | None = None
+    key: bytes | None = None
     fields: dict[str, memoryview] = {}
     for name, payload in iter_members(data):
-        base = name.rsplit("/", 1)[-1]
-        dot = base.find(".")
+        slash = name.rfind(b"/")
+        dot = name.find(b".", slash + 1)
         if dot < 0:
             continue
-        k, ext = name[: len(name) - len(base) + dot], base[dot + 1 :]
+        k = name[:dot]
         if k != key:
             if key is not None:
-                yield key, fields
+                yield key.decode("utf-8", "replace"), fields
             key, fields = k, {}
-        fields[ext] = payload
+        fields[name[dot + 1 :].decode("utf-8", "replace")] = payload
     if key is not None:
-        yield key, fields
+        yield key.decode("utf-8", "replace"), fields
