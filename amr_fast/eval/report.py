@@ -43,8 +43,15 @@ class Run:
 
     @property
     def dataset(self) -> str:
+        """The dataset's name in its index.json when the data directory is at hand, else the directory's name
+        (builtin datasets: the name after "builtin:")."""
         data = str(self.cfg.get("data", "")) or "?"
-        return data.split(":", 1)[1] if data.startswith("builtin:") else Path(data).name
+        if data.startswith("builtin:"):
+            return data.split(":", 1)[1]
+        try:
+            return str(json.loads((Path(data) / "index.json").read_text())["name"])
+        except (OSError, ValueError, KeyError):
+            return Path(data).name
 
     @property
     def label(self) -> tuple[str, str, str]:

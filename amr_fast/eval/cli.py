@@ -1,0 +1,294 @@
+"""`amr-fast eval RUN_OR_SNAPSHOT [--metrics probe,factorvae,betavae,recon] [--data DIR]`: metrics of a snapshot.
+
+The evaluation of AMR (Beckham et al., NeurIPS 2019, section 4): `probe` fits a fresh linear classifier on the
+frozen codes of the train split and scores it on the test split (the valid split when there is no test split,
+as for dSprites), next to the online probe's best validation accuracy recorded during training (tables 1-3);
+`factorvae` / `betavae` score disentanglement against the dSprites factors (table 4; `amr_fast.eval.disentangle`:
+all five factors, Kim & Mnih's parameters by default); `recon` is the mean absolute and squared reconstruction
+error on the test split, in [-1, 1] pixel units. Each metric appends one JSON line to `metric-<name>.jsonl` in the
+run directory (next to the snapshot) and the command prints a table. `amr-fast report` picks the lines up.
+
+Examples:
+    amr-fast eval /work/runs/fmnist-mixup-s0                       # newest snapshot of the run, probe + recon
+    amr-fast eval runs/demo/snapshot-0000040.000.safetensors --metrics factorvae,betavae,recon
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+METRICS = ("probe", "factorvae", "betavae", "recon")
+DEFAULT_METRICS = "probe,recon"  # factorvae/betavae are added for datasets with dSprites factors
+
+
+def resolve_target(path: str | Path) -> tuple[Path, Path]:
+    """(snapshot file, directory for metric-*.jsonl) from a run directory (its newest snapshot) or a snapshot."""
+    from amr_fast.eval.report import latest_snapshot
+
+    path = Path(path)
+    if path.is_dir():
+        return latest_snapshot(path), path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; pass a run directory or a snapshot-<kimg>.safetensors")
+    return path, path.parent
+
+
+def data_root(cfg, override: str | None) -> Path:
+    """--data, else the snapshot config's dataset (a builtin one is generated into the cache if missing)."""
+    if override:
+        return Path(override)
+    from amr_fast.train import resolve_data_root
+
+    return resolve_data_root(cfg, True, lambda: None)
+
+
+def make_encode(ae: torch.nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """images (uint8, or float in [-1, 1]) -> codes [N, D] float32 on the CPU, eval mode, no grad."""
+    from amr_fast.eval.grids import to_unit
+
+    ae.eval()
+
+    @torch.no_grad()
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return ae.encode(to_unit(x).to(device)).flatten(1).float().cpu()
+
+    return encode
+
+
+def _split(index: dict, *names: str) -> str:
+    for name in names:
+        if name in index["splits"]:
+            return name
+    raise ValueError(
+        f"the dataset at {index['root']} has none of the splits {names}; re-create it with `amr-fast shard`"
+    )
+
+
+def factor_sampler(index: dict, cfg, pool: int, seed: int = 0):
+    """Images conditioned on the dSprites factors: the procedural renderer of `amr_fast.data` for
+    dsprites-procedural (exact conditioning), else up to `pool` examples of the train split with their
+    factor_classes (`IndexedFactors`). dSprites' constant colour factor is dropped: five factors remain."""
+    from amr_fast.eval import disentangle as dis
+
+    names = list(index.get("factor_names") or [])
+    if not names:
+        raise ValueError(
+            f"the dataset {index.get('name')!r} has no generative factors; factorvae/betavae need dSprites "
+            "(e.g. data=builtin:dsprites-procedural); use --metrics probe,recon"
+        )
+    keep = [i for i, n in enumerate(names) if n != "color"]
+    if index.get("name") == "dsprites-procedural":
+        from amr_fast.data import procedural
+
+        size = int(index.get("image_size") or cfg.img_size)
+
+        def render(classes: np.ndarray) -> torch.Tensor:  # [n, 5] (shape, scale, orientation, posX, posY)
+            full = np.concatenate([np.zeros((len(classes), 1), np.int64), classes], axis=1)
+            return torch.from_numpy(procedural.render_dsprites(procedural.dsprites_index(full), size))
+
+        return dis.ProductFactors(dis.DSPRITES_SIZES, render)
+    from amr_fast import data as amr_data
+
+    xs, fcs, n = [], [], 0
+    for b in amr_data.eval_loader(index["root"], "train", 1000):
+        if "factor_classes" not in b:
+            raise ValueError(
+                f"the dataset {index.get('name')!r} stores no factor_classes; re-create it with `amr-fast shard`"
+            )
+        xs.append(b["x"])
+        fcs.append(b["factor_classes"])
+        n += len(b["x"])
+        if n >= pool:
+            break
+    return dis.IndexedFactors(torch.cat(xs)[:pool], torch.cat(fcs)[:pool].numpy(), factors=keep)
+
+
+def recon_error(ae: torch.nn.Module, cfg, root: Path, split: str, device: torch.device, limit: int | None) -> dict:
+    """Mean |x_rec - x| and (x_rec - x)^2 over a split, pixels in [-1, 1]."""
+    from amr_fast import data as amr_data
+    from amr_fast.eval.grids import decode, to_unit
+
+    l1 = l2 = 0.0
+    n = 0
+    ae.eval()
+    with torch.no_grad():
+        for b in amr_data.eval_loader(root, split, 256):
+            x = to_unit(b["x"]).to(device)
+            x_rec = decode(ae, ae.encode(x), cfg)
+            l1 += float((x_rec - x).abs().sum())
+            l2 += float((x_rec - x).square().sum())
+            n += len(x)
+            if limit is not None and n >= limit:
+                break
+    if n == 0:
+        raise ValueError(f"split {split!r} is empty; check --data")
+    per = n * int(np.prod(x.shape[1:]))
+    return {"l1": l1 / per, "mse": l2 / per, "split": split, "n": n}
+
+
+def _online_probe(meta: dict, out_dir: Path) -> dict:
+    """The online probe's figures recorded by training: the snapshot's metadata, else the run's stats.jsonl."""
+    figures = meta.get("probe") if isinstance(meta.get("probe"), dict) else {}
+    best = figures.get("best_valid_acc")
+    if best is None and (out_dir / "stats.jsonl").is_file():
+        from amr_fast.eval.report import Run, best_valid, read_jsonl
+
+        best = best_valid(Run(out_dir, {}, read_jsonl(out_dir / "stats.jsonl")))
+    return {"online_best_valid_acc": best, "online_test_acc_at_best": figures.get("test_acc_at_best")}
+
+
+def evaluate(
+    target: str | Path,
+    metrics: list[str],
+    data: str | None = None,
+    device: str = "cpu",
+    limit: int | None = None,
+    votes: int | None = None,
+    pool: int = 50000,
+    seed: int = 0,
+    vote_batch: int | None = None,
+) -> dict[str, dict]:
+    """Compute `metrics` for a run directory or snapshot, append each to `metric-<name>.jsonl` next to it, and
+    return {name: result}. limit: at most this many examples per split (probe, recon); votes: instead of the
+    papers' counts, this many training and as many scoring votes (FactorVAE) or points (beta-VAE), and the
+    per-dimension std from max(1000, 10 votes) images: quick runs; vote_batch: images (pairs) per vote instead of
+    the papers' 100 (FactorVAE) / 64 (beta-VAE)."""
+    from amr_fast import data as amr_data
+    from amr_fast.checkpoint import load_networks, load_snapshot
+    from amr_fast.eval import disentangle as dis
+    from amr_fast.eval.probe import encode_batches, offline_probe
+
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
+    snapshot, out_dir = resolve_target(target)
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+    )
+    nets, cfg = load_networks(snapshot, dev)
+    _, meta = load_snapshot(snapshot)
+    if cfg.arch == "mlp":
+        raise ValueError("this snapshot is the spiral toy (arch=mlp): plot it with `amr-fast report RUN --spiral FILE`")
+    ae = nets["ae"]
+    encode = make_encode(ae, dev)
+    root = data_root(cfg, data)
+    index = amr_data.load_index(root)
+    test_split = _split(index, "test", "valid")
+    results: dict[str, dict] = {}
+    for name in metrics:
+        t0 = time.time()
+        if name == "probe":
+            if int(index.get("num_classes") or 0) < 2:
+                raise ValueError(f"the dataset {index.get('name')!r} has no class labels; drop probe from --metrics")
+            h_tr, y_tr = encode_batches(encode, amr_data.eval_loader(root, "train", 500), limit)
+            h_te, y_te = encode_batches(encode, amr_data.eval_loader(root, test_split, 500), limit)
+            res = offline_probe(h_tr, y_tr, h_te, y_te, int(index["num_classes"]))
+            res.update(split=test_split, **_online_probe(meta, out_dir))
+        elif name == "recon":
+            res = recon_error(ae, cfg, root, test_split, dev, limit)
+        else:
+            sampler = factor_sampler(index, cfg, pool, seed)
+            if name == "factorvae":
+                kw = {} if votes is None else {"n_train": votes, "n_eval": votes, "n_std": max(1000, 10 * votes)}
+                kw.update({} if vote_batch is None else {"batch_size": vote_batch})
+                res = dis.factorvae_score(encode, sampler, seed=seed, **kw).as_dict()
+            else:
+                kw = {} if votes is None else {"n_train": votes, "n_eval": votes}
+                kw.update({} if vote_batch is None else {"batch_size": vote_batch})
+                res = dis.betavae_score(encode, sampler, seed=seed, **kw).as_dict()
+        res = {
+            "metric": name,
+            **res,
+            "snapshot": str(snapshot),
+            "kimg": meta.get("kimg"),
+            "seconds": round(time.time() - t0, 1),
+            "time": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+        with open(out_dir / f"metric-{name}.jsonl", "a") as f:
+            f.write(json.dumps(res) + "\n")
+        results[name] = res
+    return results
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.2f}%"
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """One line per metric: name, headline value, what it is."""
+    lines = [f"{'metric':<10} {'value':>9}  details"]
+    for name, r in results.items():
+        if name == "probe":
+            value, details = (
+                _pct(r["test_acc"]),
+                (
+                    f"offline linear probe, {r['split']} accuracy (train {_pct(r['train_acc'])}, "
+                    f"{r['n_train']} / {r['n_test']} examples, {r['dims']}-dim code); online probe best valid "
+                    f"{_pct(r['online_best_valid_acc'])}, test at best {_pct(r['online_test_acc_at_best'])}"
+                ),
+            )
+        elif name == "recon":
+            value, details = (
+                f"{r['l1']:.4f}",
+                f"mean |x_rec - x| on {r['split']} ({r['n']} images, [-1, 1] pixels); mse {r['mse']:.4f}",
+            )
+        else:
+            value = f"{r['score']:.4f}"
+            details = (
+                f"{'Kim & Mnih' if name == 'factorvae' else 'Higgins et al.'} metric over {r['num_factors']} factors "
+                f"(train acc {r['train_accuracy']:.4f}, {r['n_train']} / {r['n_eval']} votes of {r['batch_size']})"
+            )
+        lines.append(f"{name:<10} {value:>9}  {details}")
+    return "\n".join(lines)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "target", metavar="RUN_OR_SNAPSHOT", help="a run directory (its newest snapshot) or a snapshot file"
+    )
+    parser.add_argument(
+        "--metrics",
+        default=None,
+        help=f"comma-separated, from {','.join(METRICS)} (default: {DEFAULT_METRICS}, plus factorvae for dSprites)",
+    )
+    parser.add_argument("--data", default=None, help="dataset directory (default: the one in the snapshot's config)")
+    parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda:0, ...")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many examples per split (probe, recon)")
+    parser.add_argument(
+        "--votes",
+        type=int,
+        default=None,
+        help="votes (FactorVAE) / points (beta-VAE) for fitting and for scoring (default: the papers' 800 / 10000)",
+    )
+    parser.add_argument(
+        "--pool", type=int, default=50000, help="train examples to draw factor-conditioned batches from"
+    )
+    parser.add_argument(
+        "--vote-batch", type=int, default=None, help="images (pairs) per vote (default: the papers' 100 / 64)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the metrics' random draws")
+
+
+def main(args: argparse.Namespace) -> int:
+    metrics = args.metrics
+    if metrics is None:
+        from amr_fast.checkpoint import load_snapshot
+
+        cfg = load_snapshot(resolve_target(args.target)[0])[1]["config"]
+        metrics = DEFAULT_METRICS + (",factorvae" if "dsprites" in str(args.data or cfg.get("data", "")) else "")
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    results = evaluate(
+        args.target, names, args.data, args.device, args.limit, args.votes, args.pool, args.seed, args.vote_batch
+    )
+    print(format_table(results))
+    out_dir = resolve_target(args.target)[1]
+    print(f"appended to {', '.join(str(out_dir / f'metric-{n}.jsonl') for n in results)}")
+    return 0
