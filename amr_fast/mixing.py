@@ -52,16 +52,12 @@ def check_mix_args(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor, k
             f"got shape {tuple(weights.shape)}"
         )
     if weights.device != h.device or perm.device != h.device:
-        raise ValueError(
-            f"h, perm and {wname} must be on one device; got {h.device}, {perm.device}, {weights.device}"
-        )
+        raise ValueError(f"h, perm and {wname} must be on one device; got {h.device}, {perm.device}, {weights.device}")
     if perm.device.type == "cpu" and B > 0:
         # Each row must be a permutation of 0..B-1: the backward pass gathers through the inverse permutation.
         # Checked on CPU only, where it costs no device sync.
         if perm.min() < 0 or perm.max() >= B:
-            raise ValueError(
-                f"perm values must lie in [0, {B}) (row indices of h); got [{perm.min()}, {perm.max()}]"
-            )
+            raise ValueError(f"perm values must lie in [0, {B}) (row indices of h); got [{perm.min()}, {perm.max()}]")
         if not torch.equal(perm.sort(dim=1).values, torch.arange(B).expand(K, B)):
             raise ValueError("each row of perm must be a permutation of 0..B-1 (no repeated partner indices)")
 
@@ -70,21 +66,26 @@ def check_mix_args(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor, k
 # The ops.
 
 
+def _acc_dtype(h: torch.Tensor, weights: torch.Tensor) -> torch.dtype:
+    """fp32 for fp16/bf16/fp32 inputs; float64 when h or the weights are float64 (gradcheck)."""
+    return torch.promote_types(torch.promote_types(h.dtype, weights.dtype), torch.float32)
+
+
 def simplex_mix(h: torch.Tensor, perm: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """out[b] = sum_k w[b, k] * h[perm[k, b]].  h [B, C, *S], perm [K, B], w [B, K] -> [B, C, *S]."""
     check_mix_args(h, perm, w, "simplex")
-    h_k = h[perm.long()].float()  # [K, B, C, *S]: the k-th partner of every example
-    w_k = w.t().float().reshape(*w.t().shape, *([1] * (h.dim() - 1)))  # [K, B, 1, ...]
-    return (w_k * h_k).sum(dim=0).to(h.dtype)  # accumulate in fp32, return h's dtype
+    acc = _acc_dtype(h, w)
+    h_k = h[perm.long()].to(acc)  # [K, B, C, *S]: the k-th partner of every example
+    w_k = w.t().to(acc).reshape(*w.t().shape, *([1] * (h.dim() - 1)))  # [K, B, 1, ...]
+    return (w_k * h_k).sum(dim=0).to(h.dtype)  # accumulate in fp32 (or wider), return h's dtype
 
 
 def mask_mix(h: torch.Tensor, perm: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """out[b, c] = sum_k m[b, k, c] * h[perm[k, b], c].  h [B, C, *S], perm [K, B], m [B, K, C] -> [B, C, *S]."""
     check_mix_args(h, perm, m, "mask")
-    h_k = h[perm.long()].float()  # [K, B, C, *S]
-    m_k = (
-        m.transpose(0, 1).float().reshape(*m.transpose(0, 1).shape, *([1] * (h.dim() - 2)))
-    )  # [K, B, C, 1...]
+    acc = _acc_dtype(h, m)
+    h_k = h[perm.long()].to(acc)  # [K, B, C, *S]
+    m_k = m.transpose(0, 1).to(acc).reshape(*m.transpose(0, 1).shape, *([1] * (h.dim() - 2)))  # [K, B, C, 1...]
     return (m_k * h_k).sum(dim=0).to(h.dtype)
 
 
@@ -138,9 +139,7 @@ def sample_gamma(alpha: float, shape: tuple[int, ...], generator: torch.Generato
     return out.reshape(shape).float()
 
 
-def sample_dirichlet_weights(
-    batch: int, k: int, alpha: float, generator: torch.Generator, device=None
-) -> torch.Tensor:
+def sample_dirichlet_weights(batch: int, k: int, alpha: float, generator: torch.Generator, device=None) -> torch.Tensor:
     """k-way mixup: w ~ Dirichlet(alpha * 1_K) per example -> [B, K] on the simplex."""
     if k < 2:
         raise ValueError(f"k must be >= 2 to mix (got k = {k})")

@@ -8,7 +8,7 @@ impl:
 - "ref": `amr_fast.mixing`, the spec (a gather + einsum, K copies of h);
 - "torch": the fast plain-torch path (`torch_mix.py`): embedding_bag, no K-fold temporaries;
 - "triton": fused kernels (`triton_mix.py`): CUDA tensors, or CPU tensors under TRITON_INTERPRET=1;
-- "auto": "triton" for CUDA tensors when triton imports, "torch" otherwise. Never fails.
+- "auto": "triton" for CUDA tensors (not float64) when triton imports, "torch" otherwise. Never fails.
 An explicit impl that cannot run raises ValueError saying why. "torch" and "triton" are `torch.library` custom ops
 (`ops.py`): differentiable in h and w / m with a deterministic backward, traceable by `torch.compile`.
 """
@@ -21,6 +21,8 @@ import os
 import torch
 
 from amr_fast import mixing
+
+from . import ops
 
 IMPLS = ("auto", "ref", "torch", "triton")
 
@@ -40,7 +42,8 @@ def resolve_impl(impl: str, h: torch.Tensor) -> str:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got {impl!r}")
     if impl == "auto":
-        return "triton" if h.is_cuda and triton_import_error() is None else "torch"
+        fused = h.is_cuda and h.dtype != torch.float64 and triton_import_error() is None  # kernels accumulate fp32
+        return "triton" if fused else "torch"
     if impl == "triton" and triton_import_error() is not None:
         raise ValueError(f"impl='triton' cannot run: triton does not import ({triton_import_error()}); use 'auto'")
     if impl == "triton" and not h.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
@@ -62,9 +65,7 @@ def simplex_mix(h: torch.Tensor, perm: torch.Tensor, w: torch.Tensor, impl: str 
     impl, perm = _prepare(h, perm, w, "simplex", impl)
     if impl == "ref":
         return mixing.simplex_mix(h, perm, w)
-    from .ops import simplex_mix_op
-
-    return simplex_mix_op(h, perm, w, impl)
+    return ops.simplex_mix_op(h, perm, w, impl)
 
 
 def mask_mix(h: torch.Tensor, perm: torch.Tensor, m: torch.Tensor, impl: str = "auto") -> torch.Tensor:
@@ -72,6 +73,4 @@ def mask_mix(h: torch.Tensor, perm: torch.Tensor, m: torch.Tensor, impl: str = "
     impl, perm = _prepare(h, perm, m, "mask", impl)
     if impl == "ref":
         return mixing.mask_mix(h, perm, m)
-    from .ops import mask_mix_op
-
-    return mask_mix_op(h, perm, m, impl)
+    return ops.mask_mix_op(h, perm, m, impl)

@@ -2,10 +2,11 @@
 
 Both mixes (DESIGN.md "Contract: the mixing ops") act on whole examples: out[b] = sum_k W[b, k] * h[perm[k, b]],
 with W a scalar (simplex_mix) or one weight per channel (mask_mix). The fast paths therefore see h as a 2-D
-`[B, D]` array of rows in the memory order of the output, which `torch.empty_like(h)` fixes (the same rule the
-fake/meta implementation uses, so eager and compiled strides agree). Within a row the elements sit in the order
-`[outer, groups, inner]`: simplex_mix is one group (`[1, 1, D]`); mask_mix on a contiguous h is `[1, C, S]`, on
-a channels-last h `[H*W, C, 1]`. The group (channel) of column d is `(d // inner) % groups`.
+`[B, D]` array of rows in the memory order of the output, which `empty_out(h)` fixes: `torch.empty_like(h)`
+unless the batch is not the outermost dim. The fake (meta) implementations use the same rule, so eager and
+compiled strides agree. Within a row the elements sit in the order `[outer, groups, inner]`: simplex_mix is one
+group (`[1, 1, D]`); mask_mix on a contiguous h is `[1, C, S]`, on a channels-last h `[H*W, C, 1]`. The group
+(channel) of column d is `(d // inner) % groups`.
 
 Inputs already laid out like the output are used in place (a view); any other input (strided slices, a grad that
 arrives with other strides) is copied once into that order.
@@ -38,7 +39,7 @@ class RowLayout:
         return tp.contiguous().view(t.shape[0], self.row_len)
 
     def unrows(self, rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        """Inverse of `rows`: contiguous [B, D] rows -> a [B, C, *S] view with the strides of empty_like(h)."""
+        """Inverse of `rows`: contiguous [B, D] rows -> a [B, C, *S] view with the strides of empty_out(h)."""
         tp = rows.view(shape[0], *[shape[d] for d in self.order])
         back = [0] * len(shape)
         for pos, d in enumerate(self.order, start=1):
@@ -46,10 +47,18 @@ class RowLayout:
         return tp.permute(*back)
 
 
+def empty_out(h: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """The output of a mix of h (real and fake impls alike): `empty_like(h)` (same strides for dense h, so
+    channels-last stays channels-last) when each example is one dense row there, else contiguous."""
+    out = torch.empty_like(h, device=device)
+    if out.shape[0] > 1 and out.stride(0) != out[0].numel():  # batch not the outermost dim (e.g. a transposed grad)
+        out = torch.empty_like(h, device=device, memory_format=torch.contiguous_format)
+    return out
+
+
 def row_layout(h: torch.Tensor, per_channel: bool) -> RowLayout:
-    """Layout of the output of a mix of h (that of torch.empty_like(h)): one group for simplex_mix, C groups for
-    mask_mix."""
-    out = torch.empty_like(h, device="meta")  # strides only, no memory
+    """Layout of `empty_out(h)`: one group for simplex_mix, C groups for mask_mix."""
+    out = empty_out(h, device="meta")  # strides only, no memory
     # Sort dims 1.. by stride, outermost first (stable: size-1 dims keep their place, their stride is arbitrary).
     order = tuple(sorted(range(1, out.dim()), key=lambda d: -out.stride(d)))
     sizes = [out.shape[d] for d in order]

@@ -7,7 +7,7 @@
 `impl` is "torch" (`torch_mix.py`) or "triton" (`triton_mix.py`); the reference lives in `amr_fast.mixing` and
 needs no custom op. The backward of both mixes is the same mix through the inverse permutations for h
 (deterministic gather) plus `mix_weight_grad` for the weights. The fake (meta) implementations return
-`empty_like(h)` / `empty_like(weights)`, which is also what the real ones return, strides included.
+`layout.empty_out(h)` / `empty_like(weights)`, which is also what the real ones return, strides included.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from . import torch_mix
-from .layout import inverse_perm, weights_at_source
+from .layout import empty_out, inverse_perm, weights_at_source
 
 
 def _impl_module(impl: str):
@@ -53,12 +53,12 @@ def mix_weight_grad_op(
 
 @simplex_mix_op.register_fake
 def _(h, perm, w, impl):
-    return torch.empty_like(h)
+    return empty_out(h)
 
 
 @mask_mix_op.register_fake
 def _(h, perm, m, impl):
-    return torch.empty_like(h)
+    return empty_out(h)
 
 
 @mix_weight_grad_op.register_fake

@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .layout import group_weights, row_layout
+from .layout import empty_out, group_weights, row_layout
 
 SEGMENT = 4096  # longest bag: longer rows are cut so both cores get work and a bag stays in L1/L2
 CHUNK_ELEMS = 1 << 18  # elements of gathered partners per chunk in the weight gradient (1 MiB in fp32)
@@ -39,10 +39,10 @@ def _segments(group_len: int) -> int:
 def mix(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """out[b] = sum_k W[b, k] * h[perm[k, b]]; weights [B, K] (one per example) or [B, K, C] (per channel)."""
     if h.numel() == 0:
-        return torch.empty_like(h)
+        return empty_out(h)
     lay = row_layout(h, per_channel=weights.dim() == 3)
     if lay.outer != 1:  # channels-last mask_mix: a weight per element of the row; mix a contiguous copy
-        return torch.empty_like(h).copy_(mix(h.contiguous(), perm, weights))
+        return empty_out(h).copy_(mix(h.contiguous(), perm, weights))
     B, K = perm.shape[1], perm.shape[0]
     wg = group_weights(weights)  # [B, K, G]
     G = wg.shape[2]
@@ -73,12 +73,13 @@ def weight_grad(grad: torch.Tensor, h: torch.Tensor, perm: torch.Tensor, weights
     G, L = lay.groups, lay.inner
     h_rows = lay.rows(h).view(B, G, L)
     g_rows = lay.rows(grad).view(B, G, L)
-    out = torch.empty(B, K, G, device=h.device, dtype=torch.float32)
+    acc = torch.promote_types(h.dtype, torch.float32)  # fp32 for half inputs, float64 stays float64
+    out = torch.empty(B, K, G, device=h.device, dtype=acc)
     step = max(1, CHUNK_ELEMS // (K * G * L))
     for b0 in range(0, B, step):
         b1 = min(B, b0 + step)
         src = perm[:, b0:b1].t().reshape(-1)  # [n * K], example-major
-        hk = h_rows.index_select(0, src).view(b1 - b0, K, G, L).float()  # fp32: accumulate products in fp32
-        gb = g_rows[b0:b1, None].float()  # [n, 1, G, L]
+        hk = h_rows.index_select(0, src).view(b1 - b0, K, G, L).to(acc)  # fp32: accumulate products in fp32
+        gb = g_rows[b0:b1, None].to(acc)  # [n, 1, G, L]
         torch.sum(hk.mul_(gb), dim=3, out=out[b0:b1])
     return out.view(B, K, G).to(weights.dtype).reshape(weights.shape)

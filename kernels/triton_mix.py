@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import group_weights, row_layout
+from .layout import empty_out, group_weights, row_layout
 
 TILE = 4096  # elements per program: enough work per program on a GPU, few programs in the interpreter
 
@@ -98,7 +98,7 @@ def _pow2(n: int) -> int:
 
 def mix(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Forward: out[b] = sum_k W[b, k] * h[perm[k, b]]; weights [B, K] or [B, K, C]. One launch."""
-    out = torch.empty_like(h)
+    out = empty_out(h)
     if out.numel() == 0:
         return out
     lay = row_layout(h, per_channel=weights.dim() == 3)

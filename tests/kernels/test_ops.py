@@ -1,0 +1,133 @@
+"""Tests of `amr_fast.kernels` (DESIGN.md "Contract: the mixing ops"): the "torch" impl against the "ref" spec,
+forward and backward, over odd shapes, K = 2..8, layouts and dtypes; dispatch; custom-op registration (opcheck,
+torch.compile); determinism. The "triton" impl runs in its own process: `test_triton.py`."""
+
+from __future__ import annotations
+
+import amr_fast.kernels.ops  # noqa: F401  (registers the custom ops)
+import pytest
+import torch
+from mix_cases import LAYOUTS, TOLERANCES, check_against_ref, make_case, shape_grid
+
+from amr_fast import kernels
+
+KINDS = ("simplex", "mask")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("B", "C", "S", "K"), shape_grid())
+def test_torch_matches_ref_fp32(B, C, S, K, kind):
+    check_against_ref("torch", B, C, S, K, kind, torch.float32, "contiguous")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(("B", "C", "S", "K"), [(5, 3, (4, 5), 3), (64, 2, (3, 7), 8), (1, 3, (2, 2), 2)])
+def test_torch_matches_ref_layouts_and_dtypes(B, C, S, K, kind, dtype, layout):
+    check_against_ref("torch", B, C, S, K, kind, dtype, layout)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_torch_long_rows_are_cut_into_segments(kind):
+    """Rows longer than SEGMENT are cut into several bags (simplex) or long channels split (mask)."""
+    from amr_fast.kernels import torch_mix
+
+    assert torch_mix._segments(2 * torch_mix.SEGMENT) > 1
+    check_against_ref("torch", 3, 2, (torch_mix.SEGMENT // 8, 16), 3, kind, torch.float32, "contiguous")
+
+
+@pytest.mark.parametrize("impl", ("ref", "torch", "auto"))
+def test_labels_mix_like_hidden_states(impl):
+    """Manifold Mixup mixes one-hot targets [B, num_classes] with the same call: rows stay on the simplex."""
+    y = torch.nn.functional.one_hot(torch.tensor([0, 2, 1, 2]), 3).float()
+    perm = torch.stack([torch.arange(4), torch.tensor([3, 2, 0, 1])])
+    lam = torch.tensor([[0.7, 0.3]]).expand(4, 2)
+    y_mix = kernels.simplex_mix(y, perm, lam, impl=impl)
+    torch.testing.assert_close(y_mix, 0.7 * y + 0.3 * y[perm[1]])
+    torch.testing.assert_close(y_mix.sum(1), torch.ones(4))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_torch_gradcheck_float64(kind):
+    h, perm, weights, _ = make_case(5, 3, (2,), 3, kind, torch.float64, "contiguous")
+    op = kernels.simplex_mix if kind == "simplex" else kernels.mask_mix
+    args = (h.requires_grad_(), weights.double().requires_grad_())
+    assert torch.autograd.gradcheck(lambda a, b: op(a, perm, b, impl="torch"), args)
+
+
+def test_backward_is_deterministic():
+    h, perm, m, grad = make_case(64, 3, (4, 5), 5, "mask", torch.float32, "contiguous")
+    grads = []
+    for _ in range(2):
+        hh, mm = h.clone().requires_grad_(True), m.clone().requires_grad_(True)
+        kernels.mask_mix(hh, perm, mm, impl="torch").backward(grad)
+        grads.append((hh.grad, mm.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
+def test_auto_runs_torch_on_cpu_and_explicit_triton_explains():
+    h = torch.randn(4, 2)
+    assert kernels.resolve_impl("auto", h) == "torch"
+    with pytest.raises(ValueError, match="impl must be one of"):
+        kernels.simplex_mix(h, torch.stack([torch.arange(4)] * 2), torch.rand(4, 2), impl="cuda")
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") != "1":  # this process never sets it (triton_cases.py runs apart)
+        with pytest.raises(ValueError, match="needs CUDA tensors"):
+            kernels.simplex_mix(h, torch.stack([torch.arange(4)] * 2), torch.rand(4, 2), impl="triton")
+
+
+@pytest.mark.parametrize("impl", ("ref", "torch"))
+def test_bad_input_names_argument_and_shape(impl):
+    h, perm, w = torch.randn(5, 3, 2), torch.stack([torch.arange(5), torch.arange(5).flip(0)]), torch.rand(5, 2)
+    with pytest.raises(TypeError, match="h must be a floating-point tensor"):
+        kernels.simplex_mix(torch.ones(5, 3, dtype=torch.int64), perm, w, impl=impl)
+    with pytest.raises(ValueError, match=r"perm must have shape \[K, B\] = \[K, 5\]"):
+        kernels.simplex_mix(h, perm[:, :4], w, impl=impl)
+    with pytest.raises(ValueError, match=r"w must have shape \[B, K\] = \[5, 2\]"):
+        kernels.simplex_mix(h, perm, torch.rand(5, 3), impl=impl)
+    with pytest.raises(ValueError, match=r"m must have shape \[B, K, C\] = \[5, 2, 3\]"):
+        kernels.mask_mix(h, perm, torch.rand(5, 2, 4), impl=impl)
+    with pytest.raises(TypeError, match="perm must be an integer tensor"):
+        kernels.simplex_mix(h, perm.float(), w, impl=impl)
+    with pytest.raises(ValueError, match=r"perm values must lie in \[0, 5\)"):
+        kernels.simplex_mix(h, perm + 1, w, impl=impl)
+    with pytest.raises(ValueError, match="permutation"):
+        kernels.simplex_mix(h, torch.zeros(2, 5, dtype=torch.int64), w, impl=impl)
+
+
+@pytest.mark.parametrize("op_name", ("simplex_mix_op", "mask_mix_op"))
+def test_opcheck(op_name):
+    kind = "simplex" if op_name.startswith("simplex") else "mask"
+    h, perm, weights, grad = make_case(5, 3, (4,), 3, kind, torch.float32, "contiguous")
+    op = getattr(kernels.ops, op_name)
+    torch.library.opcheck(op, (h.requires_grad_(), perm, weights.requires_grad_(), "torch"))
+    torch.library.opcheck(kernels.ops.mix_weight_grad_op, (grad, h.detach(), perm, weights.detach(), "torch"))
+
+
+def test_torch_compile_traces_a_model_without_graph_breaks():
+    """fullgraph=True fails on any graph break: the mix must be one traced node, forward and backward."""
+
+    class Mixer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = torch.nn.Conv2d(2, 3, 1)
+
+        def forward(self, x, perm, w, m):
+            h = self.enc(x)
+            return kernels.mask_mix(kernels.simplex_mix(h, perm, w, impl="torch"), perm, m, impl="torch")
+
+    x, perm, w, _ = make_case(6, 2, (3, 3), 3, "simplex", torch.float32, "contiguous")
+    m = torch.rand(6, 3, 3)
+    model = Mixer()
+    eager = model(x, perm, w, m)
+    eager.square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    out = compiled(x, perm, w, m)
+    out.square().sum().backward()
+    torch.testing.assert_close(out, eager)
+    for p, g in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, g)

@@ -1,0 +1,46 @@
+"""The "triton" impl against "ref" (DESIGN.md "Contract: the mixing ops"), run by `test_triton.py` in its own
+process with TRITON_INTERPRET=1 set before triton is imported (the interpreter runs the kernels on CPU tensors,
+about 1 ms per program instance: a few tiny shapes that still cover B = 1 / odd / 64, C = 1 / 2 / odd, K = 2..8,
+trailing dims none / 1-D / 2-D, every layout and dtype). Not collected by a plain `pytest tests` (no test_ prefix).
+"""
+
+from __future__ import annotations
+
+import os
+
+import amr_fast.kernels.ops  # noqa: F401  (registers the custom ops)
+import pytest
+import torch
+from mix_cases import check_against_ref, make_case
+
+from amr_fast import kernels
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1", reason="run by test_triton.py with TRITON_INTERPRET=1"
+)
+
+CASES = [  # (B, C, S, K, kind, dtype, layout)
+    (1, 1, (), 2, "simplex", torch.float32, "contiguous"),
+    (64, 2, (), 5, "simplex", torch.float32, "contiguous"),
+    (5, 3, (7,), 3, "mask", torch.float32, "strided"),
+    (6, 2, (3, 5), 4, "simplex", torch.float16, "channels_last"),
+    (4, 3, (2, 2), 8, "mask", torch.bfloat16, "channels_last"),
+    (3, 3, (2, 3), 7, "mask", torch.float16, "contiguous"),
+    (5, 1, (4,), 6, "simplex", torch.bfloat16, "strided"),
+]
+
+
+@pytest.mark.parametrize(("B", "C", "S", "K", "kind", "dtype", "layout"), CASES)
+def test_triton_matches_ref(B, C, S, K, kind, dtype, layout):
+    check_against_ref("triton", B, C, S, K, kind, dtype, layout)
+
+
+def test_triton_backward_is_deterministic_and_opcheck_passes():
+    h, perm, m, grad = make_case(5, 3, (2,), 3, "mask", torch.float32, "contiguous")
+    grads = []
+    for _ in range(2):
+        hh, mm = h.clone().requires_grad_(True), m.clone().requires_grad_(True)
+        kernels.mask_mix(hh, perm, mm, impl="triton").backward(grad)
+        grads.append((hh.grad, mm.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    torch.library.opcheck(kernels.ops.mask_mix_op, (h.requires_grad_(), perm, m.requires_grad_(), "triton"))

@@ -1,0 +1,139 @@
+"""Tests of the spec `amr_fast.mixing`: the reference ops (gradcheck in float64, the equations on a hand-made
+case) and the samplers of both papers (support, one-hot masks, moments within statistical bounds, seeded
+reproducibility)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from amr_fast import mixing
+
+N = 20_000  # draws for the moment checks: bounds below are 6 standard errors
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def assert_mean(x: torch.Tensor, mean: float, var: float) -> None:
+    se = math.sqrt(var / x.numel())
+    assert abs(x.double().mean().item() - mean) < 6 * se, (x.double().mean().item(), mean, se)
+
+
+def assert_var(x: torch.Tensor, var: float) -> None:
+    # Relative standard error of a sample variance is about sqrt(2 / n) (kurtosis-free bound, generous below).
+    assert abs(x.double().var().item() / var - 1) < 6 * math.sqrt(3 / x.numel()), (x.double().var().item(), var)
+
+
+def test_ops_follow_the_equations():
+    h = torch.arange(12.0).view(3, 2, 2)  # [B=3, C=2, S=2]
+    perm = torch.tensor([[0, 1, 2], [2, 0, 1]])
+    w = torch.tensor([[0.25, 0.75], [1.0, 0.0], [0.5, 0.5]])
+    out = mixing.simplex_mix(h, perm, w)
+    torch.testing.assert_close(out[0], 0.25 * h[0] + 0.75 * h[2])
+    torch.testing.assert_close(out[2], 0.5 * h[2] + 0.5 * h[1])
+    m = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]).expand(3, 2, 2)  # channel 0 from self, channel 1 from partner
+    out = mixing.mask_mix(h, perm, m)
+    torch.testing.assert_close(out[0], torch.stack([h[0, 0], h[2, 1]]))
+    torch.testing.assert_close(out[1], torch.stack([h[1, 0], h[0, 1]]))
+
+
+@pytest.mark.parametrize("kind", ["simplex", "mask"])
+def test_reference_gradcheck_float64(kind):
+    B, C, K = 5, 3, 3
+    h = torch.randn(B, C, 2, dtype=torch.float64, requires_grad=True)
+    perm = mixing.sample_perm(K, B, gen())
+    shape = (B, K) if kind == "simplex" else (B, K, C)
+    weights = torch.rand(shape, dtype=torch.float64, requires_grad=True)
+    op = mixing.simplex_mix if kind == "simplex" else mixing.mask_mix
+    assert torch.autograd.gradcheck(lambda a, b: op(a, perm, b), (h, weights))
+
+
+def test_sample_perm_rows():
+    perm = mixing.sample_perm(5, 33, gen())
+    assert perm.shape == (5, 33) and perm.dtype == torch.int64
+    assert torch.equal(perm[0], torch.arange(33))
+    for row in perm:
+        assert torch.equal(row.sort().values, torch.arange(33))
+    assert not torch.equal(perm[1], perm[2])
+    assert torch.equal(perm, mixing.sample_perm(5, 33, gen()))
+    with pytest.raises(ValueError, match="k must be >= 2"):
+        mixing.sample_perm(1, 4, gen())
+
+
+def test_uniform_weights_on_simplex_with_uniform_moments():
+    w = mixing.sample_uniform_weights(N, gen())
+    assert w.shape == (N, 2) and (w >= 0).all()
+    torch.testing.assert_close(w.sum(1), torch.ones(N))
+    assert_mean(w[:, 0], 0.5, 1 / 12)
+    assert_var(w[:, 0], 1 / 12)
+
+
+@pytest.mark.parametrize("alpha", [0.3, 1.0, 2.5])
+def test_gamma_moments(alpha):
+    g = mixing.sample_gamma(alpha, (N,), gen())
+    assert (g > 0).all()
+    assert_mean(g, alpha, alpha)
+    assert_var(g, alpha)
+
+
+@pytest.mark.parametrize(("k", "alpha"), [(3, 1.0), (8, 0.5)])
+def test_dirichlet_on_simplex_with_dirichlet_moments(k, alpha):
+    w = mixing.sample_dirichlet_weights(N, k, alpha, gen())
+    assert w.shape == (N, k) and (w >= 0).all()
+    torch.testing.assert_close(w.sum(1), torch.ones(N))
+    a0 = k * alpha
+    var = (alpha / a0) * (1 - alpha / a0) / (a0 + 1)
+    for j in range(k):
+        assert_mean(w[:, j], 1 / k, var)
+    assert_var(w[:, 0], var)
+
+
+@pytest.mark.parametrize("alpha", [0.2, 2.0])
+def test_beta_weights_per_batch_and_per_example(alpha):
+    w = mixing.sample_beta_weights(7, alpha, gen())
+    assert (w[:, 0] == w[0, 0]).all(), "one lambda per batch (Manifold Mixup)"
+    torch.testing.assert_close(w.sum(1), torch.ones(7))
+    w = mixing.sample_beta_weights(N, alpha, gen(), per_example=True)
+    var = 1 / (4 * (2 * alpha + 1))
+    assert_mean(w[:, 0], 0.5, var)
+    assert_var(w[:, 0], var)
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+def test_bernoulli_masks_are_one_hot(per_example):
+    m = mixing.sample_bernoulli_masks(N // 10, 16, gen(), per_example=per_example)
+    assert m.shape == (N // 10, 2, 16)
+    assert ((m == 0) | (m == 1)).all()
+    torch.testing.assert_close(m.sum(1), torch.ones(N // 10, 16))
+    if per_example:  # p ~ U(0, 1) per example: E[m] = 1/2, Var of a row mean = 1/12 + (1/6) / 16
+        assert_mean(m[:, 0].mean(1), 0.5, 1 / 12 + 1 / 6 / 16)
+    else:  # one p per batch: every example draws from the same p
+        p = m[:, 0].mean()
+        assert_mean(m[:, 0], p.item(), p.item() * (1 - p.item()))
+
+
+@pytest.mark.parametrize("k", [2, 3, 8])
+def test_kway_bernoulli_masks_are_one_hot_with_uniform_sources(k):
+    m = mixing.sample_kway_bernoulli_masks(N // 10, k, 8, gen(), per_example=True)
+    assert m.shape == (N // 10, k, 8)
+    assert ((m == 0) | (m == 1)).all()
+    torch.testing.assert_close(m.sum(1), torch.ones(N // 10, 8))
+    frac = m.mean(dim=(0, 2))  # source frequencies: 1/K each by symmetry
+    torch.testing.assert_close(frac, torch.full((k,), 1 / k), atol=0.02, rtol=0)
+
+
+def test_samplers_are_reproducible_with_a_seeded_generator():
+    draws = [
+        lambda g: mixing.sample_uniform_weights(9, g),
+        lambda g: mixing.sample_dirichlet_weights(9, 4, 1.0, g),
+        lambda g: mixing.sample_beta_weights(9, 0.4, g, per_example=True),
+        lambda g: mixing.sample_bernoulli_masks(9, 5, g),
+        lambda g: mixing.sample_kway_bernoulli_masks(9, 3, 5, g),
+    ]
+    for draw in draws:
+        assert torch.equal(draw(gen(1)), draw(gen(1)))
+        assert not torch.equal(draw(gen(1)), draw(gen(2)))
