@@ -45,10 +45,18 @@ from amr_fast.data.tario import iter_samples
 SHUFFLE_BUFFER = 2000  # samples held (undecoded) per worker for shuffling
 
 
+def _parts(shards: int, slots: int) -> int:
+    """Parts per shard for training: at least ceil(slots / shards) so every slot gets a unit, then (up to twice
+    that, which bounds the extra parsing of re-read shards) the count that leaves the fewest units unused per round.
+    """
+    low = max(1, math.ceil(slots / shards))
+    return min(range(low, 2 * low + 1), key=lambda p: ((shards * p) % slots) / (shards * p))
+
+
 class _Units:
     """A split's shards cut into interleaved parts: unit u = (shard j, part p) = samples p, p + P, ... of j."""
 
-    def __init__(self, index: dict, split: str, slots: int) -> None:
+    def __init__(self, index: dict, split: str, slots: int, balanced: bool = False) -> None:
         splits = index["splits"]
         if split not in splits:
             raise ValueError(
@@ -60,7 +68,7 @@ class _Units:
         self.sizes = list(info.get("shard_sizes") or [])
         if not self.paths or info["num_samples"] == 0:
             raise ValueError(f"split {split!r} of {self.root} is empty; re-create the dataset with `amr-fast shard`")
-        self.parts = max(1, math.ceil(slots / len(self.paths)))
+        self.parts = _parts(len(self.paths), slots) if balanced else max(1, math.ceil(slots / len(self.paths)))
         self.units = [(j, p) for j in range(len(self.paths)) for p in range(self.parts)]
         self.unit_sizes = [len(range(p, self.sizes[j], self.parts)) for j, p in self.units]
         self.fields = index["fields"]
@@ -128,7 +136,7 @@ class _TrainStream(IterableDataset):
     ) -> None:
         self.W = max(workers, 1)
         self.slots = world_size * self.W
-        self.units = _Units(index, split, self.slots)
+        self.units = _Units(index, split, self.slots, balanced=True)
         self.index, self.split, self.batch_size = index, split, batch_size
         self.rank, self.seed, self.start_batch, self.shuffle_buffer = rank, seed, start_batch, shuffle_buffer
         self.per_slot = len(self.units.units) // self.slots  # U units per slot per round

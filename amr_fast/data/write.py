@@ -1,8 +1,8 @@
 """`make_shards`: a source's published files -> WebDataset tar shards per split + `index.json`, published last.
 
-Every split is written as `{split}-{i:06d}.tar` shards of at most `shard_size` samples; train is written in a
-seeded random order (so each shard mixes classes; the published dSprites grid is sorted by factor), valid / test
-in source order. The key of a sample is its index in its split (`00001234`). A write first deletes the old
+Every split is written as `{split}-{i:06d}.tar` shards of equal size (at most `shard_size` samples); train is
+written in a seeded random order (so each shard mixes classes; the published dSprites grid is sorted by factor),
+valid / test in source order. The key of a sample is its index in its split (`00001234`). A write first deletes the old
 index (the directory stops being a dataset), writes each shard under a `.partial` name and renames it when
 complete, and writes `index.json` atomically at the very end: an interrupted write never looks complete.
 
@@ -67,6 +67,10 @@ def _pick_encoding(source: Source, encoding: str) -> str:
 
 
 def _write_split(split: str, data: Split, order: np.ndarray, out: Path, fields: dict, shard_size: int) -> dict:
+    # Equal shards (sizes differ by at most one): the reader's batches per round follow its smallest unit.
+    n_shards = max(1, -(-len(order) // shard_size))
+    base, extra = divmod(len(order), n_shards)
+    targets = [base + (i < extra) for i in range(n_shards)]
     shards, sizes, skipped = [], [], 0
     writer: ShardWriter | None = None
     try:
@@ -82,7 +86,7 @@ def _write_split(split: str, data: Split, order: np.ndarray, out: Path, fields: 
                     writer = ShardWriter(out / f"{split}-{len(shards):06d}.tar")
                 sample = {name: arrays[name][j] for name in fields}
                 writer.write(f"{int(i):08d}", encode_sample(sample, fields))
-                if writer.num_samples == shard_size:
+                if writer.num_samples == targets[min(len(shards), n_shards - 1)]:
                     writer.close()
                     shards.append(writer.path.name)
                     sizes.append(writer.num_samples)
