@@ -488,7 +488,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
     from amr_fast import checkpoint
 
     states, meta = checkpoint.load_snapshot(path)
-    cfg = config_from_dict(json.loads(meta["config"]))
+    cfg = config_from_dict(meta["config"])
     model = build_classifier(cfg)
     checkpoint.load_state_dicts({"classifier": model}, states)
     return model.to(device).eval(), cfg

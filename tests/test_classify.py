@@ -3,6 +3,7 @@ the paper's loss, on-device augmentation, every mode end to end, resume."""
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -181,3 +182,99 @@ def test_overrides_and_bad_values_are_clear_errors():
         classify.resolve_classify("fashion-mnist-manifold", {"lr_step": "1"})
     with pytest.raises(ValueError, match="mix_layers"):
         classify.build_classifier(tiny_cfg(mix_layers=(0, 7)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# End to end on a tiny Fashion-MNIST-format dataset made here.
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from amr_fast.data import make_shards
+
+    src = tmp_path_factory.mktemp("idx")
+    rng = np.random.default_rng(0)
+    for stem, n in [("train", 96), ("t10k", 24)]:
+        y = rng.integers(0, 10, n)
+        x = rng.random((n, 28, 28)) * 60 + y[:, None, None] * 20  # class-dependent brightness: learnable
+        write_idx(src / f"{stem}-images-idx3-ubyte", x)
+        write_idx(src / f"{stem}-labels-idx1-ubyte", y)
+    return str(make_shards("fashion-mnist", src, tmp_path_factory.mktemp("shards") / "fm32", size=32))
+
+
+def e2e_cfg(data: str, **kw) -> ClassifyConfig:
+    base = dict(
+        data=data,
+        channels=1,
+        width=1 / 16,
+        batch=8,
+        total_kimg=0.016,  # two iterations
+        tick_kimg=0.008,
+        snapshot_kimg=0.016,
+        state_kimg=0.016,
+        eval_kimg=0.016,
+        eval_max=8,
+        lr_steps_kimg=(0.008,),
+        workers=0,
+    )
+    return ClassifyConfig(**{**base, **kw}).validate()
+
+
+@pytest.mark.parametrize("mode", ["erm", "mixup", "manifold", "cutout"])
+def test_each_mode_trains_two_iterations(shards, tmp_path, mode):
+    from amr_fast.stats import read_jsonl
+
+    cfg = e2e_cfg(shards, mode=mode, loss="ce" if mode == "cutout" else "bce")
+    run = classify.train_classifier(cfg, tmp_path / mode, log=lambda msg: None)
+    rows = read_jsonl(run / "stats.jsonl")
+    assert [r["kimg"] for r in rows] == [0.008, 0.016]
+    assert [r["lr"] for r in rows] == [cfg.lr, cfg.lr * cfg.lr_gamma]
+    assert all(np.isfinite(r["loss/cls"]) for r in rows)
+    last = rows[-1]
+    for key in ("eval/test_error", "eval/fgsm_error@0.03"):
+        assert 0 <= last[key] <= 100
+    (snapshot,) = run.glob("snapshot-*.safetensors")
+    model, loaded_cfg = classify.load_classifier(snapshot)
+    assert loaded_cfg == cfg
+    torch.manual_seed(cfg.seed)
+    untrained = classify.build_classifier(cfg)
+    changed = [not torch.equal(a, b) for a, b in zip(model.state_dict().values(), untrained.state_dict().values())]
+    assert any(changed)  # two SGD steps moved the weights
+
+
+def test_rerun_after_a_crash_resumes_to_the_same_weights(shards, tmp_path, monkeypatch):
+    from amr_fast.checkpoint import load_snapshot
+
+    cfg = e2e_cfg(shards, mode="manifold", total_kimg=0.032, snapshot_kimg=0.032)
+    straight = classify.train_classifier(cfg, tmp_path / "straight", log=lambda msg: None)
+
+    calls = {"n": 0}
+    real_augment = classify.random_crop_flip
+
+    def crash_on_third_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated kill after the state at 0.016 kimg")
+        return real_augment(*args, **kwargs)
+
+    monkeypatch.setattr(classify, "random_crop_flip", crash_on_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        classify.train_classifier(cfg, tmp_path / "crashed", log=lambda msg: None)
+    monkeypatch.setattr(classify, "random_crop_flip", real_augment)
+    assert not list((tmp_path / "crashed").glob("snapshot-*"))
+    messages = []
+    resumed = classify.train_classifier(cfg, tmp_path / "crashed", log=messages.append)
+    assert any("resuming" in m for m in messages)
+
+    (a,) = straight.glob("snapshot-*.safetensors")
+    (b,) = resumed.glob("snapshot-*.safetensors")
+    weights_a, weights_b = load_snapshot(a)[0]["classifier"], load_snapshot(b)[0]["classifier"]
+    for name, tensor in weights_a.items():
+        torch.testing.assert_close(weights_b[name], tensor, rtol=0, atol=0, msg=name)
+    with pytest.raises(ValueError, match="another config"):
+        classify.train_classifier(dataclasses.replace(cfg, lr=0.5), tmp_path / "crashed", log=lambda msg: None)
