@@ -1,0 +1,152 @@
+"""`amr-fast bench kernels`: time and effective bandwidth of every impl of the mixing ops next to a same-size copy.
+
+For the papers' sizes (AMR codes of 2x4x4 to 256x8x8, batches 64 to 1024, K = 2, 3, 8; DESIGN.md "Contract: the
+mixing ops") and one h of 256 MiB, well beyond the L2 caches, each impl of `simplex_mix` and `mask_mix` is timed
+(perf_counter, warm-up, median of repeats; CUDA synchronised) in the same run as `Tensor.copy_` of a tensor of h's
+size. Effective bandwidth counts the bytes a mix must move: K reads of h (one per partner), one write of the
+output, the weights and perm; a copy moves 2 x |h|. "ratio" = mix bandwidth / copy bandwidth.
+
+On the 256 MiB size every output is fresh memory (the CPU allocator does not cache: the pages fault in on first
+write), so the copy is also timed into a fresh tensor (`clone`): the difference is the page-fault cost that every
+functional op pays there, and the mixes are compared with both. On CUDA the impls "triton" and "compile"
+(`torch.compile` of the reference) are added.
+
+    amr-fast bench kernels --out bench-kernels.json          # ~2 minutes on 2 CPU cores
+    amr-fast bench kernels --quick                           # a few sizes, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from amr_fast import kernels, mixing
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default=None, help="write the rows as JSON to this file")
+    parser.add_argument("--quick", action="store_true", help="a few sizes and fewer repeats (a smoke run)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype of h")
+    parser.add_argument("--device", default=None, help="device (default: cuda when available, else cpu)")
+    parser.add_argument("--big-mib", type=int, default=256, help="size of h for the beyond-cache row, MiB")
+
+
+def grid(quick: bool) -> list[tuple[int, int, tuple[int, ...], int]]:
+    """(B, C, S, K): K = 3 over the batch x code-size grid, K = 2 and 8 at B = 256."""
+    codes = [(2, (4, 4)), (64, (4, 4)), (256, (8, 8))]
+    if quick:
+        return [(64, 2, (4, 4), 3), (256, 256, (8, 8), 3)]
+    rows = [(B, C, S, 3) for B in (64, 256, 1024) for C, S in codes]
+    rows += [(256, C, S, K) for K in (2, 8) for C, S in codes]
+    return rows
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, budget_s: float, min_reps: int = 3) -> float:
+    """Median wall time of fn in ms: warm-up, then as many repeats as fit the budget (at least min_reps)."""
+
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    first = min(once(), once())  # warm-up: allocator, caches, first-call dispatch
+    reps = max(min_reps, min(50, int(budget_s / max(first, 1e-6))))
+    return 1e3 * statistics.median(once() for _ in range(reps))
+
+
+def impls_for(device: torch.device) -> dict[str, Callable]:
+    """impl name -> (op_name -> callable(h, perm, weights))."""
+    out: dict[str, Callable] = {
+        "ref": lambda op: getattr(mixing, op),
+        "torch": lambda op: lambda h, perm, w: getattr(kernels, op)(h, perm, w, impl="torch"),
+    }
+    if device.type == "cuda":
+        if kernels.triton_import_error() is None:
+            out["triton"] = lambda op: lambda h, perm, w: getattr(kernels, op)(h, perm, w, impl="triton")
+        out["compile"] = lambda op: torch.compile(getattr(mixing, op), dynamic=False)
+    return out
+
+
+def bench_size(B, C, S, K, dtype, device, budget_s, big=False) -> list[dict]:
+    g = torch.Generator(device="cpu").manual_seed(0)
+    h = torch.randn((B, C, *S), generator=g).to(device=device, dtype=dtype)
+    perm = mixing.sample_perm(K, B, g).to(device)
+    weights = {"simplex_mix": mixing.sample_dirichlet_weights(B, K, 1.0, g).to(device)}
+    weights["mask_mix"] = mixing.sample_kway_bernoulli_masks(B, K, C, g).to(device)
+    h_bytes = h.numel() * h.element_size()
+    dst = torch.empty_like(h)
+    copy_ms = time_ms(lambda: dst.copy_(h), device, budget_s, min_reps=5)
+    fresh_ms = time_ms(lambda: h.clone(), device, budget_s) if big else None
+    rows = []
+    for op, w in weights.items():
+        moved = K * h_bytes + h_bytes + w.numel() * w.element_size() + perm.numel() * perm.element_size()
+        for name, make in impls_for(device).items():
+            fn = make(op)
+            ms = time_ms(lambda fn=fn, w=w: fn(h, perm, w), device, budget_s if name != "ref" or not big else 0)
+            row = {
+                "op": op, "B": B, "C": C, "S": list(S), "K": K, "dtype": str(dtype).removeprefix("torch."),
+                "h_mib": h_bytes / 2**20, "impl": name, "ms": ms, "gbps": moved / ms / 1e6,
+                "copy_ms": copy_ms, "copy_gbps": 2 * h_bytes / copy_ms / 1e6,
+            }  # fmt: skip
+            row["ratio"] = row["gbps"] / row["copy_gbps"]
+            if fresh_ms is not None:  # beyond-cache: a copy into fresh pages pays the same page faults as the mix
+                row["copy_fresh_ms"] = fresh_ms
+                row["copy_fresh_gbps"] = 2 * h_bytes / fresh_ms / 1e6
+                row["ratio_vs_fresh"] = row["gbps"] / row["copy_fresh_gbps"]
+            rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'op':<12}{'B':>6}{'C x S':>11}{'K':>3}{'h MiB':>8}  {'impl':<8}{'ms':>9}{'GB/s':>8}"
+    head += f"{'copy ms':>9}{'copy GB/s':>10}{'ratio':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        cs = f"{r['C']}x" + "x".join(map(str, r["S"])) if r["S"] else str(r["C"])
+        line = f"{r['op']:<12}{r['B']:>6}{cs:>11}{r['K']:>3}{r['h_mib']:>8.2f}  {r['impl']:<8}{r['ms']:>9.3f}"
+        line += f"{r['gbps']:>8.1f}{r['copy_ms']:>9.3f}{r['copy_gbps']:>10.1f}{r['ratio']:>7.2f}"
+        if "copy_fresh_ms" in r:
+            line += f"   fresh copy {r['copy_fresh_ms']:.1f} ms -> ratio {r['ratio_vs_fresh']:.2f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but torch sees no GPU; drop --device to run on the CPU")
+    dtype = DTYPES[args.dtype]
+    budget = 0.05 if args.quick else 0.3
+    rows = []
+    for B, C, S, K in grid(args.quick):
+        rows += bench_size(B, C, S, K, dtype, device, budget)
+    # Beyond the caches: B examples of 256x8x8 making up --big-mib MiB.
+    big_b = max(1, math.ceil(args.big_mib * 2**20 / (256 * 64 * dtype.itemsize)))
+    rows += bench_size(big_b, 256, (8, 8), 3, dtype, device, budget, big=True)
+    print(format_table(rows))
+    print("GB/s counts K reads of h + 1 write (+ w, perm); copy = read + write of |h|; ratio = mix GB/s / copy GB/s")
+    if args.out:
+        meta = {
+            "torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "bytes": "mix: K*|h| + |out| + |w| + |perm|; copy: 2*|h|",
+        }  # fmt: skip
+        with open(args.out, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,26 @@
+"""Smoke test of `amr-fast bench kernels` (kernels/bench.py): every impl timed next to a same-size copy, the
+beyond-cache row with the fresh-output copy, a table and a JSON file. Timings are not asserted (noisy machine)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from amr_fast.kernels import bench
+
+
+def test_bench_quick_writes_table_and_json(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    bench.configure_parser(parser)
+    out = tmp_path / "k.json"
+    args = parser.parse_args(["--quick", "--big-mib", "1", "--out", str(out)])
+    assert bench.main(args) == 0
+    table = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert {r["impl"] for r in rows} == {"ref", "torch"} and {r["op"] for r in rows} == {"simplex_mix", "mask_mix"}
+    for r in rows:
+        assert r["ms"] > 0 and abs(r["ratio"] - r["gbps"] / r["copy_gbps"]) < 1e-9
+    big = [r for r in rows if "copy_fresh_ms" in r]
+    assert big and all(r["h_mib"] >= 1 for r in big)
+    assert "copy GB/s" in table and len(table.splitlines()) >= len(rows) + 2
