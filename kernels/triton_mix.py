@@ -42,6 +42,7 @@ def _mix_fwd_kernel(
     stride_perm_k,
     stride_w_b,
     stride_w_k,
+    PER_CHANNEL: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -53,8 +54,11 @@ def _mix_fwd_kernel(
     acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)  # fp32 accumulator whatever h's dtype
     for k in range(K):
         src = tl.load(perm_ptr + k * stride_perm_k + rows, mask=row_ok, other=0).to(tl.int64)
-        w_off = rows[:, None] * stride_w_b + k * stride_w_k + grp[None, :]
-        wk = tl.load(w_ptr + w_off, mask=tile_ok, other=0.0).to(tl.float32)  # fp32 before arithmetic (bf16)
+        if PER_CHANNEL:  # mask_mix: the weight of each column's channel
+            w_off = rows[:, None] * stride_w_b + k * stride_w_k + grp[None, :]
+            wk = tl.load(w_ptr + w_off, mask=tile_ok, other=0.0).to(tl.float32)  # fp32 before arithmetic (bf16)
+        else:  # simplex_mix: one weight per row
+            wk = tl.load(w_ptr + rows * stride_w_b + k * stride_w_k, mask=row_ok, other=0.0).to(tl.float32)[:, None]
         hk = tl.load(h_ptr + src[:, None] * D + cols[None, :], mask=tile_ok, other=0.0).to(tl.float32)
         acc += wk * hk
     out_off = rows[:, None].to(tl.int64) * D + cols[None, :]
@@ -96,6 +100,11 @@ def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(1, n))
 
 
+def _warps(tile: int) -> int:
+    """4 warps for small tiles, 8 for full ones (4096 elements: 16 per thread)."""
+    return 8 if tile >= 4096 else 4
+
+
 def mix(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Forward: out[b] = sum_k W[b, k] * h[perm[k, b]]; weights [B, K] or [B, K, C]. One launch."""
     out = empty_out(h)
@@ -112,7 +121,7 @@ def mix(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor) -> torch.Ten
     grid = (triton.cdiv(B, BLOCK_B), triton.cdiv(D, BLOCK_D))
     _mix_fwd_kernel[grid](
         h_rows, perm, wg, out_rows, B, K, D, lay.groups, lay.inner, perm.stride(0), wg.stride(0), wg.stride(1),
-        BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D,
+        PER_CHANNEL=weights.dim() == 3, BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D, num_warps=_warps(BLOCK_B * BLOCK_D),
     )  # fmt: skip
     return out
 
@@ -133,6 +142,6 @@ def weight_grad(grad: torch.Tensor, h: torch.Tensor, perm: torch.Tensor, weights
     grid = (B, triton.cdiv(G, BLOCK_G))
     _mix_weight_grad_kernel[grid](
         g_rows, h_rows, perm, gw, K, lay.row_len, G, lay.inner, n_j, perm.stride(0),
-        BLOCK_G=BLOCK_G, BLOCK_J=BLOCK_J,
+        BLOCK_G=BLOCK_G, BLOCK_J=BLOCK_J, num_warps=_warps(BLOCK_G * BLOCK_J),
     )  # fmt: skip
     return gw.to(weights.dtype).reshape(weights.shape)
