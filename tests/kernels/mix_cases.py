@@ -84,3 +84,15 @@ def shape_grid(full: bool = True):
                 cases.append((B, C, S, 2 + i % 7))
                 i += 1
     return cases if full else cases[::4]
+
+
+def assert_deterministic_backward(impl: str, B: int, C: int, S: tuple[int, ...], K: int):
+    """Two backward passes of mask_mix give bit-identical grads (a gather, no atomics). Returns (h, perm, m)."""
+    h, perm, m, grad = make_case(B, C, S, K, "mask", torch.float32, "contiguous")
+    grads = []
+    for _ in range(2):
+        hh, mm = h.clone().requires_grad_(True), m.clone().requires_grad_(True)
+        kernels.mask_mix(hh, perm, mm, impl=impl).backward(grad)
+        grads.append((hh.grad, mm.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    return h, perm, m

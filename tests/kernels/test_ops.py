@@ -7,7 +7,7 @@ from __future__ import annotations
 import amr_fast.kernels.ops  # noqa: F401  (registers the custom ops)
 import pytest
 import torch
-from mix_cases import LAYOUTS, TOLERANCES, check_against_ref, make_case, shape_grid
+from mix_cases import LAYOUTS, TOLERANCES, assert_deterministic_backward, check_against_ref, make_case, shape_grid
 
 from amr_fast import kernels
 
@@ -57,13 +57,7 @@ def test_torch_gradcheck_float64(kind):
 
 
 def test_backward_is_deterministic():
-    h, perm, m, grad = make_case(64, 3, (4, 5), 5, "mask", torch.float32, "contiguous")
-    grads = []
-    for _ in range(2):
-        hh, mm = h.clone().requires_grad_(True), m.clone().requires_grad_(True)
-        kernels.mask_mix(hh, perm, mm, impl="torch").backward(grad)
-        grads.append((hh.grad, mm.grad))
-    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    assert_deterministic_backward("torch", 64, 3, (4, 5), 5)
 
 
 def test_auto_runs_torch_on_cpu_and_explicit_triton_explains():

@@ -11,7 +11,7 @@ import os
 import amr_fast.kernels.ops  # noqa: F401  (registers the custom ops)
 import pytest
 import torch
-from mix_cases import check_against_ref, make_case
+from mix_cases import assert_deterministic_backward, check_against_ref
 
 from amr_fast import kernels
 
@@ -36,11 +36,5 @@ def test_triton_matches_ref(B, C, S, K, kind, dtype, layout):
 
 
 def test_triton_backward_is_deterministic_and_opcheck_passes():
-    h, perm, m, grad = make_case(5, 3, (2,), 3, "mask", torch.float32, "contiguous")
-    grads = []
-    for _ in range(2):
-        hh, mm = h.clone().requires_grad_(True), m.clone().requires_grad_(True)
-        kernels.mask_mix(hh, perm, mm, impl="triton").backward(grad)
-        grads.append((hh.grad, mm.grad))
-    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    h, perm, m = assert_deterministic_backward("triton", 5, 3, (2,), 3)
     torch.library.opcheck(kernels.ops.mask_mix_op, (h.requires_grad_(), perm, m.requires_grad_(), "triton"))
