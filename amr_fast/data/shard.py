@@ -47,7 +47,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--encoding",
         choices=["auto", "raw", "png", "jpeg"],
         default="auto",
-        help="image encoding: auto = raw uint8 up to 32x32x3, PNG above; jpeg is lossy",
+        help="image encoding: auto = raw uint8 up to 64x64x3, PNG above; jpeg is lossy (smaller files)",
     )
     parser.add_argument("--crop", type=int, default=None, help="celeba: centre-crop side before resizing (148)")
 

@@ -57,6 +57,19 @@ def _arrays_split(x: np.ndarray, y: np.ndarray, **extra: np.ndarray) -> Split:
     return Split(y=np.asarray(y, dtype=np.int64), load=load)
 
 
+def arrays_source(name: str, splits: dict[str, tuple[np.ndarray, np.ndarray]], class_names: list[str]) -> Source:
+    """A Source from in-memory arrays {split: (x uint8 [N, C, H, W], y int64 [N])} (benchmarks, your own data)."""
+    shapes = {x.shape[1:] for x, _ in splits.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"all splits of {name!r} must have one image shape; got {sorted(shapes)}")
+    return Source(
+        name=name,
+        splits={split: _arrays_split(x, y) for split, (x, y) in splits.items()},
+        x_shape=shapes.pop(),
+        class_names=class_names,
+    )
+
+
 def _resize_stack(x: np.ndarray, size: int | None) -> np.ndarray:
     """uint8 [N, C, H, W] -> [N, C, size, size] with PIL's antialiased bilinear resize (as torchvision Resize)."""
     if size is None or x.shape[-1] == size and x.shape[-2] == size:
@@ -523,4 +536,13 @@ def open_source(name: str, src: str | Path | None, size: int | None = None, **op
     return SOURCES[name](src, size, **options)
 
 
-__all__ = ["SOURCES", "Source", "Split", "open_source", "read_idx", "RestrictedUnpickler", "restricted_load"]
+__all__ = [
+    "SOURCES",
+    "Source",
+    "Split",
+    "arrays_source",
+    "open_source",
+    "read_idx",
+    "RestrictedUnpickler",
+    "restricted_load",
+]

@@ -27,7 +27,7 @@ from amr_fast.data.index import FORMAT_VERSION, INDEX_NAME, SPLITS, encode_sampl
 from amr_fast.data.sources import Source, Split, open_source
 from amr_fast.data.tario import ShardWriter
 
-RAW_MAX_VALUES = 3072  # auto encoding: raw up to 32x32x3 values per image, PNG above
+RAW_MAX_VALUES = 64 * 64 * 3  # auto encoding: raw up to 64x64 RGB, PNG above
 CHUNK = 1024  # samples loaded (decoded / rendered) at a time
 _OUR_FILES = re.compile(r"^(train|valid|test)-\d{6}\.tar(\.partial)?$")
 
@@ -129,6 +129,20 @@ def make_shards(
     if size is not None and not 8 <= size <= 1024:
         raise ValueError(f"--size must be an image side between 8 and 1024 pixels; got {size}")
     opened = open_source(source, src, size, crop=crop)
+    return write_source(opened, out, subset=subset, seed=seed, shard_size=shard_size, limit=limit, encoding=encoding)
+
+
+def write_source(
+    opened: Source,
+    out: str | Path,
+    *,
+    subset: int | None = None,
+    seed: int = 0,
+    shard_size: int = 5000,
+    limit: int | None = None,
+    encoding: str = "auto",
+) -> Path:
+    """Write an opened `Source` (see `make_shards` for the arguments; `sources.arrays_source` wraps arrays)."""
     enc = _pick_encoding(opened, encoding)
     probe = next(iter(opened.splits.values())).load(np.zeros(1, dtype=np.int64))
     fields = field_specs(

@@ -106,7 +106,7 @@ def test_truncated_shard_is_skipped_and_counted(mnist_like):
 
 
 def test_undecodable_sample_is_skipped_and_counted(tmp_path):
-    root = make_shards("dsprites-procedural", None, tmp_path / "ds", limit=12, shard_size=6)
+    root = make_shards("dsprites-procedural", None, tmp_path / "ds", limit=12, shard_size=6, encoding="png")
     index = load_index(root)
     assert index["encoding"] == "png"
     path = root / index["splits"]["train"]["shards"][0]
