@@ -76,10 +76,12 @@ def weight_grad(grad: torch.Tensor, h: torch.Tensor, perm: torch.Tensor, weights
     acc = torch.promote_types(h.dtype, torch.float32)  # fp32 for half inputs, float64 stays float64
     out = torch.empty(B, K, G, device=h.device, dtype=acc)
     step = max(1, CHUNK_ELEMS // (K * G * L))
+    buf = h_rows.new_empty(min(B, step) * K, G, L)  # the gathered partners of one chunk, reused
+    src_all = perm.t().contiguous().view(-1)  # [B * K], example-major
     for b0 in range(0, B, step):
         b1 = min(B, b0 + step)
-        src = perm[:, b0:b1].t().reshape(-1)  # [n * K], example-major
-        hk = h_rows.index_select(0, src).view(b1 - b0, K, G, L).to(acc)  # fp32: accumulate products in fp32
+        hk = torch.index_select(h_rows, 0, src_all[b0 * K : b1 * K], out=buf[: (b1 - b0) * K])
+        hk = hk.view(b1 - b0, K, G, L).to(acc)  # fp32: accumulate the products in fp32 (no copy for fp32)
         gb = g_rows[b0:b1, None].to(acc)  # [n, 1, G, L]
         torch.sum(hk.mul_(gb), dim=3, out=out[b0:b1])
     return out.view(B, K, G).to(weights.dtype).reshape(weights.shape)
