@@ -88,6 +88,21 @@ def _lazy_resize_split(x: np.ndarray, y: np.ndarray, size: int | None) -> Split:
     return Split(y=np.asarray(y, dtype=np.int64), load=load)
 
 
+def _held_out_source(name: str, train: tuple, test: tuple, n_valid: int, size: int | None, **meta) -> Source:
+    """train / test arrays (x uint8 [N, C, H, W], y [N]) -> train, valid = the last n_valid of train, test."""
+    (x, y), cut = train, len(train[0]) - n_valid
+    return Source(
+        name=name,
+        splits={
+            "train": _lazy_resize_split(x[:cut], y[:cut], size),
+            "valid": _lazy_resize_split(x[cut:], y[cut:], size),
+            "test": _lazy_resize_split(*test, size),
+        },
+        x_shape=(x.shape[1], size or x.shape[-1], size or x.shape[-1]),
+        **meta,
+    )
+
+
 def _find(src: Path, names: list[str], what: str) -> Path:
     for name in names:
         if (src / name).is_file():
@@ -160,16 +175,12 @@ def _idx_source(name: str) -> Callable[..., Source]:
         if len(train_x) != len(train_y) or len(test_x) != len(test_y):
             raise ValueError(f"{root}: image and label files disagree in length; re-download the {name} files")
         n_valid = 10000 if len(train_x) > 20000 else len(train_x) // 6
-        cut = len(train_x) - n_valid
-        side = size or train_x.shape[-1]
-        return Source(
-            name=name,
-            splits={
-                "train": _lazy_resize_split(train_x[:cut], train_y[:cut], size),
-                "valid": _lazy_resize_split(train_x[cut:], train_y[cut:], size),
-                "test": _lazy_resize_split(test_x, test_y, size),
-            },
-            x_shape=(1, side, side),
+        return _held_out_source(
+            name,
+            (train_x, train_y),
+            (test_x, test_y),
+            n_valid,
+            size,
             class_names=IDX_CLASSES[name],
             notes=f"valid = the last {n_valid} of the published train set (as the AMR code)",
         )
@@ -205,16 +216,12 @@ def svhn(src: str | Path | None, size: int | None, **_: object) -> Source:
         y = mat["y"].reshape(-1).astype(np.int64) % 10  # label 10 means digit 0
         parts[split] = (x, y)
     x, y = parts["train"]
-    cut = len(x) - len(x) // 10
-    side = size or 32
-    return Source(
-        name="svhn",
-        splits={
-            "train": _lazy_resize_split(x[:cut], y[:cut], size),
-            "valid": _lazy_resize_split(x[cut:], y[cut:], size),
-            "test": _lazy_resize_split(*parts["test"], size),
-        },
-        x_shape=(3, side, side),
+    return _held_out_source(
+        "svhn",
+        (x, y),
+        parts["test"],
+        len(x) // 10,
+        size,
         class_names=[str(d) for d in range(10)],
         notes="valid = the last 10% of train_32x32.mat; label 10 stored as 0",
     )
@@ -297,20 +304,26 @@ def cifar100(src: str | Path | None, size: int | None, **_: object) -> Source:
     return _cifar_source("cifar100", x, y, test_path, "fine_labels", size, meta, "fine_label_names")
 
 
-def _cifar_source(name, x, y, test_path, label_key, size, meta, names_key) -> Source:
+def _cifar_source(
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    test_path: Path,
+    label_key: str,
+    size: int | None,
+    meta: dict,
+    names_key: str,
+) -> Source:
     test_x, test_y = _cifar_arrays(restricted_load(test_path), test_path, label_key)
-    cut = len(x) - min(5000, len(x) // 10)
-    side = size or 32
-    return Source(
-        name=name,
-        splits={
-            "train": _lazy_resize_split(x[:cut], y[:cut], size),
-            "valid": _lazy_resize_split(x[cut:], y[cut:], size),
-            "test": _lazy_resize_split(test_x, test_y, size),
-        },
-        x_shape=(3, side, side),
+    n_valid = min(5000, len(x) // 10)
+    return _held_out_source(
+        name,
+        (x, y),
+        (test_x, test_y),
+        n_valid,
+        size,
         class_names=_names(meta.get(names_key, [])),
-        notes=f"valid = the last {len(x) - cut} of the training batches; fine labels for cifar100",
+        notes=f"valid = the last {n_valid} of the training batches; fine labels for cifar100",
     )
 
 
