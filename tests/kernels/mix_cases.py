@@ -49,9 +49,9 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     )
 
 
-def check_against_ref(impl: str, B, C, S, K, kind, dtype, layout) -> None:
+def check_against_ref(impl: str, B, C, S, K, kind, dtype, layout, device: str = "cpu") -> None:
     """Forward (values, dtype, strides) and backward (h and w / m) of `impl` equal those of "ref"."""
-    h, perm, weights, grad = make_case(B, C, S, K, kind, dtype, layout)
+    h, perm, weights, grad = (t.to(device) for t in make_case(B, C, S, K, kind, dtype, layout))
     op = kernels.simplex_mix if kind == "simplex" else kernels.mask_mix
     results = {}
     for name in ("ref", impl):

@@ -125,3 +125,14 @@ def test_torch_compile_traces_a_model_without_graph_breaks():
     torch.testing.assert_close(out, eager)
     for p, g in zip(model.parameters(), grads):
         torch.testing.assert_close(p.grad, g)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("impl", ("triton", "torch"))
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_matches_ref(impl, kind):
+    """On a GPU: "auto" picks triton, and every impl equals ref on device."""
+    assert kernels.resolve_impl("auto", torch.zeros(1, device="cuda")) == "triton"
+    for B, C, S, K in [(1, 1, (), 2), (64, 3, (8, 8), 3), (1000, 256, (4, 4), 8)]:
+        for dtype in TOLERANCES:
+            check_against_ref(impl, B, C, S, K, kind, dtype, "channels_last" if S else "contiguous", device="cuda")
