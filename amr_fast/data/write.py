@@ -19,6 +19,8 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +66,21 @@ def _pick_encoding(source: Source, encoding: str) -> str:
     if encoding != "raw" and source.x_shape[0] not in (1, 3):
         raise ValueError(f"{encoding} needs 1 or 3 channels, {source.name} has {source.x_shape[0]}: use raw")
     return encoding
+
+
+@contextmanager
+def _write_lock(out: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(out / ".write.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _write_split(split: str, data: Split, order: np.ndarray, out: Path, fields: dict, shard_size: int) -> dict:
@@ -154,47 +171,46 @@ def write_source(
     )
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    (out / INDEX_NAME).unlink(missing_ok=True)  # from here on the directory is not a dataset until we finish
-    for old in out.iterdir():
-        if _OUR_FILES.match(old.name):
-            old.unlink()
-    rng = np.random.default_rng(seed)
-    splits = {}
-    for split in SPLITS:
-        if split not in opened.splits:
-            continue
-        data = opened.splits[split]
-        order = np.arange(data.num_samples, dtype=np.int64)
-        if split == "train" and subset is not None:
-            order = balanced_subset(data.y, subset, seed)
-        if limit is not None and len(order) > limit:
-            order = np.sort(rng.choice(order, size=limit, replace=False)) if opened.grid else order[:limit]
-        if split == "train":
-            order = rng.permutation(order)
-        splits[split] = _write_split(split, data, order, out, fields, shard_size)
-    x_spec = fields["x"]
-    index = {
-        "name": opened.name,
-        "format_version": FORMAT_VERSION,
-        "image_size": x_spec["shape"][-1] if len(opened.x_shape) == 3 else None,
-        "channels": x_spec["shape"][0] if len(opened.x_shape) == 3 else None,
-        **({"dim": opened.x_shape[0]} if len(opened.x_shape) == 1 else {}),
-        "num_classes": len(opened.class_names),
-        "class_names": opened.class_names,
-        "attr_names": opened.attr_names,
-        "factor_names": opened.factor_names,
-        "encoding": enc,
-        "fields": fields,
-        "splits": splits,
-        "subset": subset,
-        "seed": seed,
-        "limit": limit,
-        "notes": opened.notes,
-    }
-    tmp = out / (INDEX_NAME + ".partial")
-    with open(tmp, "w") as f:
-        json.dump(index, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / INDEX_NAME)  # publish: the dataset is complete only now
+    with _write_lock(out):  # one writer per directory: a second make_shards into it waits for the first
+        (out / INDEX_NAME).unlink(missing_ok=True)  # from here on the directory is not a dataset until we finish
+        for old in out.iterdir():
+            if _OUR_FILES.match(old.name):
+                old.unlink()
+        rng = np.random.default_rng(seed)
+        splits = {}
+        for split in SPLITS:
+            if split not in opened.splits:
+                continue
+            data = opened.splits[split]
+            order = np.arange(data.num_samples, dtype=np.int64)
+            if split == "train" and subset is not None:
+                order = balanced_subset(data.y, subset, seed)
+            if limit is not None and len(order) > limit:
+                order = np.sort(rng.choice(order, size=limit, replace=False)) if opened.grid else order[:limit]
+            if split == "train":
+                order = rng.permutation(order)
+            splits[split] = _write_split(split, data, order, out, fields, shard_size)
+        x_spec = fields["x"]
+        index = {
+            "name": opened.name,
+            "format_version": FORMAT_VERSION,
+            "image_size": x_spec["shape"][-1] if len(opened.x_shape) == 3 else None,
+            "channels": x_spec["shape"][0] if len(opened.x_shape) == 3 else None,
+            **({"dim": opened.x_shape[0]} if len(opened.x_shape) == 1 else {}),
+            "num_classes": len(opened.class_names),
+            "class_names": opened.class_names,
+            "attr_names": opened.attr_names,
+            "factor_names": opened.factor_names,
+            "encoding": enc,
+            "fields": fields,
+            "splits": splits,
+            "notes": opened.notes,
+            "params": {"subset": subset, "seed": seed, "shard_size": shard_size, "limit": limit, "encoding": encoding},
+        }
+        tmp = out / (INDEX_NAME + ".partial")
+        with open(tmp, "w") as f:
+            json.dump(index, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out / INDEX_NAME)  # publish: the dataset is complete only now
     return out

@@ -15,8 +15,9 @@ from amr_fast.cli import main as cli_main
 from amr_fast.data import eval_loader, load_index, make_shards, train_loader
 from amr_fast.data import write as write_module
 from amr_fast.data.loader import _TrainStream
+from amr_fast.data.sources import arrays_source
 from amr_fast.data.tario import ShardWriter, iter_samples
-from amr_fast.data.write import balanced_subset
+from amr_fast.data.write import balanced_subset, write_source
 
 
 @pytest.fixture
@@ -155,3 +156,15 @@ def test_cli_shard_and_errors(tmp_path, capsys):
     assert "train_32x32.mat" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     with pytest.raises(ValueError, match="no split 'extra'.*train, valid, test"):
         train_loader(tmp_path / "sp", 4, split="extra")
+
+
+def test_png_and_jpeg_shards(tmp_path):
+    rng = np.random.default_rng(0)
+    x = np.repeat(np.repeat(rng.integers(0, 256, (6, 3, 4, 4), dtype=np.uint8), 8, axis=2), 8, axis=3)  # 32x32
+    source = arrays_source("blocks", {"train": (x, np.arange(6) % 2)}, ["a", "b"])
+    for encoding, tolerance in [("png", 0), ("jpeg", 12)]:
+        root = write_source(source, tmp_path / encoding, encoding=encoding)
+        assert load_index(root)["encoding"] == encoding
+        batch = next(iter(eval_loader(root, "train", 6)))
+        got = batch["x"][torch.argsort(batch["index"])].int()
+        assert got.shape == (6, 3, 32, 32) and (got - torch.from_numpy(x).int()).abs().float().mean() <= tolerance
