@@ -40,8 +40,8 @@ class TrainConfig:
     # data
     data: str = ""  # dataset dir made by `amr-fast shard` (holds index.json); "builtin:dsprites-procedural"
     #                 renders a small procedural dSprites set (demo); "builtin:spiral" the 2-D spiral toy
-    img_size: int = 32  # must match the index (checked before training); 1 for the spiral toy (points as 1x1 "images")
-    channels: int = 1  # image channels; 2 for the spiral toy (x, y as two channels of a 1x1 image)
+    img_size: int = 32  # must match the index (checked before training); 1 for the spiral toy (points [B, 2])
+    channels: int = 1  # image channels; 2 for the spiral toy (the two coordinates of a point)
     subset: int = 0  # train on the first `subset` labelled examples only (0 = all; the paper's SVHN-32 subsets)
     # model
     arch: str = "amr32"  # "amr32" (32x32 ACAI-style), "dsprites64" (Burgess et al.), "mlp" (spiral toy)
@@ -178,7 +178,7 @@ def _unknown_field(name: str) -> ValueError:
 
 
 def _expected_type(name: str) -> type:
-    return type(getattr(TrainConfig(), name))
+    return {"int": int, "float": float, "bool": bool, "str": str}[str(FIELDS[name].type)]  # the annotation
 
 
 def parse_value(name: str, text: str) -> Any:
@@ -218,7 +218,7 @@ def _coerce(name: str, value: Any) -> Any:
     if kind is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(f"{name} expects a {kind.__name__}; got {value!r} ({type(value).__name__})")
+        raise ValueError(f"{name} expects type {kind.__name__}; got {value!r} ({type(value).__name__})")
     return value
 
 
@@ -324,7 +324,7 @@ def _build_presets() -> dict[str, TrainConfig]:
                      probe_kimg=20)  # fmt: skip
     p.update(_rows("fashion-mnist", fmnist, [("aegan", 2, {}), ("mixup", 2, {}), ("bernoulli", 2, {}),
                                              ("mixup", 3, {}), ("class", 2, {})]))  # fmt: skip
-    # The 2-D spiral toy (section 3 of the paper): points as 2-channel 1x1 images, MLP autoencoder with a 2-dim code;
+    # The 2-D spiral toy (the AMR supplement): points [B, 2] (channels=2, img_size=1), MLP autoencoder, 2-dim code;
     # "consistency" adds beta |enc(x_mix) - h_mix|_1.
     spiral = TrainConfig(data="builtin:spiral", arch="mlp", img_size=1, channels=2, width=128, code_dim=2,
                          num_classes=2, recon="l2", lamb=10.0, batch=64, weight_decay=0.0, ae_every=1,

@@ -55,6 +55,8 @@ def gan_loss(logits: Tensor, target: float | Tensor) -> Tensor:
 
 def recon_loss(kind: str, x_rec: Tensor, logits: Tensor, x: Tensor) -> Tensor:
     """l1 / l2: mean over pixels; bce: Bernoulli NLL of (x + 1) / 2 summed over pixels, mean over the batch."""
+    if x_rec.shape != x.shape:
+        raise ValueError(f"x_rec {tuple(x_rec.shape)} and x {tuple(x.shape)} differ: check channels / img_size")
     if kind == "l1":
         return (x_rec.float() - x.float()).abs().mean()
     if kind == "l2":

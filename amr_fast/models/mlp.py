@@ -1,8 +1,9 @@
 """MLP autoencoder and discriminator for the 2-D spiral toy of the AMR paper (section 3, the consistency loss).
 
-Points arrive as 2-channel 1x1 "images" [B, 2, 1, 1] (so the loop, the mixing ops and the losses treat them like
-any other images); the encoder flattens them to [B, channels * img_size^2], three hidden layers of `width` units
-with LeakyReLU(0.2) map them to the code [B, code_dim]; the decoder mirrors it and reshapes back, tanh. The
+Points arrive as float [B, 2] (the data stream's point datasets; cfg channels=2, img_size=1); inputs of any
+shape are flattened to [B, channels * img_size^2], three hidden layers of `width` units with LeakyReLU(0.2) map
+them to the code [B, code_dim]; the decoder mirrors it, tanh, and returns [B, channels] for img_size 1 (points)
+or [B, channels, img_size, img_size] otherwise. The
 discriminator is a spectrally normalised MLP of the same width. Mixing a [B, code_dim] code is `mask_mix` over
 "channels" (one channel per code dimension, no spatial dims) or `simplex_mix`.
 """
@@ -27,7 +28,8 @@ class MLPAutoEncoder(AutoEncoder):
         n = channels * img_size * img_size
         self.vae = vae
         self.encoder = nn.Sequential(nn.Flatten(), *_mlp(n, width, 2 * code_dim if vae else code_dim))
-        self.decoder = nn.Sequential(*_mlp(code_dim, width, n), nn.Unflatten(1, (channels, img_size, img_size)))
+        out_shape = (channels,) if img_size == 1 else (channels, img_size, img_size)
+        self.decoder = nn.Sequential(*_mlp(code_dim, width, n), nn.Unflatten(1, out_shape))
         self.code_shape = (code_dim,)
 
 
