@@ -11,16 +11,9 @@ from amr_fast.config import PRESETS
 from amr_fast.losses import PHASE_MODULES, AMRLoss
 from amr_fast.models import build_networks
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 B = 6
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes run ~10x faster on one thread than on two busy ones (OpenMP spin-waits under contention)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(name: str, **overrides):

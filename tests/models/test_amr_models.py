@@ -12,15 +12,7 @@ from amr_fast.models import build_networks
 from amr_fast.models.amr32 import AMR32AutoEncoder
 from amr_fast.models.mixer import ClassMixer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes run ~10x faster on one thread than on two busy ones (OpenMP spin-waits under contention)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CASES = {
     # preset -> (tiny overrides, code shape)
