@@ -169,7 +169,8 @@ def _idx_source(name: str) -> Callable[..., Source]:
             ("test_y", "t10k-labels-idx1-ubyte"),
         ]:
             dotted = stem.replace("-idx", ".idx")
-            arrays[part] = read_idx(_find(root, [stem + ".gz", stem, dotted + ".gz", dotted], f"{name} {part}"))
+            what = f"{name} {part.replace('_x', ' images').replace('_y', ' labels')}"
+            arrays[part] = read_idx(_find(root, [stem + ".gz", stem, dotted + ".gz", dotted], what))
         train_x, train_y = arrays["train_x"][:, None], arrays["train_y"].astype(np.int64)
         test_x, test_y = arrays["test_x"][:, None], arrays["test_y"].astype(np.int64)
         if len(train_x) != len(train_y) or len(test_x) != len(test_y):
