@@ -1,0 +1,315 @@
+"""amr_fast.train: phases touch only their own module, resume is exact, signals save state, multi-process training
+matches one process, NaNs never reach a snapshot, snapshots load alone, the CLI only builds the config."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from amr_fast import checkpoint, cli, stats, train
+from amr_fast.config import PRESETS, TrainConfig, to_json
+from amr_fast.data import make_shards
+from amr_fast.losses import AMRLoss
+from amr_fast.models import build_networks
+
+DRIVER = Path(__file__).with_name("train_driver.py")
+LOSS_KEYS = ("loss/ae", "loss/recon", "loss/disc", "probe/acc")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """Procedural dSprites at 16x16: 256 training and 256 validation images in shards of 64."""
+    return make_shards("dsprites-procedural", None, tmp_path_factory.mktemp("dsprites16"), size=16, limit=256,
+                       shard_size=64)  # fmt: skip
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight the other tests for the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(root: Path, **kw) -> TrainConfig:
+    """A few-thousand-parameter amr32 model on 16x16 images; 12 iterations of 8 images; events every 2-4."""
+    base = dict(data=str(root), arch="amr32", img_size=16, channels=1, width=4, code_channels=2, num_classes=3,
+                method="amr", mixer="mixup", k=2, batch=8, ae_every=2, lr=1e-3, total_kimg=0.096, tick_kimg=0.016,
+                snapshot_kimg=0.032, state_kimg=0.032, probe_kimg=0.032, workers=0, seed=0)  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base).validate()
+
+
+def run_driver(cfg: TrainConfig, outdir: Path, *extra: str, wait: bool = True, launcher: list[str] | None = None):
+    outdir.mkdir(parents=True, exist_ok=True)
+    cfg_path = outdir.parent / f"{outdir.name}.json"
+    cfg_path.write_text(to_json(cfg))
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "AMR_FAST_CACHE": str(outdir.parent / "cache"),
+        "ACCELERATE_USE_CPU": "1",
+    }
+    cmd = (launcher or [sys.executable]) + [str(DRIVER), str(cfg_path), str(outdir), *extra]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    t0 = time.time()
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError("run ended early:\n" + proc.stdout.read()[-2000:] + proc.stderr.read()[-3000:])
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("timed out waiting for the run")
+        time.sleep(0.05)
+
+
+def last_snapshot(run: Path) -> Path:
+    return sorted(run.glob("snapshot-*.safetensors"))[-1]
+
+
+def loss_rows(run: Path) -> list[dict]:
+    return [{k: r[k] for k in ("nimg", *LOSS_KEYS) if k in r} for r in stats.read_jsonl(run / "stats.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def reference_run(shards, tmp_path_factory) -> Path:
+    """One uninterrupted run of `tiny` (in its own process, like the interrupted ones it is compared with)."""
+    run = tmp_path_factory.mktemp("ref") / "run"
+    run_driver(tiny(shards), run)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Phases.
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(mixer="mixup"),
+        dict(mixer="bernoulli", k=3),
+        dict(mixer="class"),
+        dict(mixer="none"),
+        dict(method="acai", mixer="mixup"),
+    ],  # fmt: skip
+    ids=["mixup", "bernoulli-k3", "class", "aegan", "acai"],
+)
+def test_each_phase_leaves_gradients_only_on_its_own_modules(shards, kw, one_thread):
+    cfg = tiny(shards, **kw)
+    nets = build_networks(cfg)
+    loss = AMRLoss(cfg, nets, "cpu")
+    own = {"ae": {"ae", "mixer"}, "disc": {"disc"}, "probe": {"probe"}}
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(8, 1, 16, 16) * 2 - 1, torch.arange(8) % 3
+    for phase in ("ae", "disc", "probe"):
+        for net in nets.values():
+            net.zero_grad(set_to_none=True)
+        loss.begin(x, y, True, g)
+        loss.accumulate_gradients(phase)
+        for name, net in nets.items():
+            has_grad = any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in net.parameters())
+            assert has_grad == (name in own[phase]), (phase, name)
+
+
+def test_an_iteration_without_ae_update_changes_only_disc_and_probe(shards, one_thread):
+    cfg = tiny(shards, mixer="bernoulli")
+    nets = build_networks(cfg)
+    adam = dict(lr=1e-2)
+    parts = train.Parts(
+        nets["ae"], nets["disc"], nets["probe"], [nets["ae"]], torch.optim.Adam(nets["ae"].parameters(), **adam),
+        torch.optim.Adam(nets["disc"].parameters(), **adam), torch.optim.Adam(nets["probe"].parameters(), **adam),
+        AMRLoss(cfg, nets, "cpu"), torch.Generator().manual_seed(0), torch.device("cpu"),
+    )  # fmt: skip
+    batch = {"x": torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8), "y": torch.arange(8) % 3}
+    for update_ae in (False, True):
+        before = {n: [p.detach().clone() for p in net.parameters()] for n, net in nets.items()}
+        ok, stop, reported = train.train_iteration(parts, [batch, batch], update_ae)
+        assert ok and not stop and reported
+        for name, net in nets.items():
+            changed = any(not torch.equal(a, b) for a, b in zip(before[name], net.parameters()))
+            assert changed == (name != "ae" or update_ae), (update_ae, name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runs, snapshots, resume, signals.
+
+
+def test_run_directory_and_snapshot_loads_from_its_file_alone(reference_run, tmp_path):
+    names = {p.name for p in reference_run.iterdir()}
+    assert {"config.json", "log.txt", "stats.jsonl"} <= names
+    assert any(n.startswith("samples-") and n.endswith(".png") for n in names)
+    assert checkpoint.find_latest_state(reference_run).name == f"state-{checkpoint.kimg_tag(96)}"
+    rows = stats.read_jsonl(reference_run / "stats.jsonl")
+    assert [r["nimg"] for r in rows] == [16 * i for i in range(1, 7)]
+    assert rows[-1]["probe/best_valid_acc"] is not None and 0 <= rows[-1]["probe/valid_acc"] <= 1
+
+    alone = tmp_path / "elsewhere.safetensors"
+    alone.write_bytes(last_snapshot(reference_run).read_bytes())
+    nets, cfg = checkpoint.load_networks(alone)
+    assert cfg.width == 4 and cfg.img_size == 16
+    with torch.no_grad():
+        h = nets["ae"].encode(torch.zeros(2, 1, 16, 16))
+        assert h.shape == (2, 2, 4, 4) and torch.isfinite(h).all()
+
+    state_dicts, _ = checkpoint.load_snapshot(alone)
+    wrong = build_networks(dataclasses.replace(cfg, width=8))
+    first = next(iter(wrong["ae"].state_dict()))
+    with pytest.raises(ValueError, match=rf"mismatch at ae\.{first}: expected shape"):
+        checkpoint.load_state_dicts(wrong, state_dicts)
+
+
+def test_sigterm_then_sigkill_then_rerun_equals_an_uninterrupted_run(shards, reference_run, tmp_path):
+    cfg, run = tiny(shards), tmp_path / "run"
+    # 1. SIGTERM after the first tick: the run saves a state where it is and exits cleanly.
+    proc = run_driver(cfg, run, "--sleep", "0.3", wait=False)
+    wait_for(lambda: (run / "stats.jsonl").exists() and len(stats.read_jsonl(run / "stats.jsonl")) >= 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-2000:] + err[-3000:]
+    summary = json.loads(out.split("SUMMARY ", 1)[1])
+    assert summary["stopped"] and 0 < summary["kimg"] < cfg.total_kimg
+    assert checkpoint.find_latest_state(run).name == f"state-{checkpoint.kimg_tag(round(summary['kimg'] * 1000))}"
+    # 2. Re-run, then SIGKILL once a later state is complete: nothing is saved at that moment.
+    proc = run_driver(cfg, run, "--sleep", "0.3", wait=False)
+    resumed_at = summary["kimg"]
+    wait_for(lambda: checkpoint.state_kimg(checkpoint.find_latest_state(run)) > resumed_at + 0.016, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    # 3. Re-run the same command: it finishes, and equals the uninterrupted run (weights and loss stats).
+    r = run_driver(cfg, run)
+    assert "resuming" in r.stdout
+    a, b = load_file(str(last_snapshot(reference_run))), load_file(str(last_snapshot(run)))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
+    ref_rows = {r["nimg"]: r for r in loss_rows(reference_run)}
+    got_rows = loss_rows(run)
+    assert [r["nimg"] for r in got_rows] == sorted(ref_rows)  # killed rows dropped, no duplicates
+    # Rows after the last resume point are whole ticks of the resumed process and equal the reference exactly.
+    resumed_nimg = round(float(r.stdout.split("resuming", 1)[1].split("(", 1)[1].split(" kimg", 1)[0]) * 1000)
+    assert any(row["nimg"] > resumed_nimg for row in got_rows)
+    for row in got_rows:
+        if row["nimg"] > resumed_nimg:
+            assert row == ref_rows[row["nimg"]]
+
+
+def test_rerunning_a_finished_run_does_not_train_again(reference_run, shards):
+    before = (reference_run / "stats.jsonl").read_text()
+    r = run_driver(tiny(shards), reference_run)
+    assert "already finished" in r.stdout
+    assert (reference_run / "stats.jsonl").read_text() == before
+
+
+def test_a_different_config_in_the_same_outdir_is_refused(reference_run, shards):
+    with pytest.raises(ValueError, match="different config.*lr"):
+        train._check_resume_config(tiny(shards, lr=5e-4), reference_run)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Non-finite losses.
+
+
+def _nan_after(monkeypatch, first_bad_call: int, last_bad_call: int | None = None):
+    """Make the disc phase's backward non-finite for calls first..last (inclusive) of accumulate_gradients."""
+    original = AMRLoss.accumulate_gradients
+    calls = {"n": 0}
+
+    def patched(self, phase, gain=1.0):
+        calls["n"] += 1
+        bad = calls["n"] >= first_bad_call and (last_bad_call is None or calls["n"] <= last_bad_call)
+        return original(self, phase, float("nan") if bad and phase == "disc" else gain)
+
+    monkeypatch.setattr(AMRLoss, "accumulate_gradients", patched)
+
+
+def test_a_nan_step_is_skipped_and_counted_and_the_run_finishes(shards, tmp_path, monkeypatch, one_thread):
+    _nan_after(monkeypatch, 8, 9)  # one disc phase of the 4th-ish iteration
+    summary = train.training_loop(tiny(shards, total_kimg=0.064, probe_kimg=1), tmp_path / "run", log=None)
+    assert summary["nonfinite_steps"] >= 1 and not summary["stopped"]
+    assert stats.read_jsonl(tmp_path / "run" / "stats.jsonl")[-1]["nonfinite"] == summary["nonfinite_steps"]
+    for t in load_file(summary["snapshot"]).values():
+        assert torch.isfinite(t).all()
+
+
+def test_nans_in_a_row_stop_the_run_and_never_reach_a_snapshot(shards, tmp_path, monkeypatch, one_thread):
+    _nan_after(monkeypatch, 12)  # every step from iteration ~5 on
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="non-finite losses/gradients in a row.*max_nonfinite=3"):
+        train.training_loop(tiny(shards, max_nonfinite=3, snapshot_kimg=0.016, probe_kimg=1), run, log=None)
+    snaps = sorted(run.glob("snapshot-*.safetensors"))
+    assert snaps  # snapshots from before the NaNs exist, and all are finite
+    for snap in snaps:
+        for t in load_file(str(snap)).values():
+            assert torch.isfinite(t).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Two processes.
+
+
+def test_two_processes_keep_ranks_identical_and_match_one_process(shards, tmp_path):
+    # AE+GAN (no mixing draws), 3 iterations of a fixed global batch of 16: 2 ranks x 8 vs 1 process x 16.
+    cfg = tiny(shards, mixer="none", total_kimg=0.048, tick_kimg=0.048, snapshot_kimg=1, state_kimg=1, probe_kimg=1)
+    one, two = tmp_path / "w1", tmp_path / "w2"
+    for d in (one, two):
+        d.mkdir()
+    run_driver(dataclasses.replace(cfg, batch=16), tmp_path / "one", "--fixed-batches", "--dump-weights", str(one))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    r = run_driver(dataclasses.replace(cfg, batch=16), tmp_path / "two", "--fixed-batches", "--dump-weights", str(two),
+                   launcher=torchrun)  # fmt: skip
+    assert "2 process(es)" in r.stdout
+    r0, r1, w1 = (
+        load_file(str(p)) for p in (two / "rank0.safetensors", two / "rank1.safetensors", one / "rank0.safetensors")
+    )
+    init = build_networks(dataclasses.replace(cfg, batch=16))
+    init_sd = {f"{m}.{k}": v for m, net in init.items() for k, v in net.state_dict().items()}
+    assert any(not torch.allclose(r0[key], init_sd[key]) for key in r0)  # it trained
+    for key in r0:
+        torch.testing.assert_close(r1[key], r0[key], rtol=0, atol=0, msg=key)  # ranks bitwise identical
+    # The gradients every optimiser step used: 2 ranks' average = the 1-process gradient of the same global batch.
+    # (Weights are not compared: Adam turns rounding noise in gradients that are exactly 0 in theory, e.g. conv
+    # biases before InstanceNorm, into full-size steps.)
+    g2, g1 = load_file(str(two / "grads0.safetensors")), load_file(str(one / "grads0.safetensors"))
+    assert g2.keys() == g1.keys() and len({k.split("/")[0] for k in g1}) == 3  # 3 steps
+    for key in g1:
+        torch.testing.assert_close(g2[key], g1[key], rtol=1e-3, atol=1e-5, msg=key)
+
+
+def test_world_size_mismatch_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="--multi_gpu --num_processes"):
+        train._check_world_size(1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI.
+
+
+def test_cli_dry_run_prints_the_resolved_config(capsys):
+    assert cli.main(["train", "--preset", "demo", "--dry-run", "lamb=3", "--data", "/somewhere"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["lamb"] == 3.0 and cfg["data"] == "/somewhere" and cfg["mixer"] == PRESETS["demo"].mixer
+
+
+def test_cli_lists_presets_and_reports_mistakes_in_one_line(capsys):
+    assert cli.main(["train", "--list-presets"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in PRESETS)
+    assert cli.main(["train", "--preset", "demo", "--dry-run", "no_such_field=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no_such_field" in err and "Traceback" not in err
