@@ -90,3 +90,32 @@ def test_curves_average_seeds_on_common_kimg(tmp_path):
 def test_report_on_a_non_run_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_report_spiral_figure_draws_data_and_mixes(tmp_path):
+    import torch
+
+    from amr_fast import checkpoint
+    from amr_fast.config import resolve, to_json
+    from amr_fast.models import build_networks
+
+    dirs = []
+    for beta in ("0", "1"):
+        cfg = resolve("spiral-mixup", {"beta": beta, "width": "16"})
+        d = tmp_path / f"spiral-beta{beta}"
+        d.mkdir()
+        (d / "config.json").write_text(to_json(cfg))
+        torch.manual_seed(0)
+        checkpoint.save_snapshot(
+            d / "snapshot-0000001.000.safetensors", build_networks(cfg), json.loads(to_json(cfg)), 1
+        )
+        dirs.append(str(d))
+    png = tmp_path / "spiral.png"
+    assert cli.main(["report", *dirs, "--spiral", str(png)]) == 0
+    img = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    assert img.shape[1] > 1.6 * img.shape[0]  # two panels side by side
+    blue = (abs(img[..., 0] - 31) < 30) & (abs(img[..., 1] - 119) < 30) & (img[..., 2] > 150)  # tab:blue
+    orange = (img[..., 0] > 220) & (abs(img[..., 1] - 127) < 30) & (img[..., 2] < 60)  # tab:orange
+    half = img.shape[1] // 2
+    for part in (slice(0, half), slice(half, None)):
+        assert blue[:, part].sum() > 50 and orange[:, part].sum() > 10  # (the legend is in the first panel only)
