@@ -18,6 +18,7 @@ functional op pays there, and the mixes are compared with both. On CUDA the impl
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -39,6 +40,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype of h")
     parser.add_argument("--device", default=None, help="device (default: cuda when available, else cpu)")
     parser.add_argument("--big-mib", type=int, default=256, help="size of h for the beyond-cache row, MiB")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
 def grid(quick: bool) -> list[tuple[int, int, tuple[int, ...], int]]:
@@ -51,10 +53,11 @@ def grid(quick: bool) -> list[tuple[int, int, tuple[int, ...], int]]:
     return rows
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, budget_s: float, min_reps: int = 3) -> float:
-    """Median wall time of fn in ms: warm-up, then as many repeats as fit the budget (at least min_reps)."""
+def time_ms(fns: dict[str, Callable[[], object]], device: torch.device, budget_s: float, min_reps: int = 5):
+    """Median wall time in ms of each fn. Timed round-robin (one call of each per round, after two warm-up
+    calls) so that load from other processes hits the mix and the copy it is compared with alike."""
 
-    def once() -> float:
+    def once(fn) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
@@ -63,22 +66,27 @@ def time_ms(fn: Callable[[], object], device: torch.device, budget_s: float, min
             torch.cuda.synchronize(device)
         return time.perf_counter() - t0
 
-    first = min(once(), once())  # warm-up: allocator, caches, first-call dispatch
-    reps = max(min_reps, min(50, int(budget_s / max(first, 1e-6))))
-    return 1e3 * statistics.median(once() for _ in range(reps))
+    per_round = sum(min(once(fn), once(fn)) for fn in fns.values())  # warm-up: allocator, caches, dispatch
+    reps = max(min_reps, min(50, int(budget_s * len(fns) / max(per_round, 1e-6))))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            times[name].append(once(fn))
+    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
 
 
-def impls_for(device: torch.device) -> dict[str, Callable]:
-    """impl name -> (op_name -> callable(h, perm, weights))."""
-    out: dict[str, Callable] = {
-        "ref": lambda op: getattr(mixing, op),
-        "torch": lambda op: lambda h, perm, w: getattr(kernels, op)(h, perm, w, impl="torch"),
+def impls_for(device: torch.device) -> dict[str, dict[str, Callable]]:
+    """impl name -> op name -> callable(h, perm, weights)."""
+    ops = ("simplex_mix", "mask_mix")
+    impls = {
+        "ref": {op: getattr(mixing, op) for op in ops},
+        "torch": {op: functools.partial(getattr(kernels, op), impl="torch") for op in ops},
     }
     if device.type == "cuda":
         if kernels.triton_import_error() is None:
-            out["triton"] = lambda op: lambda h, perm, w: getattr(kernels, op)(h, perm, w, impl="triton")
-        out["compile"] = lambda op: torch.compile(getattr(mixing, op), dynamic=False)
-    return out
+            impls["triton"] = {op: functools.partial(getattr(kernels, op), impl="triton") for op in ops}
+        impls["compile"] = {op: torch.compile(getattr(mixing, op), dynamic=False) for op in ops}
+    return impls
 
 
 def bench_size(B, C, S, K, dtype, device, budget_s, big=False) -> list[dict]:
@@ -89,25 +97,31 @@ def bench_size(B, C, S, K, dtype, device, budget_s, big=False) -> list[dict]:
     weights["mask_mix"] = mixing.sample_kway_bernoulli_masks(B, K, C, g).to(device)
     h_bytes = h.numel() * h.element_size()
     dst = torch.empty_like(h)
-    copy_ms = time_ms(lambda: dst.copy_(h), device, budget_s, min_reps=5)
-    fresh_ms = time_ms(lambda: h.clone(), device, budget_s) if big else None
-    rows = []
+    fns: dict[str, Callable] = {"copy": lambda: dst.copy_(h)}
+    if big:  # a copy into fresh memory pays the same page faults as a mix that returns a new tensor
+        fns["copy_fresh"] = lambda: h.clone()
     for op, w in weights.items():
+        for name, impl in impls_for(device).items():
+            fns[f"{op}:{name}"] = functools.partial(impl[op], h, perm, w)
+    ms = time_ms(fns, device, budget_s, min_reps=3 if big else 5)
+    rows = []
+    for key, t in ms.items():
+        if key.startswith("copy"):
+            continue
+        op, name = key.split(":")
+        w = weights[op]
         moved = K * h_bytes + h_bytes + w.numel() * w.element_size() + perm.numel() * perm.element_size()
-        for name, make in impls_for(device).items():
-            fn = make(op)
-            ms = time_ms(lambda fn=fn, w=w: fn(h, perm, w), device, budget_s if name != "ref" or not big else 0)
-            row = {
-                "op": op, "B": B, "C": C, "S": list(S), "K": K, "dtype": str(dtype).removeprefix("torch."),
-                "h_mib": h_bytes / 2**20, "impl": name, "ms": ms, "gbps": moved / ms / 1e6,
-                "copy_ms": copy_ms, "copy_gbps": 2 * h_bytes / copy_ms / 1e6,
-            }  # fmt: skip
-            row["ratio"] = row["gbps"] / row["copy_gbps"]
-            if fresh_ms is not None:  # beyond-cache: a copy into fresh pages pays the same page faults as the mix
-                row["copy_fresh_ms"] = fresh_ms
-                row["copy_fresh_gbps"] = 2 * h_bytes / fresh_ms / 1e6
-                row["ratio_vs_fresh"] = row["gbps"] / row["copy_fresh_gbps"]
-            rows.append(row)
+        row = {
+            "op": op, "B": B, "C": C, "S": list(S), "K": K, "dtype": str(dtype).removeprefix("torch."),
+            "h_mib": h_bytes / 2**20, "impl": name, "ms": t, "gbps": moved / t / 1e6,
+            "copy_ms": ms["copy"], "copy_gbps": 2 * h_bytes / ms["copy"] / 1e6,
+        }  # fmt: skip
+        row["ratio"] = row["gbps"] / row["copy_gbps"]
+        if big:
+            row["copy_fresh_ms"] = ms["copy_fresh"]
+            row["copy_fresh_gbps"] = 2 * h_bytes / ms["copy_fresh"] / 1e6
+            row["ratio_vs_fresh"] = row["gbps"] / row["copy_fresh_gbps"]
+        rows.append(row)
     return rows
 
 
@@ -130,6 +144,10 @@ def main(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but torch sees no GPU; drop --device to run on the CPU")
     dtype = DTYPES[args.dtype]
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1 (got {args.threads})")
+        torch.set_num_threads(args.threads)
     budget = 0.05 if args.quick else 0.3
     rows = []
     for B, C, S, K in grid(args.quick):
