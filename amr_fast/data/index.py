@@ -18,7 +18,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 FORMAT_VERSION = 1
@@ -164,25 +163,33 @@ def decode_sample(raw: dict[str, memoryview], plan: list[tuple[str, str, int, tu
     return out
 
 
-def collate(samples: list[dict], fields: dict) -> dict[str, torch.Tensor]:
-    """Decoded samples -> a batch: x uint8 [N,C,H,W] (float32 [N,D] points), y int64 [N], attrs float32 ..."""
+def raw_array(name: str, spec: dict, rows: np.ndarray) -> np.ndarray:
+    """Fixed-size raw payloads [n, nbytes] uint8 -> the batch array of field `name` (a new, writable array).
+
+    attrs (stored uint8 0/1) become float32, factor_classes (stored int16) int64; the rest keep the stored dtype.
+    """
+    arr = np.array(rows, dtype=np.uint8, order="C").view(spec["dtype"]).reshape(len(rows), *spec["shape"])
+    if name == "attrs":
+        return arr.astype(np.float32)
+    if name == "factor_classes":
+        return arr.astype(np.int64)
+    return arr
+
+
+def collate(samples: list[dict], fields: dict) -> dict[str, np.ndarray]:
+    """Decoded samples -> arrays: x uint8 [N,C,H,W] (float32 [N,D] points), y int64 [N], attrs float32 ..."""
     n = len(samples)
-    batch = {}
+    out = {}
     for name, spec in fields.items():
         values = [s[name] for s in samples]
         ext = spec["ext"]
         if ext == "cls":
-            arr = np.array(values, dtype=np.int64)
+            out[name] = np.array(values, dtype=np.int64).reshape(n)
         elif ext in ("png", "jpg"):
-            arr = np.stack(values).reshape(n, *spec["shape"][1:], spec["shape"][0]).transpose(0, 3, 1, 2)
-            arr = np.ascontiguousarray(arr)
+            c, h, w = spec["shape"]
+            arr = np.stack(values).reshape(n, h, w, c) if n else np.zeros((0, h, w, c), np.uint8)
+            out[name] = np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
         else:
-            arr = np.frombuffer(b"".join(values), dtype=spec["dtype"]).reshape(n, *spec["shape"])
-            if name == "attrs":
-                arr = arr.astype(np.float32)
-            elif name == "factor_classes":
-                arr = arr.astype(np.int64)
-            else:
-                arr = arr.copy()  # frombuffer is read-only; torch wants a writable array
-        batch[name] = torch.from_numpy(arr)
-    return batch
+            rows = np.frombuffer(b"".join(values), dtype=np.uint8).reshape(n, _nbytes(spec))
+            out[name] = raw_array(name, spec, rows)
+    return out

@@ -28,8 +28,8 @@ equal-count and resume guarantees above. Move batches to the device yourself.
 from __future__ import annotations
 
 import math
-import random
 import warnings
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from itertools import count
@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from amr_fast.data.index import collate, decode_plan, decode_sample, load_index
-from amr_fast.data.tario import iter_samples
+from amr_fast.data.index import collate, decode_plan, decode_sample, load_index, raw_array
+from amr_fast.data.tario import ascii_ints, iter_samples, uniform_members
 
-SHUFFLE_BUFFER = 2000  # samples held (undecoded) per worker for shuffling
+SHUFFLE_BUFFER = 2000  # samples held per worker for shuffling
 
 
 def _parts(shards: int, slots: int) -> int:
@@ -51,6 +51,14 @@ def _parts(shards: int, slots: int) -> int:
     """
     low = max(1, math.ceil(slots / shards))
     return min(range(low, 2 * low + 1), key=lambda p: ((shards * p) % slots) / (shards * p))
+
+
+def _take(arrays: dict[str, np.ndarray], idx: np.ndarray | slice) -> dict[str, np.ndarray]:
+    return {k: v[idx] for k, v in arrays.items()}
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 class _Units:
@@ -73,67 +81,97 @@ class _Units:
         self.unit_sizes = [len(range(p, self.sizes[j], self.parts)) for j, p in self.units]
         self.fields = index["fields"]
         self.plan = decode_plan(self.fields)
+        # Fixed-size members only (raw images / points, labels, attributes, factors): parse shards without a
+        # Python loop over samples. PNG / JPEG shards take the per-sample path.
+        vectorised = all(ext not in ("png", "jpg") for _, ext, _, _ in self.plan)
+        self.layout = (
+            [(ext, None if ext == "cls" else nbytes) for _, ext, nbytes, _ in self.plan] if vectorised else None
+        )
         self._cache: tuple[int, bytes] | None = None
 
-    def read(self, u: int, counter: dict) -> Iterator[tuple[str, dict]]:
-        """Samples (key, raw members) of unit u; missing samples (damaged shard) are added to counter["skipped"]."""
-        j, p = self.units[u]
-        got = 0
-        try:
-            if self._cache is None or self._cache[0] != j:
+    def _shard(self, j: int) -> bytes:
+        if self._cache is None or self._cache[0] != j:
+            try:
                 self._cache = (j, self.paths[j].read_bytes())
-            data = self._cache[1]
-        except OSError as err:
-            data = b""
-            warnings.warn(f"cannot read shard {self.paths[j]}: {err}; skipping its samples", stacklevel=2)
-        for ordinal, sample in enumerate(iter_samples(data)):
-            if ordinal % self.parts == p:
-                got += 1
-                yield sample
-        missing = self.unit_sizes[u] - got
-        if missing > 0:
-            counter["skipped"] += missing
-            if p == 0 or self.parts == 1:
-                warnings.warn(
-                    f"shard {self.paths[j]} is damaged (truncated or corrupt): {missing} of its samples in this part "
-                    "were lost and skipped; re-create the dataset with `amr-fast shard` to recover them",
-                    stacklevel=2,
-                )
+            except OSError as err:
+                warnings.warn(f"cannot read shard {self.paths[j]}: {err}; skipping its samples", stacklevel=3)
+                self._cache = (j, b"")
+        return self._cache[1]
 
-    def decode(self, sample: tuple[str, dict], counter: dict) -> dict | None:
-        key, raw = sample
-        try:
-            out = decode_sample(raw, self.plan)
-        except (ValueError, OSError, SyntaxError) as err:  # PIL raises OSError / SyntaxError on broken images
-            counter["skipped"] += 1
-            warnings.warn(f"skipping undecodable sample {key} in {self.root}: {err}", stacklevel=2)
-            return None
-        out["index"] = int(key.rsplit("/", 1)[-1])
+    def read(self, u: int) -> tuple[dict[str, np.ndarray], int]:
+        """Unit u's readable samples as arrays ("index" + one per field) and the number of its samples lost."""
+        j, p = self.units[u]
+        data = self._shard(j)
+        arrays = self._read_uniform(data, j, p) if self.layout is not None else None
+        if arrays is None:
+            arrays = self._read_samples(data, p)
+        lost = self.unit_sizes[u] - len(arrays["index"])
+        if lost > 0 and (p == 0 or self.parts == 1):
+            warnings.warn(
+                f"shard {self.paths[j]} is damaged (truncated, corrupt or undecodable samples): {lost} sample(s) of "
+                "this part skipped; re-create the dataset with `amr-fast shard` to recover them",
+                stacklevel=2,
+            )
+        return arrays, max(lost, 0)
+
+    def _read_uniform(self, data: bytes, j: int, p: int) -> dict[str, np.ndarray] | None:
+        parsed = uniform_members(data, self.sizes[j], self.layout)
+        if parsed is None:
+            return None  # not the exact layout (e.g. a damaged shard): the per-sample path copes with it
+        keys, payloads = parsed
+        rows = slice(p, None, self.parts)
+        out = {"index": keys[rows].copy()}
+        for (name, ext, _, _), payload in zip(self.plan, payloads):
+            out[name] = ascii_ints(payload[rows]) if ext == "cls" else raw_array(name, self.fields[name], payload[rows])
+        return out
+
+    def _read_samples(self, data: bytes, p: int) -> dict[str, np.ndarray]:
+        decoded, keys = [], []
+        for ordinal, (key, raw) in enumerate(iter_samples(data)):
+            if ordinal % self.parts != p:
+                continue
+            try:
+                decoded.append(decode_sample(raw, self.plan))
+            except (ValueError, OSError, SyntaxError) as err:  # PIL raises OSError / SyntaxError on broken images
+                warnings.warn(f"skipping undecodable sample {key} in {self.root}: {err}", stacklevel=3)
+                continue
+            keys.append(int(key.rsplit("/", 1)[-1]))
+        out = collate(decoded, self.fields)
+        out["index"] = np.array(keys, dtype=np.int64)
         return out
 
 
-def _batch(samples: list[dict], units: _Units, counter: dict) -> dict:
-    batch = collate(samples, units.fields)
-    batch["index"] = torch.tensor([s["index"] for s in samples], dtype=torch.int64)
-    batch["_seen"] = len(samples)
-    batch["_skipped"] = counter["skipped"]
-    counter["skipped"] = 0
-    return batch
+class _Batcher:
+    """Cuts a stream of sample arrays into batches of `size`; carries the skipped-sample count to the next batch."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.parts, self.count, self.skipped = size, [], 0, 0
+
+    def add(self, arrays: dict[str, np.ndarray]) -> Iterator[dict]:
+        if len(arrays["index"]):
+            self.parts.append(arrays)
+            self.count += len(arrays["index"])
+        while self.count >= self.size:
+            pool = _concat(self.parts)
+            self.parts, self.count = [_take(pool, slice(self.size, None))], self.count - self.size
+            yield self._batch(_take(pool, slice(0, self.size)))
+
+    def flush(self) -> Iterator[dict]:
+        if self.count:
+            yield self._batch(_concat(self.parts))
+        elif self.skipped:
+            yield {"_seen": 0, "_skipped": self.skipped}
+        self.parts, self.count, self.skipped = [], 0, 0
+
+    def _batch(self, arrays: dict[str, np.ndarray]) -> dict:
+        batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+        batch["_seen"], batch["_skipped"], self.skipped = len(arrays["index"]), self.skipped, 0
+        return batch
 
 
 class _TrainStream(IterableDataset):
-    def __init__(
-        self,
-        index: dict,
-        split: str,
-        batch_size: int,
-        rank: int,
-        world_size: int,
-        seed: int,
-        workers: int,
-        start_batch: int,
-        shuffle_buffer: int,
-    ) -> None:
+    def __init__(self, index: dict, split: str, batch_size: int, rank: int, world_size: int, seed: int,
+                 workers: int, start_batch: int, shuffle_buffer: int) -> None:  # fmt: skip
         self.W = max(workers, 1)
         self.slots = world_size * self.W
         self.units = _Units(index, split, self.slots, balanced=True)
@@ -162,48 +200,39 @@ class _TrainStream(IterableDataset):
                     yield batch
             skip = 0
 
-    def _round(self, slot: int, r: int) -> Iterator[dict]:
+    def _samples(self, slot: int, r: int, batcher: _Batcher) -> Iterator[dict[str, np.ndarray]]:
+        """The slot's samples in round r: its units through a shuffle buffer, then top-ups if damage left it short."""
         units, U = self.units, self.per_slot
-        order = np.random.default_rng([self.seed, r]).permutation(len(units.units))  # same on every rank
-        mine = order[slot * U : (slot + 1) * U]
-        spare = np.concatenate([order[self.slots * U :], order])  # top-ups if damage left this slot short
-        rnd = random.Random(f"{self.seed}/{self.split}/{r}/{slot}")
-        counter = {"skipped": 0}
-        samples: list[dict] = []
+        order = np.random.default_rng([self.seed, r]).permutation(len(units.units))  # the same on every rank
+        rng = np.random.default_rng([self.seed, r, slot, zlib.crc32(self.split.encode())])
+        buffer = None
+        for u in order[slot * U : (slot + 1) * U]:
+            arrays, lost = units.read(int(u))
+            batcher.skipped += lost
+            pool = _concat([buffer, arrays]) if buffer is not None else arrays
+            perm = rng.permutation(len(pool["index"]))  # every sample leaves uniformly from buffer + new unit
+            cut = max(len(perm) - self.shuffle_buffer, 0)
+            buffer = _take(pool, perm[cut:])
+            yield _take(pool, perm[:cut])
+        if buffer is not None:
+            yield buffer
+        spare = np.concatenate([order[self.slots * U :], order])  # the round's unused units first
+        for _ in range(2):  # at most two passes over every unit before giving up
+            for u in spare:
+                arrays, lost = units.read(int(u))
+                batcher.skipped += lost
+                yield _take(arrays, rng.permutation(len(arrays["index"])))
+        raise ValueError(
+            f"split {self.split!r} of {units.root}: no readable samples left for reader {slot}; the shards are "
+            "damaged: re-create the dataset with `amr-fast shard`"
+        )
+
+    def _round(self, slot: int, r: int) -> Iterator[dict]:
+        batcher = _Batcher(self.batch_size)
         made = 0
-
-        def buffered() -> Iterator[tuple[str, dict]]:
-            buf: list = []
-            size = self.shuffle_buffer
-            for u in mine:
-                for sample in units.read(int(u), counter):
-                    if len(buf) < size:
-                        buf.append(sample)
-                        continue
-                    i = rnd.randrange(size)
-                    buf[i], sample = sample, buf[i]
-                    yield sample
-            rnd.shuffle(buf)
-            yield from buf
-
-        def topped_up() -> Iterator[tuple[str, dict]]:
-            yield from buffered()
-            for _ in range(2):  # at most two passes over every unit before giving up
-                for u in spare:
-                    yield from units.read(int(u), counter)
-            raise ValueError(
-                f"split {self.split!r} of {units.root}: no readable samples left for reader {slot}; the shards are "
-                "damaged: re-create the dataset with `amr-fast shard`"
-            )
-
-        for sample in topped_up():
-            decoded = units.decode(sample, counter)
-            if decoded is None:
-                continue
-            samples.append(decoded)
-            if len(samples) == self.batch_size:
-                yield _batch(samples, units, counter)
-                samples = []
+        for arrays in self._samples(slot, r, batcher):
+            for batch in batcher.add(arrays):
+                yield batch
                 made += 1
                 if made == self.batches_per_round:
                     return
@@ -219,18 +248,12 @@ class _EvalStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         slot = self.rank * self.W + (info.id if info is not None else 0)
-        counter = {"skipped": 0}
-        samples: list[dict] = []
+        batcher = _Batcher(self.batch_size)
         for u in range(slot, len(self.units.units), self.slots):
-            for sample in self.units.read(u, counter):
-                decoded = self.units.decode(sample, counter)
-                if decoded is not None:
-                    samples.append(decoded)
-                if len(samples) == self.batch_size:
-                    yield _batch(samples, self.units, counter)
-                    samples = []
-        if samples or counter["skipped"]:
-            yield _batch(samples, self.units, counter) if samples else {"_seen": 0, "_skipped": counter["skipped"]}
+            arrays, lost = self.units.read(u)
+            batcher.skipped += lost
+            yield from batcher.add(arrays)
+        yield from batcher.flush()
 
 
 def _loader(dataset: IterableDataset, workers: int) -> DataLoader:

@@ -13,6 +13,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 BLOCK = 512
 
 
@@ -129,3 +131,70 @@ def iter_samples(data: bytes) -> Iterator[tuple[str, dict[str, memoryview]]]:
         fields[name[dot + 1 :].decode("utf-8", "replace")] = payload
     if key is not None:
         yield key.decode("utf-8", "replace"), fields
+
+
+def _octal_columns(block: np.ndarray) -> np.ndarray:
+    """Vectorised octal parse of fixed-width header fields [n, w] (digits, then NUL / space padding)."""
+    digits = block.astype(np.int64) - 48
+    valid = (digits >= 0) & (digits <= 7)
+    ndig = valid.cumprod(axis=1).sum(axis=1)  # leading run of octal digits
+    k = np.arange(block.shape[1])
+    weights = np.where(k[None, :] < ndig[:, None], 8 ** np.clip(ndig[:, None] - 1 - k[None, :], 0, None), 0)
+    return (np.where(valid, digits, 0) * weights).sum(axis=1)
+
+
+def uniform_members(
+    data: bytes, count: int, members: list[tuple[str, int | None]], key_digits: int = 8
+) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """Parse a shard whose samples all have the same layout, without a Python loop over samples.
+
+    members: (ext, payload size) per member of a sample, in order; size None means "at most 512 bytes" (a label).
+    Returns (keys int64 [count], payload views [count, size or 512] per member), or None if the bytes do not
+    have exactly this layout with valid headers (damaged, other writer, other keys): then use `iter_samples`.
+    """
+    blocks = [1 + ((size if size is not None else BLOCK) + BLOCK - 1) // BLOCK for _, size in members]
+    stride = BLOCK * sum(blocks)
+    if count == 0 or len(data) < count * stride:
+        return None
+    rows = np.frombuffer(data, dtype=np.uint8, count=count * stride).reshape(count, stride)
+    payloads, keys, off = [], None, 0
+    for (ext, size), nblocks in zip(members, blocks):
+        header = rows[:, off : off + BLOCK]
+        name = f".{ext}\0".encode()
+        stored = _octal_columns(header[:, 148:156])
+        computed = header.sum(axis=1, dtype=np.int64) - header[:, 148:156].sum(axis=1, dtype=np.int64) + 256
+        sizes = _octal_columns(header[:, 124:136])
+        ok = (
+            (stored == computed).all()
+            and (header[:, 156] == 48).all()  # b"0": regular file
+            and (header[:, key_digits : key_digits + len(name)] == np.frombuffer(name, np.uint8)).all()
+            and ((sizes == size).all() if size is not None else ((sizes > 0) & (sizes <= BLOCK)).all())
+        )
+        if not ok:
+            return None
+        member_keys = (header[:, :key_digits].astype(np.int64) - 48) @ (10 ** np.arange(key_digits - 1, -1, -1))
+        if keys is None:
+            if ((header[:, :key_digits] < 48) | (header[:, :key_digits] > 57)).any():
+                return None
+            keys = member_keys
+        elif not np.array_equal(keys, member_keys):
+            return None
+        payloads.append(rows[:, off + BLOCK : off + BLOCK + (size if size is not None else BLOCK)])
+        off += nblocks * BLOCK
+    return keys, payloads
+
+
+def ascii_ints(payload: np.ndarray) -> np.ndarray:
+    """Vectorised int() of NUL-padded ASCII integers (WebDataset .cls members) [n, w] -> int64 [n]."""
+    payload = payload[:, :20]  # int64 has at most 19 digits and a sign
+    neg = payload[:, 0] == 45  # "-"
+    digits = payload[:, 1:] if neg.all() else payload
+    if neg.any() and not neg.all():
+        return np.array([int(bytes(row).rstrip(b"\0")) for row in payload], dtype=np.int64)
+    d = digits.astype(np.int64) - 48
+    valid = (d >= 0) & (d <= 9)
+    ndig = valid.cumprod(axis=1).sum(axis=1)
+    k = np.arange(d.shape[1])
+    weights = np.where(k[None, :] < ndig[:, None], 10 ** np.clip(ndig[:, None] - 1 - k[None, :], 0, 18), 0)
+    value = (np.where(valid, d, 0) * weights).sum(axis=1)
+    return -value if neg.all() else value
