@@ -2,15 +2,17 @@
 
 Every split is written as `{split}-{i:06d}.tar` shards of equal size (at most `shard_size` samples); train is
 written in a seeded random order (so each shard mixes classes; the published dSprites grid is sorted by factor),
-valid / test in source order. The key of a sample is its index in its split (`00001234`). A write first deletes the old
-index (the directory stops being a dataset), writes each shard under a `.partial` name and renames it when
-complete, and writes `index.json` atomically at the very end: an interrupted write never looks complete.
+valid / test in source order. The key of a sample is its index in its split (`00001234`). A write takes a lock
+on the directory, deletes the old index (the directory stops being a dataset), writes each shard under a
+`.partial` name and renames it when complete, and writes `index.json` atomically at the very end: an interrupted
+write never looks complete.
 
-Encoding (`encoding="auto"`): raw uint8 bytes when an image has at most 3,072 values (32x32x3: MNIST, SVHN,
-CIFAR at their native sizes), lossless PNG above (dSprites, CelebA, Zappos at 64x64). Decoding raw costs well
-under a microsecond per image against about 57 us for a 32x32 PNG, and it is a pure memory copy per batch; at
-64x64 RGB a PNG decodes in about 150 us (~6,600 images/s per worker, far above what the trainer consumes) and
-stores 12 KiB images in about 8 KiB (dSprites: ~0.3 KiB instead of 4 KiB). Figures: README data section.
+Encoding (`encoding="auto"`): raw uint8 bytes up to 64x64x3 values per image (MNIST-like, SVHN, CIFAR, dSprites,
+CelebA / Zappos at 64x64), lossless PNG above; JPEG (q95) on request. Raw shards have a fixed layout that the
+reader parses without a Python loop over samples; decoding a PNG costs 40-130x more than raw (README, "Data",
+measured per image), while PNG stores natural 64x64 images only ~30% smaller and each tar member costs a
+512-byte header and padding anyway. Binary dSprites compress 20x as PNG: `--encoding png` for the full grid if
+disk matters more than decode speed.
 """
 
 from __future__ import annotations
