@@ -214,3 +214,10 @@ def test_missing_and_misnamed_files_name_what_is_expected(tmp_path, idx_dir):
     with pytest.raises(ValueError, match="disagree in length"):
         make_shards("mnist", src, tmp_path / "out")
     assert not (tmp_path / "out" / "index.json").exists()
+
+
+def test_matlab_v73_file_is_a_clear_error(tmp_path):
+    header = b"MATLAB 7.3 MAT-file, HDF5 schema 1.00 .".ljust(116, b" ") + b"\0" * 8 + b"\x00\x02IM"  # version 2
+    (tmp_path / "train_32x32.mat").write_bytes(header + b"\0" * 512)
+    with pytest.raises(ValueError, match=r"v7\.3 \(HDF5\).*h5py.*-v7"):
+        make_shards("svhn", tmp_path, tmp_path / "out")
