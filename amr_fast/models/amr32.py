@@ -17,6 +17,9 @@ Quirks of the public code (architectures/arch_kyle.py) and what we did with each
   `weight`); ours start at 1 (bias 0), the usual affine-norm init.
 - CHANGED: the decoder ends in tanh (public: a linear output), so x_rec lies in [-1, 1] like x and BCE can be
   computed from logits (AutoEncoder.decode_with_logits).
+- SAME MATHS, FASTER: InstanceNorm2d(C, affine=True) is computed as GroupNorm(C, C) (one channel per group:
+  the same per-example, per-channel normalisation and affine, same eps and parameter names); torch's CPU
+  instance_norm goes through a batch-norm reshape that is several times slower, forward and backward.
 - The ACGAN head (class-conditional mixer only) is a spectrally normalised linear layer on D's pooled last
   features (public: a separate ResNet discriminator, architectures/discriminators.py).
 """
@@ -39,7 +42,7 @@ def _scales(img_size: int) -> int:
 def _conv(cin: int, cout: int, norm: bool) -> list[nn.Module]:
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1)]
     if norm:
-        layers.append(nn.InstanceNorm2d(cout, affine=True))
+        layers.append(nn.GroupNorm(cout, cout))  # InstanceNorm2d(affine=True), computed ~2-5x faster on CPU
     layers.append(nn.LeakyReLU(SLOPE))
     return layers
 
@@ -51,7 +54,7 @@ def init_acai(module: nn.Module, slope: float = 0.2) -> None:
             fan_in = m.weight[0].numel()  # in * kh * kw
             nn.init.normal_(m.weight, std=1.0 / math.sqrt((1 + slope**2) * fan_in))
             nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.InstanceNorm2d) and m.affine:
+        elif isinstance(m, nn.GroupNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 

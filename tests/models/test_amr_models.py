@@ -91,7 +91,8 @@ def test_amr32_init_uses_the_right_fan_in_and_unit_norm_scales():
     torch.manual_seed(0)
     ae = AMR32AutoEncoder(channels=1, width=32, code_channels=2, img_size=32)
     for m in ae.modules():
-        if isinstance(m, nn.InstanceNorm2d):
+        if isinstance(m, nn.GroupNorm):
+            assert m.num_groups == m.num_channels  # instance norm
             assert torch.equal(m.weight, torch.ones_like(m.weight)) and torch.equal(m.bias, torch.zeros_like(m.bias))
         if isinstance(m, nn.Conv2d) and m.weight.numel() > 4000:
             fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
@@ -99,12 +100,23 @@ def test_amr32_init_uses_the_right_fan_in_and_unit_norm_scales():
             assert abs(m.weight.std().item() / expected - 1) < 0.1, (m, m.weight.std().item(), expected)
 
 
+def test_group_norm_with_one_channel_per_group_is_instance_norm():
+    gn, inorm = nn.GroupNorm(6, 6), nn.InstanceNorm2d(6, affine=True)
+    nn.init.normal_(gn.weight), nn.init.normal_(gn.bias)
+    inorm.load_state_dict(gn.state_dict())
+    x = torch.randn(3, 6, 5, 7, requires_grad=True)
+    torch.testing.assert_close(gn(x), inorm(x), atol=1e-5, rtol=1e-5)
+    (g1,) = torch.autograd.grad(gn(x).square().sum(), x)
+    (g2,) = torch.autograd.grad(inorm(x).square().sum(), x)
+    torch.testing.assert_close(g1, g2, atol=1e-4, rtol=1e-4)
+
+
 def test_disc_is_spectrally_normalised_except_the_amr32_stem():
     nets = build_networks(replace(PRESETS["mnist-mixup"], width=4))
     convs = [m for m in nets["disc"].modules() if isinstance(m, nn.Conv2d)]
     normalised = [nn.utils.parametrize.is_parametrized(m, "weight") for m in convs]
     assert normalised[0] is False and all(normalised[1:])  # the 1x1 stem is plain, as the public code
-    assert not any(isinstance(m, nn.InstanceNorm2d) for m in nets["disc"].modules())
+    assert not any(isinstance(m, nn.GroupNorm) for m in nets["disc"].modules())
 
 
 def test_class_mixer_masks_cover_zero_to_one_not_stuck_above_half():
