@@ -56,9 +56,11 @@ def check_mix_args(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor, k
     if perm.device.type == "cpu" and B > 0:
         # Each row must be a permutation of 0..B-1: the backward pass gathers through the inverse permutation.
         # Checked on CPU only, where it costs no device sync.
-        if perm.min() < 0 or perm.max() >= B:
-            raise ValueError(f"perm values must lie in [0, {B}) (row indices of h); got [{perm.min()}, {perm.max()}]")
-        if not torch.equal(perm.sort(dim=1).values, torch.arange(B).expand(K, B)):
+        if not torch.equal(perm.sort(dim=1).values, torch.arange(B).expand(K, B)):  # one test when all is well
+            if perm.min() < 0 or perm.max() >= B:
+                raise ValueError(
+                    f"perm values must lie in [0, {B}) (row indices of h); got [{perm.min()}, {perm.max()}]"
+                )
             raise ValueError("each row of perm must be a permutation of 0..B-1 (no repeated partner indices)")
 
 

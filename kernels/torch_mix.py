@@ -49,13 +49,13 @@ def mix(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor) -> torch.Ten
     seg = _segments(lay.inner)  # bags per group
     bags = G * seg
     table = lay.rows(h).view(B * bags, lay.inner // seg)  # [B * bags, L]: the rows embedding_bag gathers
-    idx_dtype = torch.int32 if B * bags < 2**31 else torch.int64
-    # Bag (b, g, s) sums the K bags (perm[k, b], g, s): table row perm[k, b] * bags + g * seg + s.
-    idx = (
-        perm.t().to(idx_dtype).mul(bags).view(B, 1, K) + torch.arange(bags, device=h.device, dtype=idx_dtype)[:, None]
-    )  # [B, bags, K]
-    psw = wg.transpose(1, 2).to(h.dtype)  # [B, G, K]
-    psw = psw[:, :, None, :].expand(B, G, seg, K)
+    if bags == 1:  # one bag per example: perm and the weights are embedding_bag's arguments as they are
+        idx, psw = perm.t(), wg.view(B, K).to(h.dtype)  # [B, K]
+    else:  # bag (b, g, s) sums the K bags (perm[k, b], g, s): table row perm[k, b] * bags + g * seg + s
+        idx_dtype = torch.int32 if B * bags < 2**31 else torch.int64
+        idx = perm.t().to(idx_dtype).mul(bags).view(B, 1, K)
+        idx = idx + torch.arange(bags, device=h.device, dtype=idx_dtype)[:, None]  # [B, bags, K]
+        psw = wg.transpose(1, 2).to(h.dtype)[:, :, None, :].expand(B, G, seg, K)  # [B, G, seg, K]
     res = F.embedding_bag(idx.reshape(-1, K), table, per_sample_weights=psw.reshape(-1, K), mode="sum")
     return lay.unrows(res, h.shape)  # [B * bags, L] is the output's memory: hand it back with h's strides
 
