@@ -10,8 +10,9 @@ place through that permuted view (the group formula covers both); other strides 
   loads rows of h along the contiguous dim (coalesced), accumulates in fp32, stores once. One pass over h.
 - grad_h, one launch: the forward kernel run on grad_out through the inverse permutations with the weights each
   source row received (`layout.weights_at_source`, a [B, K(, C)] gather on the host): a gather, no atomics.
-- grad_w / grad_m, one launch: each program owns one row b and BLOCK_G groups and reduces
-  sum_{d in group} grad[b, d] * h[perm[k, b], d] for every k in a fixed order (deterministic), in fp32.
+- grad_w / grad_m, one launch: each program owns one row b, BLOCK_G groups and one piece of the group's elements
+  and reduces sum_{d in group} grad[b, d] * h[perm[k, b], d] for every k in a fixed order, in fp32; when rows are
+  few and long the pieces (at most MIN_PROGRAMS / programs) are summed by one torch `sum` (deterministic).
 
 Block sizes come from a small heuristic (no autotuning: it does not run in the interpreter). Offsets are int64.
 Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (set before triton is imported) for the tests.
@@ -26,6 +27,7 @@ import triton.language as tl
 from .layout import empty_out, group_weights, row_layout
 
 TILE = 4096  # elements per program: enough work per program on a GPU, few programs in the interpreter
+MIN_PROGRAMS = 1024  # the weight-grad reduction splits long rows until it has about this many programs
 
 
 @triton.jit
@@ -76,6 +78,8 @@ def _mix_weight_grad_kernel(
     G,
     INNER,
     N_J,
+    CHUNK_J,
+    B,
     stride_perm_k,
     BLOCK_G: tl.constexpr,
     BLOCK_J: tl.constexpr,
@@ -83,17 +87,19 @@ def _mix_weight_grad_kernel(
     b = tl.program_id(0).to(tl.int64)
     grp = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)  # [BLOCK_G] groups (channels) of this program
     grp_ok = grp < G
+    split = tl.program_id(2)  # which CHUNK_J elements of every group this program sums
+    j_end = tl.minimum(N_J, (split + 1) * CHUNK_J)
     for k in range(K):
         src = tl.load(perm_ptr + k * stride_perm_k + b).to(tl.int64)
         acc = tl.zeros([BLOCK_G, BLOCK_J], dtype=tl.float32)  # fp32 partial sums, reduced once at the end
-        for j0 in range(0, N_J, BLOCK_J):
+        for j0 in range(split * CHUNK_J, j_end, BLOCK_J):
             j = j0 + tl.arange(0, BLOCK_J)  # element j of a group: (outer o, inner i)
             col = (j // INNER) * (G * INNER) + grp[:, None] * INNER + (j % INNER)  # [BLOCK_G, BLOCK_J]
-            ok = grp_ok[:, None] & (j < N_J)[None, :]
+            ok = grp_ok[:, None] & (j < j_end)[None, :]
             g = tl.load(grad_ptr + b * D + col, mask=ok, other=0.0).to(tl.float32)
             x = tl.load(h_ptr + src * D + col, mask=ok, other=0.0).to(tl.float32)
             acc += g * x
-        tl.store(gw_ptr + (b * K + k) * G + grp, tl.sum(acc, axis=1), mask=grp_ok)
+        tl.store(gw_ptr + ((split * B + b) * K + k) * G + grp, tl.sum(acc, axis=1), mask=grp_ok)
 
 
 def _pow2(n: int) -> int:
@@ -131,17 +137,23 @@ def weight_grad(grad: torch.Tensor, h: torch.Tensor, perm: torch.Tensor, weights
     K, B = perm.shape
     lay = row_layout(h, per_channel=weights.dim() == 3)
     G = lay.groups
-    gw = torch.empty(B, K, G, device=h.device, dtype=torch.float32)
     if h.numel() == 0:
-        return gw.zero_().to(weights.dtype).reshape(weights.shape)
+        return torch.zeros_like(weights)
     h_rows, g_rows = lay.rows(h), lay.rows(grad)
     perm = perm.contiguous()
     n_j = lay.outer * lay.inner  # elements per group
     BLOCK_J = min(_pow2(n_j), 1024)
     BLOCK_G = min(_pow2(G), max(1, TILE // BLOCK_J))
-    grid = (B, triton.cdiv(G, BLOCK_G))
+    # Few long rows (simplex_mix at small B): split each row's sum over up to MIN_PROGRAMS / programs pieces so
+    # that the GPU has work; the pieces are summed by torch in a fixed order (deterministic, no atomics).
+    programs = B * triton.cdiv(G, BLOCK_G)
+    split = max(1, min(triton.cdiv(n_j, BLOCK_J), MIN_PROGRAMS // programs))
+    chunk_j = triton.cdiv(triton.cdiv(n_j, split), BLOCK_J) * BLOCK_J
+    split = triton.cdiv(n_j, chunk_j)
+    gw = torch.empty(split, B, K, G, device=h.device, dtype=torch.float32)
+    grid = (B, triton.cdiv(G, BLOCK_G), split)
     _mix_weight_grad_kernel[grid](
-        g_rows, h_rows, perm, gw, K, lay.row_len, G, lay.inner, n_j, perm.stride(0),
+        g_rows, h_rows, perm, gw, K, lay.row_len, G, lay.inner, n_j, chunk_j, B, perm.stride(0),
         BLOCK_G=BLOCK_G, BLOCK_J=BLOCK_J, num_warps=_warps(BLOCK_G * BLOCK_J),
     )  # fmt: skip
-    return gw.to(weights.dtype).reshape(weights.shape)
+    return gw.sum(0).to(weights.dtype).reshape(weights.shape)

@@ -27,6 +27,7 @@ CASES = [  # (B, C, S, K, kind, dtype, layout)
     (4, 3, (2, 2), 8, "mask", torch.bfloat16, "channels_last"),
     (3, 3, (2, 3), 7, "mask", torch.float16, "contiguous"),
     (5, 1, (4,), 6, "simplex", torch.bfloat16, "strided"),
+    (2, 3, (700,), 2, "simplex", torch.float32, "contiguous"),  # rows > 1024: the weight grad splits each row
 ]
 
 
