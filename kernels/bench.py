@@ -40,7 +40,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype of h")
     parser.add_argument("--device", default=None, help="device (default: cuda when available, else cpu)")
     parser.add_argument("--big-mib", type=int, default=256, help="size of h for the beyond-cache row, MiB")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch's own choice)")
 
 
 def grid(quick: bool) -> list[tuple[int, int, tuple[int, ...], int]]:
