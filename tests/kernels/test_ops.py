@@ -4,7 +4,6 @@ torch.compile); determinism. The "triton" impl runs in its own process: `test_tr
 
 from __future__ import annotations
 
-import amr_fast.kernels.ops  # noqa: F401  (registers the custom ops)
 import pytest
 import torch
 from mix_cases import LAYOUTS, TOLERANCES, assert_deterministic_backward, check_against_ref, make_case, shape_grid

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 
-import amr_fast.kernels.ops  # noqa: F401  (registers the custom ops)
 import pytest
 import torch
 from mix_cases import assert_deterministic_backward, check_against_ref
