@@ -102,14 +102,14 @@ class _Units:
         """Unit u's readable samples as arrays ("index" + one per field) and the number of its samples lost."""
         j, p = self.units[u]
         data = self._shard(j)
-        arrays = self._read_uniform(data, j, p) if self.layout is not None else None
+        arrays, undecodable = self._read_uniform(data, j, p) if self.layout is not None else None, 0
         if arrays is None:
-            arrays = self._read_samples(data, p)
+            arrays, undecodable = self._read_samples(data, p)
         lost = self.unit_sizes[u] - len(arrays["index"])
-        if lost > 0 and (p == 0 or self.parts == 1):
+        if lost > undecodable and (p == 0 or self.parts == 1):  # undecodable samples were reported one by one
             warnings.warn(
-                f"shard {self.paths[j]} is damaged (truncated, corrupt or undecodable samples): {lost} sample(s) of "
-                "this part skipped; re-create the dataset with `amr-fast shard` to recover them",
+                f"shard {self.paths[j]} is damaged (truncated or corrupt): {lost - undecodable} sample(s) of this "
+                "part lost and skipped; re-create the dataset with `amr-fast shard` to recover them",
                 stacklevel=2,
             )
         return arrays, max(lost, 0)
@@ -125,8 +125,8 @@ class _Units:
             out[name] = ascii_ints(payload[rows]) if ext == "cls" else raw_array(name, self.fields[name], payload[rows])
         return out
 
-    def _read_samples(self, data: bytes, p: int) -> dict[str, np.ndarray]:
-        decoded, keys = [], []
+    def _read_samples(self, data: bytes, p: int) -> tuple[dict[str, np.ndarray], int]:
+        decoded, keys, failed = [], [], 0
         for ordinal, (key, raw) in enumerate(iter_samples(data)):
             if ordinal % self.parts != p:
                 continue
@@ -134,11 +134,12 @@ class _Units:
                 decoded.append(decode_sample(raw, self.plan))
             except (ValueError, OSError, SyntaxError) as err:  # PIL raises OSError / SyntaxError on broken images
                 warnings.warn(f"skipping undecodable sample {key} in {self.root}: {err}", stacklevel=3)
+                failed += 1
                 continue
             keys.append(int(key.rsplit("/", 1)[-1]))
         out = collate(decoded, self.fields)
         out["index"] = np.array(keys, dtype=np.int64)
-        return out
+        return out, failed
 
 
 class _Batcher:
