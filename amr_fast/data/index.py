@@ -62,15 +62,15 @@ def check_index(index: dict, img_size: int, channels: int) -> None:
     """Raise ValueError before training if the data and the model config disagree (both sides + the fix).
 
     Image datasets: `img_size` is the side of the square images and `channels` their channel count. Point
-    datasets (the spiral): `channels` is the point dimension and `img_size` must be 0.
+    datasets (the spiral): `channels` is the point dimension and `img_size` 0 or 1 (a point as a 1x1 image).
     """
     name, where = index.get("name", "?"), index.get("root", "the index")
     if "dim" in index and index.get("image_size") is None:
-        if channels != index["dim"] or img_size not in (0, None):
+        if channels != index["dim"] or img_size not in (0, 1, None):
             raise ValueError(
                 f"dataset {name!r} at {where} holds {index['dim']}-D points but the model config expects "
-                f"img_size={img_size}, channels={channels}: use an MLP preset with input dim {index['dim']} "
-                "(img_size 0)"
+                f"img_size={img_size}, channels={channels}: use an MLP preset with channels={index['dim']} and "
+                "img_size=1"
             )
         return
     size, chans = index.get("image_size"), index.get("channels")

@@ -194,7 +194,9 @@ def test_procedural_and_spiral_round_trip(tmp_path):
     assert np.allclose(train["factors"].numpy(), procedural.dsprites_factors(grid_idx)[1])
     root = make_shards("spiral", None, tmp_path / "spiral", limit=50)
     index = load_index(root)
-    check_index(index, 0, 2)
+    check_index(index, 1, 2)  # a point is a 1x1 "image" with 2 channels
+    with pytest.raises(ValueError, match="channels=2 and img_size=1"):
+        check_index(index, 32, 1)
     test = read_split(root, "test")
     points, t = procedural.spiral(1000, seed=1002)
     assert test["x"].dtype == torch.float32 and torch.equal(test["x"], torch.from_numpy(points[:50]))
