@@ -143,7 +143,7 @@ def _paper_preset(dataset: str, mode: str, train_kimg: float, num_classes: int, 
 def _fashion_preset(mode: str) -> ClassifyConfig:
     """Small Fashion-MNIST classifier that finishes on a 2-core CPU: PreActResNet18 at width 1/8 on the 32x32
     shards (`amr-fast shard fashion-mnist --size 32`; pass data=DIR), lr / 10 at 50% and 75% of the budget."""
-    total = 96.0
+    total = 64.0
     return ClassifyConfig(
         channels=1,
         num_classes=10,
@@ -436,6 +436,7 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
     say(f"{cfg.arch} width {cfg.width:g} ({n_params / 1e6:.2f} M params), mode {cfg.mode}, {world} process(es)")
     t_start, t_tick, nimg_tick = time.time(), time.time(), nimg
     model.train()
+    row: dict = {}
     while nimg < cfg.total_kimg * 1000:
         batch = next(batches)
         x = batch["x"].to(device, non_blocking=True).float() / 127.5 - 1  # [B, C, H, W] in [-1, 1]
@@ -457,13 +458,15 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
         nimg_before, nimg = nimg, nimg + cfg.batch
         done = nimg >= cfg.total_kimg * 1000
         if done or _due(nimg_before, nimg, cfg.eval_kimg):
+            t_eval = time.time()
             net = accelerator.unwrap_model(model)
             test = data.eval_loader(cfg.data, cfg.eval_split, batch_gpu, rank=rank, world_size=world, workers=0)
             for name, values in evaluate(net, test, cfg, device).items():
                 stats.report(name, values)
+            stats.report("time/eval", time.time() - t_eval)
         if done or _due(nimg_before, nimg, cfg.tick_kimg):
             now = time.time()
-            collector.tick(
+            row = collector.tick(
                 {
                     "kimg": nimg / 1000,
                     "time": round(now - t_start, 2),
@@ -479,7 +482,8 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
                 checkpoint.save_snapshot(path, {"classifier": net}, dataclasses.asdict(cfg), nimg / 1000)
         if done or _due(nimg_before, nimg, cfg.state_kimg):
             checkpoint.save_state(accelerator, run, nimg, {"nimg": nimg}, {"generator": generator.get_state()})
-    say(f"done: {nimg / 1000:g} kimg in {run}")
+    figures = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith("eval/"))
+    say(f"done: {nimg / 1000:g} kimg in {run}" + (f"; {figures}" if figures else " (nothing left to train)"))
     return run
 
 
