@@ -352,6 +352,16 @@ def _load_files(paths: list[Path], convert: Callable[[Image.Image], np.ndarray],
     return x.transpose(0, 3, 1, 2), keep
 
 
+def _files_split(paths: list[Path], y: np.ndarray, convert: Callable, **extra: np.ndarray) -> Split:
+    """A split of image files decoded (and converted) chunk by chunk; extra: per-sample arrays such as attrs."""
+
+    def load(idx: np.ndarray) -> dict[str, np.ndarray]:
+        x, keep = _load_files([paths[i] for i in idx], convert)
+        return {"x": x, "y": y[idx], "keep": keep, **{k: v[idx] for k, v in extra.items()}}
+
+    return Split(y=y, load=load)
+
+
 def celeba(src: str | Path | None, size: int | None, crop: int | None = None, **_: object) -> Source:
     root = _src_dir(src, "celeba")
     size, crop = size or 64, crop or 148
@@ -387,13 +397,7 @@ def celeba(src: str | Path | None, size: int | None, crop: int | None = None, **
     for split, code in [("train", "0"), ("valid", "1"), ("test", "2")]:
         sel = np.array([i for i, f in enumerate(files) if partition.get(f) == code], dtype=np.int64)
         paths = [img_dir / files[i] for i in sel]
-        split_attrs = attrs[sel]
-
-        def load(idx: np.ndarray, paths=paths, split_attrs=split_attrs) -> dict[str, np.ndarray]:
-            x, keep = _load_files([paths[i] for i in idx], convert)
-            return {"x": x, "y": np.full(len(idx), -1, np.int64), "attrs": split_attrs[idx], "keep": keep}
-
-        splits[split] = Split(y=np.full(len(sel), -1, np.int64), load=load)
+        splits[split] = _files_split(paths, np.full(len(sel), -1, np.int64), convert, attrs=attrs[sel])
     return Source(
         name="celeba",
         splits=splits,
@@ -437,13 +441,7 @@ def zappos50k(src: str | Path | None, size: int | None, **_: object) -> Source:
     splits = {}
     for split in ("train", "valid", "test"):
         sel = np.sort(chosen[split])
-        paths = [files[i] for i in sel]
-
-        def load(idx: np.ndarray, paths=paths, y=labels[sel]) -> dict[str, np.ndarray]:
-            x, keep = _load_files([paths[i] for i in idx], convert)
-            return {"x": x, "y": y[idx], "keep": keep}
-
-        splits[split] = Split(y=labels[sel], load=load)
+        splits[split] = _files_split([files[i] for i in sel], labels[sel], convert)
     return Source(
         name="zappos50k",
         splits=splits,
