@@ -4,13 +4,18 @@ How the training stream splits the data (our equivalent of WebDataset's resample
 `split_by_worker`, with explicit rank / worker arguments so it is deterministic and resumable):
 
 - Readers ("slots"): `world_size x W` of them, W = max(workers, 1); slot = rank * W + worker.
-- Units: each shard is cut into P = ceil(slots / shards) interleaved parts (sample i of a shard goes to part
-  i % P), so there are always at least as many units as slots, even with few large shards and many GPUs.
+- Units: each shard is cut into P >= ceil(slots / shards) interleaved parts (sample i of a shard goes to part
+  i % P), so there are always at least as many units as slots, even with few large shards and many GPUs; P is
+  chosen (up to twice the minimum) to leave the fewest units unused per round.
 - Rounds: round r permutes the units with a generator seeded by (seed, r), the same on every rank; slot q gets
   the q-th block of U = units // slots units, so within a round the slots read disjoint samples. Each slot
   yields exactly B = (the U smallest units' samples) // batch_size batches per round, so every rank yields the
   same number of batches and DDP never waits for a rank that ran dry. The unused tail of a round differs from
-  round to round. A shuffle buffer (seeded by (seed, r, slot)) mixes the samples a slot reads.
+  round to round. A shuffle buffer (seeded by (seed, r, slot)) mixes the samples a slot reads: each unit read
+  is merged with the buffer and all but `shuffle_buffer` samples leave in random order.
+- Speed: a unit is read as arrays at once. Raw shards (fixed-size members) are parsed by numpy without a
+  Python loop over samples (`tario.uniform_members`); PNG / JPEG shards are decoded sample by sample. Workers
+  send whole batches, so there is no per-sample inter-process traffic.
 - Order: the DataLoader takes batches from its workers round-robin, so the rank's batch g comes from slot
   g % W, its (g // W)-th batch. `start_batch` re-derives that mapping: a resumed run (same seed, world size,
   workers and batch size) continues the same stream, skipping whole rounds without reading them and replaying

@@ -2,9 +2,11 @@
 
 A shard is a plain POSIX (ustar) tar in the WebDataset convention: one sample is the run of consecutive members
 that share a key (`00001234.raw`, `00001234.cls`, ...), so `webdataset.WebDataset(url)` reads our shards too.
-The reader here parses the 512-byte headers itself (checksum verified) from the shard's bytes in memory: it is
-several times faster than `tarfile` per member, which matters for 1 KiB samples, and it reports a truncated or
-damaged shard as data instead of raising, so the loader can skip what is lost and count it.
+Two readers work on the shard's bytes in memory, both verifying every header checksum: `iter_samples` parses
+the 512-byte headers one by one (several times faster than `tarfile`; a truncated or damaged shard simply ends
+early, so the loader can skip what is lost and count it), and `uniform_members` parses a shard whose samples all
+have the same layout (raw images, labels, factors) as one numpy array, with no Python loop over samples; it
+returns None on anything unexpected, and the loader falls back to `iter_samples`.
 """
 
 from __future__ import annotations
