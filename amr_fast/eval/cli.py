@@ -86,15 +86,7 @@ def factor_sampler(index: dict, cfg, pool: int, seed: int = 0):
         )
     keep = [i for i, n in enumerate(names) if n != "color"]
     if index.get("name") == "dsprites-procedural":
-        from amr_fast.data import procedural
-
-        size = int(index.get("image_size") or cfg.img_size)
-
-        def render(classes: np.ndarray) -> torch.Tensor:  # [n, 5] (shape, scale, orientation, posX, posY)
-            full = np.concatenate([np.zeros((len(classes), 1), np.int64), classes], axis=1)
-            return torch.from_numpy(procedural.render_dsprites(procedural.dsprites_index(full), size))
-
-        return dis.ProductFactors(dis.DSPRITES_SIZES, render)
+        return dis.procedural_dsprites(int(index.get("image_size") or cfg.img_size))
     from amr_fast import data as amr_data
 
     xs, fcs, n = [], [], 0
@@ -159,7 +151,7 @@ def evaluate(
     """Compute `metrics` for a run directory or snapshot, append each to `metric-<name>.jsonl` next to it, and
     return {name: result}. limit: at most this many examples per split (probe, recon); votes: instead of the
     papers' counts, this many training and as many scoring votes (FactorVAE) or points (beta-VAE), and the
-    per-dimension std from max(1000, 10 votes) images: quick runs; vote_batch: images (pairs) per vote instead of
+    per-dimension std from max(500, 10 votes) images: quick runs; vote_batch: images (pairs) per vote instead of
     the papers' 100 (FactorVAE) / 64 (beta-VAE)."""
     from amr_fast import data as amr_data
     from amr_fast.checkpoint import load_networks, load_snapshot
@@ -197,7 +189,7 @@ def evaluate(
         else:
             sampler = factor_sampler(index, cfg, pool, seed)
             if name == "factorvae":
-                kw = {} if votes is None else {"n_train": votes, "n_eval": votes, "n_std": max(1000, 10 * votes)}
+                kw = {} if votes is None else {"n_train": votes, "n_eval": votes, "n_std": max(500, 10 * votes)}
                 kw.update({} if vote_batch is None else {"batch_size": vote_batch})
                 res = dis.factorvae_score(encode, sampler, seed=seed, **kw).as_dict()
             else:

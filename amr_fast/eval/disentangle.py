@@ -84,6 +84,18 @@ class ProductFactors(FactorSampler):
         return torch.as_tensor(self.render(f1)), torch.as_tensor(self.render(f2))
 
 
+def procedural_dsprites(size: int = 64) -> ProductFactors:
+    """The five dSprites factors rendered on demand by `amr_fast.data.procedural` (exact conditioning; the constant
+    colour factor is fixed), images uint8 [n, 1, size, size]."""
+    from amr_fast.data import procedural
+
+    def render(classes: np.ndarray) -> torch.Tensor:  # [n, 5] (shape, scale, orientation, posX, posY)
+        full = np.concatenate([np.zeros((len(classes), 1), np.int64), classes], axis=1)
+        return torch.from_numpy(procedural.render_dsprites(procedural.dsprites_index(full), size))
+
+    return ProductFactors(DSPRITES_SIZES, render)
+
+
 class IndexedFactors(FactorSampler):
     """A finite labelled set: images x [N, ...] with integer factor classes [N, F]. Conditioning on factor k picks
     a random example and draws the batch among the examples sharing its class of factor k (with replacement);

@@ -27,6 +27,7 @@ import numpy as np
 # stats.jsonl names of the online probe's validation accuracy (first one present wins) and of the recon loss.
 PROBE_KEYS = ("probe/valid_acc", "probe/val_acc", "valid/acc", "eval/valid_acc", "probe/acc_valid")
 RECON_KEYS = ("loss/recon", "loss/rec")
+TRAIN_PROBE_KEYS = ("probe/acc",)  # the online probe's accuracy on its training batches, every tick
 METHOD_ORDER = ("AE+GAN", "AMR", "ACAI", "beta-VAE")
 MIX_ORDER = ("-", "mixup", "bernoulli", "class")
 
@@ -208,17 +209,25 @@ def _curves(
 
 
 def plot_curves(runs: list[Run], path: str | Path) -> None:
-    """Learning curves: one column per dataset; rows probe validation accuracy (%) and reconstruction loss, each
-    line the mean over seeds with a ±std band. Written as PNG (Agg backend)."""
+    """Learning curves: one column per dataset; rows: the online probe's validation accuracy (%), its accuracy on
+    its training batches (%) and the reconstruction loss, each line the mean over seeds with a ±std band; a row
+    is left out when no curve in it has two points. Written as PNG (Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("online probe valid acc (%)", _curves(runs, PROBE_KEYS, 100.0))]
-    recon = _curves(runs, RECON_KEYS, 1.0)
-    if recon:
-        panels.append(("reconstruction loss", recon))
+    panels = []
+    for ylabel, keys, scale in (
+        ("online probe valid acc (%)", PROBE_KEYS, 100.0),
+        ("online probe train-batch acc (%)", TRAIN_PROBE_KEYS, 100.0),
+        ("reconstruction loss", RECON_KEYS, 1.0),
+    ):
+        curves = _curves(runs, keys, scale)
+        if any(len(kimg) >= 2 for kimg, _, _ in curves.values()):
+            panels.append((ylabel, curves))
+    if not panels:
+        raise ValueError("no learning curve has two points yet: the runs' stats.jsonl are too short to plot")
     datasets = list(dict.fromkeys(r.dataset for r in runs))
     fig, axes = plt.subplots(
         len(panels), len(datasets), figsize=(4.5 * len(datasets), 3.2 * len(panels)), squeeze=False

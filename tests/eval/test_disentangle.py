@@ -53,9 +53,9 @@ def test_factorvae_collapsed_encoder_is_a_clear_error():
 
 
 def test_betavae_oracle_and_noise():
-    s = dis.betavae_score(lambda x: x, oracle_sampler(), batch_size=16, n_train=300, n_eval=200, steps=100)
+    s = dis.betavae_score(lambda x: x, oracle_sampler(), batch_size=8, n_train=150, n_eval=150, steps=100)
     assert s.score > 0.97
-    n = dis.betavae_score(noise_encoder(), oracle_sampler(), batch_size=16, n_train=300, n_eval=300, steps=100)
+    n = dis.betavae_score(noise_encoder(), oracle_sampler(), batch_size=8, n_train=150, n_eval=250, steps=100)
     assert abs(n.score - 0.2) < 0.1
 
 
@@ -73,3 +73,12 @@ def test_indexed_sampler_conditions_on_the_shared_class():
         assert (x1[:, k] == x2[:, k]).all() and not (x1 == x2).all()
     s = dis.factorvae_score(lambda x: x, sampler, **FAST)
     assert s.score == 1.0 and s.details["num_factors"] == 3
+
+
+def test_procedural_dsprites_sampler_fixes_the_factor():
+    sampler = dis.procedural_dsprites(size=32)
+    rng = np.random.default_rng(0)
+    x = sampler.sample(4, rng)
+    assert x.shape == (4, 1, 32, 32) and x.dtype == torch.uint8
+    same_shape = sampler.sample_fixed(0, 3, rng)
+    assert same_shape.shape == (3, 1, 32, 32) and not torch.equal(same_shape[0], same_shape[1])

@@ -16,7 +16,7 @@ from amr_fast.models import build_networks
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("evalrun")
-    root = amr_data.make_shards("dsprites-procedural", None, tmp / "data", size=64, limit=240, shard_size=100)
+    root = amr_data.make_shards("dsprites-procedural", None, tmp / "data", size=64, limit=120, shard_size=60)
     cfg = TrainConfig(
         data=str(root), arch="dsprites64", img_size=64, channels=1, width=8, code_dim=6, num_classes=3, mixer="none"
     ).validate()
@@ -38,9 +38,9 @@ def test_eval_writes_every_metric_and_report_reads_them(run_dir, capsys):
         "--metrics",
         "probe,recon,factorvae,betavae",
         "--votes",
-        "8",
+        "6",
         "--vote-batch",
-        "10",
+        "8",
         "--device",
         "cpu",
     ]
@@ -50,10 +50,10 @@ def test_eval_writes_every_metric_and_report_reads_them(run_dir, capsys):
         line = report.read_jsonl(run_dir / f"metric-{name}.jsonl")[-1]
         assert line["metric"] == name and line["kimg"] == 1.0 and name in out
     probe = report.read_jsonl(run_dir / "metric-probe.jsonl")[-1]
-    assert probe["online_best_valid_acc"] == 0.55 and probe["split"] == "valid" and probe["n_train"] == 240
+    assert probe["online_best_valid_acc"] == 0.55 and probe["split"] == "valid" and probe["n_train"] == 120
     assert 0 <= probe["test_acc"] <= 1 and "55.00%" in out
     fv = report.read_jsonl(run_dir / "metric-factorvae.jsonl")[-1]
-    assert fv["num_factors"] == 5 and fv["n_eval"] == 8 and fv["batch_size"] == 10 and 0 <= fv["score"] <= 1
+    assert fv["num_factors"] == 5 and fv["n_eval"] == 6 and fv["batch_size"] == 8 and 0 <= fv["score"] <= 1
 
     # recon: the same mean |x_rec - x| computed directly
     nets, cfg = checkpoint.load_networks(next(run_dir.glob("snapshot-*.safetensors")))
