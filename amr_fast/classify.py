@@ -499,6 +499,62 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Results table (shown by `amr-fast report` for classifier runs).
+
+MODE_ORDER = {m: i for i, m in enumerate(("erm", "cutout", "mixup", "manifold"))}
+
+
+def _mode_label(cfg: dict) -> str:
+    mode = cfg.get("mode", "?")
+    if mode == "mixup":
+        return f"input mixup (alpha={cfg.get('alpha'):g})"
+    if mode == "manifold":
+        layers = ",".join(str(k) for k in cfg.get("mix_layers", ()))
+        return f"Manifold Mixup (alpha={cfg.get('alpha'):g}, layers {layers})"
+    if mode == "cutout":
+        return f"cutout ({cfg.get('cutout_size')} px)"
+    return "ERM (no mixup)"
+
+
+def classify_table(runs: list) -> str:
+    """Markdown table of classifier runs (`amr_fast.eval.report.Run` objects of `amr-fast classify` run dirs):
+    rows = mode, columns = dataset x (test error, FGSM error at each eps), cells = mean ± std over seeds of the
+    last evaluation of each run (%), followed by one line saying what the cells are."""
+    from amr_fast.eval.report import _fmt
+
+    def last(run, key: str) -> float | None:
+        vals = [r[key] for r in run.rows if isinstance(r.get(key), (int, float))]
+        return vals[-1] if vals else None
+
+    def kimg(run) -> str:
+        return f"{run.rows[-1]['kimg']:g}" if run.rows else "0"
+
+    groups: dict[tuple, list] = {}
+    for run in runs:
+        arch = f"{run.cfg.get('arch')} width {run.cfg.get('width', 1):g}"
+        key = (MODE_ORDER.get(run.cfg.get("mode"), 9), _mode_label(run.cfg), arch, kimg(run))
+        groups.setdefault(key, []).append(run)
+    datasets = list(dict.fromkeys(r.dataset for r in runs))
+    metrics = ["eval/test_error"] + sorted({k for r in runs for row in r.rows for k in row if "fgsm_error" in k})
+    names = {"eval/test_error": "test error"} | {m: f"FGSM eps={m.split('@')[1]} error" for m in metrics[1:]}
+    columns = [(ds, m) for ds in datasets for m in metrics]
+    n_all = max(len(g) for g in groups.values())
+    head = ["mode", "arch", "kimg"] + [f"{ds} {names[m]}" for ds, m in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * len(columns)) + "|"]
+    for (_, label, arch, k), group in sorted(groups.items()):
+        cells = []
+        for ds, m in columns:
+            vals = [v for r in group if r.dataset == ds and (v := last(r, m)) is not None]
+            cells.append(_fmt(vals, 1.0, n_all))
+        lines.append("| " + " | ".join([label, str(arch), k] + cells) + " |")
+    note = (
+        f"\nCells: classification error (%) on the test split, clean and under white-box FGSM (eps in [0, 1] pixel "
+        f"units), at the end of training; mean ± std over seeds (n = {n_all}; [n] when fewer).\n"
+    )
+    return "\n".join(lines) + "\n" + note
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # CLI.
 
 

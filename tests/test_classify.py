@@ -278,3 +278,27 @@ def test_rerun_after_a_crash_resumes_to_the_same_weights(shards, tmp_path, monke
         torch.testing.assert_close(weights_b[name], tensor, rtol=0, atol=0, msg=name)
     with pytest.raises(ValueError, match="another config"):
         classify.train_classifier(dataclasses.replace(cfg, lr=0.5), tmp_path / "crashed", log=lambda msg: None)
+
+
+def test_results_table_over_seeds(tmp_path):
+    import json
+
+    from amr_fast.eval.report import load_run
+
+    runs = []
+    for mode, errors in [("erm", (10.0, 12.0)), ("manifold", (8.0, 9.0))]:
+        for seed, err in enumerate(errors):
+            d = tmp_path / f"{mode}-{seed}"
+            d.mkdir()
+            cfg = dataclasses.replace(classify.CLASSIFY_PRESETS[f"fashion-mnist-{mode}"], data="/x/fm32", seed=seed)
+            (d / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+            rows = [{"kimg": 32.0, "eval/test_error": 50.0}, {"kimg": 64.0, "eval/test_error": err}]
+            rows[-1]["eval/fgsm_error@0.03"] = 2 * err
+            (d / "stats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            runs.append(load_run(d))
+    lines = classify.classify_table(runs).splitlines()
+    assert "test error" in lines[0] and "FGSM eps=0.03 error" in lines[0]
+    erm = next(line for line in lines if line.startswith("| ERM"))
+    manifold = next(line for line in lines if line.startswith("| Manifold Mixup (alpha=2, layers 0,1,2)"))
+    assert erm.endswith("| 64 | 11.00 ± 1.00 | 22.00 ± 2.00 |")  # the last evaluation of each run, over 2 seeds
+    assert manifold.endswith("| 64 | 8.50 ± 0.50 | 17.00 ± 1.00 |")
