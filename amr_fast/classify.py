@@ -143,7 +143,7 @@ def _paper_preset(dataset: str, mode: str, train_kimg: float, num_classes: int, 
 def _fashion_preset(mode: str) -> ClassifyConfig:
     """Small Fashion-MNIST classifier that finishes on a 2-core CPU: PreActResNet18 at width 1/8 on the 32x32
     shards (`amr-fast shard fashion-mnist --size 32`; pass data=DIR), lr / 10 at 50% and 75% of the budget."""
-    total = 64.0
+    total = 40.0
     return ClassifyConfig(
         channels=1,
         num_classes=10,
