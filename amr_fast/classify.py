@@ -581,7 +581,8 @@ def main(args: argparse.Namespace) -> int:
     if args.data is not None:
         overrides["data"] = args.data
     cfg = resolve_classify(args.preset, overrides)
-    print(json.dumps(dataclasses.asdict(cfg), indent=2))
+    if int(os.environ.get("RANK", 0)) == 0:  # one copy under accelerate launch / torchrun
+        print(json.dumps(dataclasses.asdict(cfg), indent=2))
     if args.dry_run:
         return 0
     train_classifier(cfg, args.outdir or f"runs/{args.preset}")
