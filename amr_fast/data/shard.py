@@ -11,6 +11,7 @@ Sources and their expected files: README, section "Data"; splits and encodings: 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from amr_fast.data.index import load_index
@@ -52,6 +53,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop", type=int, default=None, help="celeba: centre-crop side before resizing (148)")
 
 
+def _progress(split: str, done: int, total: int) -> None:
+    print(f"\r{split}: {done}/{total} samples", end="", file=sys.stderr, flush=True)
+
+
 def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = make_shards(
@@ -65,7 +70,10 @@ def main(args: argparse.Namespace) -> int:
         limit=args.limit,
         encoding=args.encoding,
         crop=args.crop,
+        progress=_progress if sys.stderr.isatty() else None,
     )
+    if sys.stderr.isatty():
+        print("\r\033[K", end="", file=sys.stderr)  # clear the progress line
     index = load_index(out)
     shape = (
         f"dim {index['dim']}"

@@ -21,7 +21,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from amr_fast.data.tario import ShardWriter
 
 RAW_MAX_VALUES = 64 * 64 * 3  # auto encoding: raw up to 64x64 RGB, PNG above
 CHUNK = 1024  # samples loaded (decoded / rendered) at a time
+Progress = Callable[[str, int, int], None]  # progress(split, samples done, samples in the split)
 _OUR_FILES = re.compile(r"^(train|valid|test)-\d{6}\.tar(\.partial)?$")
 
 
@@ -85,7 +86,9 @@ def _write_lock(out: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _write_split(split: str, data: Split, order: np.ndarray, out: Path, fields: dict, shard_size: int) -> dict:
+def _write_split(
+    split: str, data: Split, order: np.ndarray, out: Path, fields: dict, shard_size: int, progress: Progress | None
+) -> dict:
     # Equal shards (sizes differ by at most one): the reader's batches per round follow its smallest unit.
     n_shards = max(1, -(-len(order) // shard_size))
     base, extra = divmod(len(order), n_shards)
@@ -94,6 +97,8 @@ def _write_split(split: str, data: Split, order: np.ndarray, out: Path, fields: 
     writer: ShardWriter | None = None
     try:
         for start in range(0, len(order), CHUNK):
+            if progress is not None:
+                progress(split, start, len(order))
             idx = order[start : start + CHUNK]
             arrays = data.load(idx)
             keep = arrays.pop("keep", np.ones(len(idx), dtype=bool))
@@ -135,20 +140,24 @@ def make_shards(
     limit: int | None = None,
     encoding: str = "auto",
     crop: int | None = None,
+    progress: Progress | None = None,
 ) -> Path:
     """Write `source`'s splits as shards + index.json into `out`; return `out`.
 
     size: image side after resizing (IDX / SVHN / CIFAR / CelebA / Zappos / procedural dSprites); None keeps
     the source's size (CelebA / Zappos: 64). subset: keep a class-balanced random subset of train with this many
     samples (seeded by `seed`). limit: at most this many samples per split (tests, demos). crop: CelebA's centre
-    crop (148). For "dsprites-procedural" and "spiral" src is None.
+    crop (148). progress: called as progress(split, done, total) before each chunk of samples. For
+    "dsprites-procedural" and "spiral" src is None.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1 samples per shard; got {shard_size}")
     if size is not None and not 8 <= size <= 1024:
         raise ValueError(f"--size must be an image side between 8 and 1024 pixels; got {size}")
     opened = open_source(source, src, size, crop=crop)
-    return write_source(opened, out, subset=subset, seed=seed, shard_size=shard_size, limit=limit, encoding=encoding)
+    return write_source(
+        opened, out, subset=subset, seed=seed, shard_size=shard_size, limit=limit, encoding=encoding, progress=progress
+    )
 
 
 def write_source(
@@ -160,6 +169,7 @@ def write_source(
     shard_size: int = 5000,
     limit: int | None = None,
     encoding: str = "auto",
+    progress: Progress | None = None,
 ) -> Path:
     """Write an opened `Source` (see `make_shards` for the arguments; `sources.arrays_source` wraps arrays)."""
     enc = _pick_encoding(opened, encoding)
@@ -191,7 +201,7 @@ def write_source(
                 order = np.sort(rng.choice(order, size=limit, replace=False)) if opened.grid else order[:limit]
             if split == "train":
                 order = rng.permutation(order)
-            splits[split] = _write_split(split, data, order, out, fields, shard_size)
+            splits[split] = _write_split(split, data, order, out, fields, shard_size, progress)
         x_spec = fields["x"]
         index = {
             "name": opened.name,

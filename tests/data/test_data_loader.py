@@ -168,3 +168,9 @@ def test_png_and_jpeg_shards(tmp_path):
         batch = next(iter(eval_loader(root, "train", 6)))
         got = batch["x"][torch.argsort(batch["index"])].int()
         assert got.shape == (6, 3, 32, 32) and (got - torch.from_numpy(x).int()).abs().float().mean() <= tolerance
+
+
+def test_progress_is_reported_per_chunk(tmp_path):
+    calls = []
+    make_shards("spiral", None, tmp_path / "sp", limit=30, progress=lambda *a: calls.append(a))
+    assert calls == [("train", 0, 30), ("valid", 0, 30), ("test", 0, 30)]
