@@ -300,18 +300,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     runs = [load_run(p) for p in args.runs]
+    classifiers = [r for r in runs if "mode" in r.cfg]  # `amr-fast classify` runs: table by amr_fast.classify
+    runs = [r for r in runs if "mode" not in r.cfg]
     if args.spiral:
         from amr_fast.eval.grids import save_png
 
         save_png(args.spiral, spiral_figure(runs))
         print(f"wrote {args.spiral}")
-    table = results_table(runs)
+    table = results_table(runs) if runs or not classifiers else ""
+    if classifiers:
+        from amr_fast.classify import classify_table
+
+        table += classify_table(classifiers)
     print(table, end="")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(table)
         print(f"wrote {args.out}")
-    if args.plot:
+    if args.plot and runs:
         plot_curves(runs, args.plot)
         print(f"wrote {args.plot}")
     return 0
