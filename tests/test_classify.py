@@ -302,3 +302,7 @@ def test_results_table_over_seeds(tmp_path):
     manifold = next(line for line in lines if line.startswith("| Manifold Mixup (alpha=2, layers 0,1,2)"))
     assert erm.endswith("| 64 | 11.00 ± 1.00 | 22.00 ± 2.00 |")  # the last evaluation of each run, over 2 seeds
     assert manifold.endswith("| 64 | 8.50 ± 0.50 | 17.00 ± 1.00 |")
+    from amr_fast.cli import main as cli_main
+
+    assert cli_main(["report", *[str(r.path) for r in runs], "--out", str(tmp_path / "table.md")]) == 0
+    assert (tmp_path / "table.md").read_text() == classify.classify_table(runs)  # `amr-fast report` shows it
