@@ -457,10 +457,11 @@ def zappos50k(src: str | Path | None, size: int | None, **_: object) -> Source:
 DSPRITES_FILE = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
 
 
-def _grid_source(name: str, n_grid: int, load_points: Callable, size: int, notes: str) -> Source:
+def _grid_source(name: str, shape_of: np.ndarray, load_points: Callable, size: int, notes: str) -> Source:
+    """train = every grid point (shape_of: the shape class of each, the label), valid = 5,000 random points."""
+    n_grid = len(shape_of)
     all_idx = np.arange(n_grid, dtype=np.int64)
     valid_idx = np.sort(np.random.default_rng(12345).choice(n_grid, size=min(5000, n_grid), replace=False))
-    shape_of = procedural.dsprites_factors(all_idx)[0][:, 1]
     splits = {}
     for split, sel in [("train", all_idx), ("valid", valid_idx)]:
 
@@ -497,7 +498,9 @@ def dsprites(src: str | Path | None, size: int | None, **_: object) -> Source:
             "factor_classes": classes[idx].astype(np.int64),
         }
 
-    return _grid_source("dsprites", len(imgs), load, 64, "the published dSprites .npz; pixels 0/1 stored as 0/255")
+    return _grid_source(
+        "dsprites", classes[:, 1].astype(np.int64), load, 64, "the published dSprites .npz; pixels 0/1 stored as 0/255"
+    )
 
 
 def dsprites_procedural(src: str | Path | None, size: int | None, **_: object) -> Source:
@@ -510,7 +513,8 @@ def dsprites_procedural(src: str | Path | None, size: int | None, **_: object) -
         x = procedural.render_dsprites(idx, size)
         return {"x": x, "y": classes[:, 1], "factors": values, "factor_classes": classes}
 
-    return _grid_source("dsprites-procedural", procedural.DSPRITES_NUM, load, size, "rendered by amr_fast")
+    shape_of = procedural.dsprites_factors(np.arange(procedural.DSPRITES_NUM))[0][:, 1]
+    return _grid_source("dsprites-procedural", shape_of, load, size, "rendered by amr_fast")
 
 
 def spiral(src: str | Path | None, size: int | None, **_: object) -> Source:

@@ -172,7 +172,9 @@ def test_zappos_round_trip_skips_broken_image(tmp_path, rng):
 
 def test_dsprites_npz_round_trip(tmp_path, rng):
     n = 12
-    classes = procedural.dsprites_factors(rng.choice(procedural.DSPRITES_NUM, n, replace=False))[0]
+    per_shape = procedural.DSPRITES_NUM // 3
+    grid_idx = [int(rng.integers(k * per_shape, (k + 1) * per_shape)) for k in (2, 0, 1) for _ in range(n // 3)]
+    classes = procedural.dsprites_factors(np.array(grid_idx))[0]  # 4 sprites of each shape, not in grid order
     values = procedural.dsprites_factors(procedural.dsprites_index(classes))[1].astype(np.float64)
     imgs = rng.integers(0, 2, (n, 64, 64), dtype=np.uint8)
     np.savez(tmp_path / "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz", imgs=imgs, latents_values=values,
@@ -184,6 +186,9 @@ def test_dsprites_npz_round_trip(tmp_path, rng):
     assert torch.allclose(train["factors"], torch.from_numpy(values).float())
     assert torch.equal(train["y"], torch.from_numpy(classes[:, 1]))  # y = shape
     assert load_index(root)["factor_names"] == procedural.DSPRITES_FACTOR_NAMES
+    subset = read_split(make_shards("dsprites", tmp_path, tmp_path / "sub", subset=6), "train")
+    assert torch.bincount(subset["y"]).tolist() == [2, 2, 2]  # balanced by the file's own shape labels
+    assert torch.equal(subset["y"], torch.from_numpy(classes[subset["index"].numpy(), 1]))
 
 
 def test_procedural_and_spiral_round_trip(tmp_path):
