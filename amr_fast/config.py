@@ -64,7 +64,7 @@ class TrainConfig:
     cls_weight: float = 1.0  # supervised mixer: classification terms
     vae_beta: float = 1.0  # beta-VAE: KL weight (KL summed over code dims, mean over batch)
     disc_mix: str = "none"  # issue 6 item 4: "none", "pixel", "hidden" mixup of real/fake inside D
-    disc_mix_layer: int = 1  # disc_mix "hidden": mix after this many blocks of D (1 .. number of blocks - 1)
+    disc_mix_layer: int = 1  # disc_mix "hidden": mix after this many D blocks (amr32 32x32: 1..4, dsprites64: 1..5)
     # optimisation
     lr: float = 1e-4
     beta1: float = 0.5

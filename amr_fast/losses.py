@@ -100,6 +100,11 @@ class AMRLoss:
         if cfg.mixer == "class" and self.mixer is None:
             raise ValueError('mixer=class needs nets["mixer"] (build the networks with models.build_networks(cfg))')
         self.device = torch.device(device)
+        if cfg.disc_mix == "hidden" and not 1 <= cfg.disc_mix_layer <= self.disc.num_blocks:
+            raise ValueError(
+                f"disc_mix_layer must lie in 1..{self.disc.num_blocks} for arch={cfg.arch} (D's blocks); "
+                f"got {cfg.disc_mix_layer}"
+            )
         # THE place where cfg.mixer picks the mixing function.
         self.mix_codes: Callable[[Tensor, Tensor, Tensor, torch.Generator, dict], Tensor] | None = {
             "none": None,
@@ -281,7 +286,7 @@ class AMRLoss:
             f = self._disc_run(images)
         else:
             # lam f(x) + (1 - lam) f(x_fake) after `layer` blocks (0 = pixels), then the rest of D; target fake.
-            layer = 0 if cfg.disc_mix == "pixel" else min(cfg.disc_mix_layer, self.disc.num_blocks - 1)
+            layer = 0 if cfg.disc_mix == "pixel" else cfg.disc_mix_layer
             f = self._disc_run(images, 0, layer)
             pair = torch.cat([f[:B], f[-B:]])  # [2B, ...]: real, then the last fake group (x_mix, else x_rec)
             swap = torch.arange(2 * B, device=f.device).roll(B)  # partner of real i is fake i

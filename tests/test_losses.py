@@ -195,6 +195,13 @@ def test_disc_mix_shows_d_mixed_real_and_fake_as_fake(mode, monkeypatch):
     assert calls[1][0][0] == 2 * B
 
 
+def test_disc_mix_layer_must_exist():
+    cfg = tiny("spiral-mixup", disc_mix="hidden", disc_mix_layer=4)
+    with pytest.raises(ValueError, match=r"disc_mix_layer must lie in 1..3 for arch=mlp"):
+        setup(cfg)
+    setup(replace(cfg, disc_mix_layer=3))  # mixing D's last features, right before its heads
+
+
 def test_class_mixer_mixes_labels_and_trains_the_aux_head():
     cfg = tiny("fashion-mnist-class", k=3)
     nets, loss = setup(cfg)
