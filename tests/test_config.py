@@ -30,10 +30,10 @@ def test_paper_presets_cover_the_tables_with_the_papers_hyperparameters():
     for data in ("mnist", "kmnist", "svhn32"):  # table 1
         for method in ("aegan", "acai", "mixup", "bernoulli", "mixup-k3", "bernoulli-k3"):
             assert f"{data}-{method}" in PRESETS
-    for n in (1, 5, 10, 20):  # table 3
+    for n in (1, 5, 10, 20):  # table 2
         for method in ("aegan", "acai", "mixup", "bernoulli"):
             assert PRESETS[f"svhn32-{n}k-{method}"].subset == n * 1000
-    for data in ("svhn256", "cifar10-256", "cifar10-1024"):  # table 2
+    for data in ("svhn256", "cifar10-256", "cifar10-1024"):  # table 3
         for method in ("aegan", "acai", "mixup", "bernoulli", "mixup-k3", "mixup-k4", "mixup-k6", "mixup-k8"):
             assert f"{data}-{method}" in PRESETS
     for method in ("aegan", "mixup", "mixup-k3", "bernoulli", "bernoulli-k3", "betavae"):  # table 4
