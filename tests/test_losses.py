@@ -142,6 +142,23 @@ def test_losses_are_the_papers_equations(name):
     torch.testing.assert_close(got_d["loss/disc"], want_d, atol=1e-5, rtol=1e-4)
 
 
+def test_beta_vae_is_reconstruction_of_a_sample_plus_beta_kl():
+    cfg = tiny("dsprites-betavae", recon="l2")
+    nets, loss = setup(cfg)
+    ae = nets["ae"]
+    x, y = batch(cfg)
+    loss.begin(x, y, True, torch.Generator().manual_seed(2))
+    got = loss.accumulate_gradients("ae")
+    with torch.no_grad():
+        mu, logvar = ae.encode_stats(x)
+        eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(2))
+        x_rec = ae.decode(mu + eps * (0.5 * logvar).exp())
+        kl = (0.5 * (mu**2 + logvar.exp() - 1 - logvar)).sum(dim=1).mean()  # KL(N(mu, sigma^2) || N(0, 1))
+        want = cfg.lamb * (x_rec - x).square().mean() + cfg.vae_beta * kl
+    torch.testing.assert_close(got["loss/kl"], kl, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got["loss/ae"], want, atol=1e-5, rtol=1e-4)
+
+
 def test_acai_regresses_the_folded_coefficient():
     cfg = tiny("mnist-acai")
     nets, loss = setup(cfg, eval_disc=True)
