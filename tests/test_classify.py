@@ -12,6 +12,15 @@ from amr_fast import classify, kernels
 from amr_fast.classify import ClassifyConfig, mixup_forward, mixup_loss
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from a second thread, and on a shared CPU its wake-ups dominate."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_cfg(**kw) -> ClassifyConfig:
     base = dict(channels=1, num_classes=5, width=1 / 16, batch=8, mode="manifold", alpha=2.0)
     return ClassifyConfig(**{**base, **kw}).validate()
