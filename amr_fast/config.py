@@ -289,8 +289,9 @@ def _build_presets() -> dict[str, TrainConfig]:
     p: dict[str, TrainConfig] = {}
     # The public code's 32x32 model: depth 16 for the autoencoder and D ("arch_acai_kyle*.py"), 2000 epochs of
     # 60k images = 120000 kimg for MNIST / KMNIST (SVHN: 73k images).
+    # The probe shares the public code's optimiser settings (cls_opt_args = opt_args: Adam lr 1e-4).
     amr32 = TrainConfig(arch="amr32", img_size=32, width=16, code_channels=2, batch=64, lr=1e-4, beta1=0.5, beta2=0.99,
-                        weight_decay=1e-5, ae_every=5, recon="l1", tick_kimg=10, snapshot_kimg=1000,
+                        weight_decay=1e-5, probe_lr=1e-4, ae_every=5, recon="l1", tick_kimg=10, snapshot_kimg=1000,
                         state_kimg=1000, probe_kimg=100)  # fmt: skip
     table1 = [("aegan", 2, {}), ("acai", 2, {}), ("mixup", 2, {}), ("bernoulli", 2, {}),
               ("mixup", 3, {}), ("bernoulli", 3, {})]  # fmt: skip
@@ -318,14 +319,14 @@ def _build_presets() -> dict[str, TrainConfig]:
     # 10 code dims, i.e. vae_beta = 10 with our KL summed over dims; Adam beta1 0.9 as its script.
     dsprites = TrainConfig(arch="dsprites64", img_size=64, channels=1, width=32, disc_width=32, code_dim=10,
                            num_classes=3, recon="bce", lamb=1.0, batch=64, lr=1e-4, beta1=0.5, beta2=0.99,
-                           weight_decay=0.0, ae_every=5, total_kimg=368_640, tick_kimg=10, snapshot_kimg=1000,
-                           state_kimg=1000, probe_kimg=100)  # fmt: skip
+                           weight_decay=0.0, probe_lr=1e-4, ae_every=5, total_kimg=368_640, tick_kimg=10,
+                           snapshot_kimg=1000, state_kimg=1000, probe_kimg=100)  # fmt: skip
     table4 = [("aegan", 2, {}), ("mixup", 2, {}), ("mixup", 3, {}), ("bernoulli", 2, {}), ("bernoulli", 3, {}),
               ("betavae", 2, dict(vae_beta=10.0, beta1=0.9, ae_every=1))]  # fmt: skip
     p.update(_rows("dsprites", dsprites, table4))
     # This machine: Fashion-MNIST resized to 32x32 (`amr-fast shard`), 32-dim code; pass data=DIR.
-    fmnist = replace(amr32, channels=1, lamb=10.0, total_kimg=600, tick_kimg=4, snapshot_kimg=100, state_kimg=50,
-                     probe_kimg=20)  # fmt: skip
+    fmnist = replace(amr32, channels=1, lamb=10.0, probe_lr=1e-3, total_kimg=600, tick_kimg=4, snapshot_kimg=100,
+                     state_kimg=50, probe_kimg=20)  # fmt: skip
     p.update(_rows("fashion-mnist", fmnist, [("aegan", 2, {}), ("mixup", 2, {}), ("bernoulli", 2, {}),
                                              ("mixup", 3, {}), ("class", 2, {})]))  # fmt: skip
     # The 2-D spiral toy (the AMR supplement): points [B, 2] (channels=2, img_size=1), MLP autoencoder, 2-dim code;
@@ -336,8 +337,9 @@ def _build_presets() -> dict[str, TrainConfig]:
     p.update(_rows("spiral", spiral, [("aegan", 2, {}), ("mixup", 2, {})]))
     p["spiral-mixup-consistency"] = replace(p["spiral-mixup"], beta=1.0)
     # The README's demo: procedural dSprites, AMR with k = 3 Bernoulli mixing, a few minutes on a 2-core CPU.
-    p["demo"] = replace(dsprites, data="builtin:dsprites-procedural", mixer="bernoulli", k=3, total_kimg=40,
-                        tick_kimg=4, snapshot_kimg=20, state_kimg=20, probe_kimg=20, ae_every=1, lr=2e-4)  # fmt: skip
+    p["demo"] = replace(dsprites, data="builtin:dsprites-procedural", mixer="bernoulli", k=3, probe_lr=1e-3,
+                        total_kimg=40, tick_kimg=4, snapshot_kimg=20, state_kimg=20, probe_kimg=20, ae_every=1,
+                        lr=2e-4)  # fmt: skip
     return {name: cfg.validate() for name, cfg in p.items()}
 
 
