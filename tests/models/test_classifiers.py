@@ -2,18 +2,10 @@
 
 import pytest
 import torch
+from test_classify import _one_thread  # noqa: F401  (autouse: one torch thread for tiny tensors)
 
 from amr_fast.models.preact_resnet import preact_resnet18, preact_resnet34
 from amr_fast.models.wrn import WideResNet, wrn28_10
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a shared CPU its wake-ups dominate."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def n_params(model: torch.nn.Module) -> int:
