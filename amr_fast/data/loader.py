@@ -120,14 +120,13 @@ class _Units:
         return arrays, max(lost, 0)
 
     def _read_uniform(self, data: bytes, j: int, p: int) -> dict[str, np.ndarray] | None:
-        parsed = uniform_members(data, self.sizes[j], self.layout)
+        parsed = uniform_members(data, self.sizes[j], self.layout, rows=slice(p, None, self.parts))
         if parsed is None:
             return None  # not the exact layout (e.g. a damaged shard): the per-sample path copes with it
         keys, payloads = parsed
-        rows = slice(p, None, self.parts)
-        out = {"index": keys[rows].copy()}
+        out = {"index": keys.copy()}
         for (name, ext, _, _), payload in zip(self.plan, payloads):
-            out[name] = ascii_ints(payload[rows]) if ext == "cls" else raw_array(name, self.fields[name], payload[rows])
+            out[name] = ascii_ints(payload) if ext == "cls" else raw_array(name, self.fields[name], payload)
         return out
 
     def _read_samples(self, data: bytes, p: int) -> tuple[dict[str, np.ndarray], int]:

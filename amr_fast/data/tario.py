@@ -146,22 +146,24 @@ def _octal_columns(block: np.ndarray) -> np.ndarray:
 
 
 def uniform_members(
-    data: bytes, count: int, members: list[tuple[str, int | None]], key_digits: int = 8
+    data: bytes, count: int, members: list[tuple[str, int | None]], key_digits: int = 8, rows: slice = slice(None)
 ) -> tuple[np.ndarray, list[np.ndarray]] | None:
     """Parse a shard whose samples all have the same layout, without a Python loop over samples.
 
     members: (ext, payload size) per member of a sample, in order; size None means "at most 512 bytes" (a label).
-    Returns (keys int64 [count], payload views [count, size or 512] per member), or None if the bytes do not
-    have exactly this layout with valid headers (damaged, other writer, other keys): then use `iter_samples`.
+    rows: which samples to parse (e.g. `slice(p, None, P)`: one part of the shard; only those headers are read).
+    Returns (keys int64 [n], payload views [n, size or 512] per member) for the selected samples, or None if the
+    bytes do not have exactly this layout with valid headers (damaged, other writer, other keys): then use
+    `iter_samples`.
     """
     blocks = [1 + ((size if size is not None else BLOCK) + BLOCK - 1) // BLOCK for _, size in members]
     stride = BLOCK * sum(blocks)
     if count == 0 or len(data) < count * stride:
         return None
-    rows = np.frombuffer(data, dtype=np.uint8, count=count * stride).reshape(count, stride)
+    table = np.frombuffer(data, dtype=np.uint8, count=count * stride).reshape(count, stride)[rows]
     payloads, keys, off = [], None, 0
     for (ext, size), nblocks in zip(members, blocks):
-        header = rows[:, off : off + BLOCK]
+        header = table[:, off : off + BLOCK]
         name = f".{ext}\0".encode()
         stored = _octal_columns(header[:, 148:156])
         computed = header.sum(axis=1, dtype=np.int64) - header[:, 148:156].sum(axis=1, dtype=np.int64) + 256
@@ -181,7 +183,7 @@ def uniform_members(
             keys = member_keys
         elif not np.array_equal(keys, member_keys):
             return None
-        payloads.append(rows[:, off + BLOCK : off + BLOCK + (size if size is not None else BLOCK)])
+        payloads.append(table[:, off + BLOCK : off + BLOCK + (size if size is not None else BLOCK)])
         off += nblocks * BLOCK
     return keys, payloads
 
