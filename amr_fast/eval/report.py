@@ -122,11 +122,11 @@ def metric_value(run: Run, name: str) -> float | None:
     return None
 
 
-def _fmt(values: list[float], scale: float, n_all: int) -> str:
+def _fmt(values: list[float], scale: float, digits: int, n_all: int) -> str:
     if not values:
         return "–"
     v = np.asarray(values, dtype=np.float64) * scale
-    cell = f"{v.mean():.2f} ± {v.std():.2f}"  # population std over seeds, as numpy's default
+    cell = f"{v.mean():.{digits}f} ± {v.std():.{digits}f}"  # population std over seeds, as numpy's default
     return cell if len(v) == n_all else f"{cell} [{len(v)}]"
 
 
@@ -140,12 +140,13 @@ def _row_key(label: tuple[str, str, str]) -> tuple:
     )
 
 
-# (column suffix, how to read a run, scale to the printed unit)
+# (column suffix, how to read a run, scale to the printed unit, decimals)
 COLUMNS = (
-    ("", best_valid, 100.0),
-    (" offline probe", lambda r: metric_value(r, "probe"), 100.0),
-    (" FactorVAE", lambda r: metric_value(r, "factorvae"), 1.0),
-    (" beta-VAE metric", lambda r: metric_value(r, "betavae"), 1.0),
+    ("", best_valid, 100.0, 2),
+    (" offline probe", lambda r: metric_value(r, "probe"), 100.0, 2),
+    (" FactorVAE", lambda r: metric_value(r, "factorvae"), 1.0, 2),
+    (" beta-VAE metric", lambda r: metric_value(r, "betavae"), 1.0, 2),
+    (" recon L1", lambda r: metric_value(r, "recon"), 1.0, 3),
 )
 
 
@@ -155,9 +156,9 @@ def results_table(runs: list[Run]) -> str:
         raise ValueError("no runs given; pass run directories of `amr-fast train`")
     datasets = list(dict.fromkeys(r.dataset for r in runs))
     cells: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    columns: list[tuple[str, float]] = []
+    columns: list[tuple[str, float, int]] = []
     for ds in datasets:
-        for suffix, read, scale in COLUMNS:
+        for suffix, read, scale, digits in COLUMNS:
             got = False
             for r in runs:
                 if r.dataset != ds:
@@ -167,20 +168,21 @@ def results_table(runs: list[Run]) -> str:
                     cells[r.label][ds + suffix].append(v)
                     got = True
             if got or suffix == "":
-                columns.append((ds + suffix, scale))
+                columns.append((ds + suffix, scale, digits))
     seeds = defaultdict(set)
     for r in runs:
         seeds[(r.label, r.dataset)].add(r.cfg.get("seed", 0))
     n_all = max(len(v) for v in seeds.values())
-    head = ["method", "mix", "k"] + [c for c, _ in columns]
+    head = ["method", "mix", "k"] + [c[0] for c in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * len(columns)) + "|"]
     for label in sorted(cells.keys() | {r.label for r in runs}, key=_row_key):
-        row = list(label) + [_fmt(cells[label].get(c, []), scale, n_all) for c, scale in columns]
+        row = list(label) + [_fmt(cells[label].get(c, []), scale, digits, n_all) for c, scale, digits in columns]
         lines.append("| " + " | ".join(row) + " |")
     note = (
         f"Cells: mean ± std over {n_all} seed{'s' if n_all > 1 else ''} ([n] = fewer seeds in that cell). "
         "Dataset columns: best validation accuracy of the online linear probe (%); 'offline probe': test accuracy "
-        "(%) of a linear classifier fitted on frozen train codes; FactorVAE / beta-VAE metric: score in [0, 1]."
+        "(%) of a linear classifier fitted on frozen train codes; FactorVAE / beta-VAE metric: score in [0, 1]; "
+        "recon L1: mean |x_rec - x| on the test split, pixels in [-1, 1]."
     )
     return "\n".join(lines) + "\n\n" + note + "\n"
 

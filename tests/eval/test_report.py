@@ -33,7 +33,7 @@ def fixture_runs(tmp_path):
         make_run(tmp_path, "a1", fm, "none", 2, 1, [0.82, 0.60]),
         make_run(tmp_path, "m0", fm, "mixup", 2, 0, [0.85], metrics={"probe": {"test_acc": 0.9}}),
         make_run(tmp_path, "m1", fm, "mixup", 2, 1, [0.80, 0.87], metrics={"probe": {"test_acc": 0.8}}),
-        make_run(tmp_path, "k3", fm, "mixup", 3, 0, [0.5]),
+        make_run(tmp_path, "k3", fm, "mixup", 3, 0, [0.5], metrics={"recon": {"l1": 0.1234, "mse": 0.1}}),
         make_run(
             tmp_path,
             "d0",
@@ -48,17 +48,17 @@ def fixture_runs(tmp_path):
 
 
 HEADER = (
-    "| method | mix | k | fashion-mnist-32 | fashion-mnist-32 offline probe | dsprites-procedural "
-    "| dsprites-procedural FactorVAE |\n"
+    "| method | mix | k | fashion-mnist-32 | fashion-mnist-32 offline probe | fashion-mnist-32 recon L1 "
+    "| dsprites-procedural | dsprites-procedural FactorVAE |\n"
 )
 EXPECTED = (
     HEADER
     + """\
-|---|---|---|---:|---:|---:|---:|
-| AE+GAN | - | - | 81.00 ± 1.00 | – | – | – |
-| AMR | mixup | 2 | 86.00 ± 1.00 | 85.00 ± 5.00 | – | – |
-| AMR | mixup | 3 | 50.00 ± 0.00 [1] | – | – | – |
-| AMR | bernoulli | 3 | – | – | 30.00 ± 0.00 [1] | 0.70 ± 0.00 [1] |
+|---|---|---|---:|---:|---:|---:|---:|
+| AE+GAN | - | - | 81.00 ± 1.00 | – | – | – | – |
+| AMR | mixup | 2 | 86.00 ± 1.00 | 85.00 ± 5.00 | – | – | – |
+| AMR | mixup | 3 | 50.00 ± 0.00 [1] | – | 0.123 ± 0.000 [1] | – | – |
+| AMR | bernoulli | 3 | – | – | – | 30.00 ± 0.00 [1] | 0.70 ± 0.00 [1] |
 """
 )
 
