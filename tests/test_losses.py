@@ -93,9 +93,6 @@ def test_every_preset_builds_and_runs_begin_and_all_phases():
         stats = {}
         for phase in ("ae", "disc", "probe"):
             stats.update(loss.accumulate_gradients(phase))
-        loss.begin(x, y, update_ae=False, generator=g)  # a D-only iteration
-        stats.update(loss.accumulate_gradients("disc"))
-        stats.update(loss.accumulate_gradients("probe"))
         assert all(torch.isfinite(v) for v in stats.values()), name
         assert {"loss/ae", "loss/recon", "probe/loss", "probe/acc"} <= set(stats), name
         if cfg.method != "betavae":
