@@ -1,8 +1,8 @@
 """The AMR objective as one object with phases `ae`, `disc`, `probe` (Beckham et al., NeurIPS 2019, section 2).
 
     h = enc(x)                 x_rec = dec(h)            h_mix = Mix({h[perm_j]}_j)          x_mix = dec(h_mix)
-    L_ae   = lamb * rec(x_rec, x) + BCE(D(x_rec), 1) + BCE(D(x_mix), 1) [+ beta |enc(x_mix) - h_mix|_1]     (eq. 4)
-    L_disc = BCE(D(x), 1) + BCE(D(x_rec), 0) + BCE(D(x_mix), 0)                                            (eq. 5)
+    L_ae   = lamb * rec(x_rec, x) + BCE(D(x_rec), 1) + BCE(D(x_mix), 1) [+ beta |enc(x_mix) - h_mix|_1]
+    L_disc = BCE(D(x), 1) + BCE(D(x_rec), 0) + BCE(D(x_mix), 0)
 
 The mixing function Mix is picked by `cfg.mixer` in ONE place (`AMRLoss.__init__`): mixup (k = 2: a ~ U(0, 1)
 per example; k > 2: w ~ Dirichlet(alpha)), Bernoulli (a 0/1 mask per channel, p ~ U(0, 1) per batch; k-way: each

@@ -131,8 +131,8 @@ def test_losses_are_the_papers_equations(name):
         x_rec, x_mix = ae.decode(h), ae.decode(h_mix)
         recon = (x_rec - x).abs().mean()
         consist = (ae.encode(x_mix) - h_mix).abs().mean()
-        want_ae = cfg.lamb * recon + bce(D(x_rec), 1) + bce(D(x_mix), 1) + cfg.beta * consist  # eq. 4
-        want_d = bce(D(x), 1) + bce(D(x_rec), 0) + bce(D(x_mix), 0)  # eq. 5
+        want_ae = cfg.lamb * recon + bce(D(x_rec), 1) + bce(D(x_mix), 1) + cfg.beta * consist  # autoencoder
+        want_d = bce(D(x), 1) + bce(D(x_rec), 0) + bce(D(x_mix), 0)  # discriminator
     torch.testing.assert_close(got_ae["loss/recon"], recon, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(got_ae["loss/consist"], consist, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(got_ae["loss/ae"], want_ae, atol=1e-5, rtol=1e-4)
