@@ -1,4 +1,4 @@
-"""The AMR objective as one object with phases `ae`, `disc`, `probe` (Beckham et al., NeurIPS 2019, section 2).
+"""The AMR objective as one object with phases `ae`, `disc`, `probe` (Beckham et al., NeurIPS 2019).
 
     h = enc(x)                 x_rec = dec(h)            h_mix = Mix({h[perm_j]}_j)          x_mix = dec(h_mix)
     L_ae   = lamb * rec(x_rec, x) + BCE(D(x_rec), 1) + BCE(D(x_mix), 1) [+ beta |enc(x_mix) - h_mix|_1]
@@ -6,9 +6,9 @@
 
 The mixing function Mix is picked by `cfg.mixer` in ONE place (`AMRLoss.__init__`): mixup (k = 2: a ~ U(0, 1)
 per example; k > 2: w ~ Dirichlet(alpha)), Bernoulli (a 0/1 mask per channel, p ~ U(0, 1) per batch; k-way: each
-channel from one of k sources), the supervised class-conditional mixer (section 2.2: an MLP maps a mixed label
-vector to per-channel masks; D gets an ACGAN head that classifies real x by y, and the decoded mix must be
-classified as its mixed labels), or none (the AE+GAN baseline). Every mix goes through
+channel from one of k sources), the supervised class-conditional mixer (an MLP maps a mixed label vector to
+per-channel masks; D gets an ACGAN head that classifies real x by y, and the decoded mix must be classified as
+its mixed labels), or none (the AE+GAN baseline). Every mix goes through
 `amr_fast.kernels.simplex_mix` / `mask_mix` (impl = cfg.impl) with partners and weights drawn by the
 `amr_fast.mixing` samplers from the caller's generator.
 
@@ -132,7 +132,7 @@ class AMRLoss:
         return self.disc.run(f, start, stop)
 
     # -----------------------------------------------------------------------------------------------------------
-    # Mixing functions (section 2.1 / 2.2). Each returns h_mix [B, *code] and records its weights in `rec`.
+    # Mixing functions. Each returns h_mix [B, *code] and records its weights in `rec`.
 
     def _masks(self, batch: int, channels: int, g: torch.Generator, device: torch.device) -> Tensor:
         """0/1 masks [B, K, C]: K = 2: m ~ Bern(p), p ~ U(0, 1); K > 2: each channel from one of K sources."""

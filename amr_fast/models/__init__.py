@@ -1,4 +1,4 @@
-"""Networks of the AMR trainer, built from a TrainConfig (Beckham et al., NeurIPS 2019, sections 2-3).
+"""Networks of the AMR trainer, built from a TrainConfig (Beckham et al., NeurIPS 2019).
 
 `build_networks(cfg)` returns a dict of plain modules (no losses inside, no DDP):
 - "ae": `.encode(x) -> h` [B, *code_shape]; `.decode(h) -> x_rec` in [-1, 1] (tanh); `.decode_with_logits(h)

@@ -1,6 +1,6 @@
 """The two module shapes every AMR architecture shares: an autoencoder and a block-structured discriminator.
 
-AMR (Beckham et al., NeurIPS 2019, section 2): `h = enc(x)`, `x_rec = dec(h)`, a discriminator D on images.
+AMR (Beckham et al., NeurIPS 2019): `h = enc(x)`, `x_rec = dec(h)`, a discriminator D on images.
 Architectures (`amr32.py`, `dsprites.py`, `mlp.py`) only build the layers; the methods live here once:
 
 - `AutoEncoder.encode(x) -> h` ([B, C, *S]); `decode(h) -> x_rec` in [-1, 1] (tanh); `decode_with_logits(h)

@@ -1,4 +1,4 @@
-"""The class-conditional mixer of AMR's supervised mixing (Beckham et al., NeurIPS 2019, section 2.2).
+"""The class-conditional mixer of AMR's supervised mixing (Beckham et al., NeurIPS 2019).
 
 An MLP maps a mixed label vector `y_mix` [B, num_classes] (each class taken from one of the k sources) to
 per-channel mixing weights `m` [B, K, C] for `amr_fast.kernels.mask_mix`: for K = 2, p = sigmoid(mlp(y_mix))

@@ -1,4 +1,4 @@
-"""MLP autoencoder and discriminator for the 2-D spiral toy of the AMR paper (section 3, the consistency loss).
+"""MLP autoencoder and discriminator for the 2-D spiral toy of the AMR supplement (the consistency loss).
 
 Points arrive as float [B, 2] (the data stream's point datasets; cfg channels=2, img_size=1); inputs of any
 shape are flattened to [B, channels * img_size^2], three hidden layers of `width` units with LeakyReLU(0.2) map
