@@ -55,8 +55,7 @@ def resolve_impl(impl: str, h: torch.Tensor) -> str:
 
 
 def _prepare(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor, kind: str, impl: str):
-    if not torch.compiler.is_compiling():  # the checks read perm's values: keep them out of compiled graphs
-        mixing.check_mix_args(h, perm, weights, kind)
+    mixing.check_mix_args(h, perm, weights, kind)
     return resolve_impl(impl, h), perm.long()
 
 

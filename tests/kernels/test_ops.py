@@ -99,7 +99,8 @@ def test_opcheck(op_name):
     torch.library.opcheck(kernels.ops.mix_weight_grad_op, (grad, h.detach(), perm, weights.detach(), "torch"))
 
 
-def test_torch_compile_traces_a_model_without_graph_breaks():
+@pytest.mark.parametrize("impl", ("torch", "ref"))
+def test_torch_compile_traces_a_model_without_graph_breaks(impl):
     """fullgraph=True fails on any graph break: the mix must be one traced node, forward and backward."""
 
     class Mixer(torch.nn.Module):
@@ -109,7 +110,7 @@ def test_torch_compile_traces_a_model_without_graph_breaks():
 
         def forward(self, x, perm, w, m):
             h = self.enc(x)
-            return kernels.mask_mix(kernels.simplex_mix(h, perm, w, impl="torch"), perm, m, impl="torch")
+            return kernels.mask_mix(kernels.simplex_mix(h, perm, w, impl=impl), perm, m, impl=impl)
 
     x, perm, w, _ = make_case(6, 2, (3, 3), 3, "simplex", torch.float32, "contiguous")
     m = torch.rand(6, 3, 3)
