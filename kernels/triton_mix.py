@@ -40,7 +40,7 @@ def _mix_fwd_kernel(
     K,
     D,
     G,
-    INNER,
+    inner,
     stride_perm_k,
     stride_w_b,
     stride_w_k,
@@ -52,7 +52,7 @@ def _mix_fwd_kernel(
     cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D] int64: D * B may pass 2^31
     row_ok = rows < B
     tile_ok = row_ok[:, None] & (cols < D)[None, :]
-    grp = (cols // INNER) % G  # channel of each column (0 for simplex_mix)
+    grp = (cols // inner) % G  # channel of each column (0 for simplex_mix)
     acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)  # fp32 accumulator whatever h's dtype
     for k in range(K):
         src = tl.load(perm_ptr + k * stride_perm_k + rows, mask=row_ok, other=0).to(tl.int64)
@@ -76,9 +76,9 @@ def _mix_weight_grad_kernel(
     K,
     D,
     G,
-    INNER,
-    N_J,
-    CHUNK_J,
+    inner,
+    n_j,
+    chunk_j,
     B,
     stride_perm_k,
     BLOCK_G: tl.constexpr,
@@ -87,14 +87,14 @@ def _mix_weight_grad_kernel(
     b = tl.program_id(0).to(tl.int64)
     grp = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)  # [BLOCK_G] groups (channels) of this program
     grp_ok = grp < G
-    split = tl.program_id(2)  # which CHUNK_J elements of every group this program sums
-    j_end = tl.minimum(N_J, (split + 1) * CHUNK_J)
+    split = tl.program_id(2)  # which chunk_j elements of every group this program sums
+    j_end = tl.minimum(n_j, (split + 1) * chunk_j)
     for k in range(K):
         src = tl.load(perm_ptr + k * stride_perm_k + b).to(tl.int64)
         acc = tl.zeros([BLOCK_G, BLOCK_J], dtype=tl.float32)  # fp32 partial sums, reduced once at the end
-        for j0 in range(split * CHUNK_J, j_end, BLOCK_J):
+        for j0 in range(split * chunk_j, j_end, BLOCK_J):
             j = j0 + tl.arange(0, BLOCK_J)  # element j of a group: (outer o, inner i)
-            col = (j // INNER) * (G * INNER) + grp[:, None] * INNER + (j % INNER)  # [BLOCK_G, BLOCK_J]
+            col = (j // inner) * (G * inner) + grp[:, None] * inner + (j % inner)  # [BLOCK_G, BLOCK_J]
             ok = grp_ok[:, None] & (j < j_end)[None, :]
             g = tl.load(grad_ptr + b * D + col, mask=ok, other=0.0).to(tl.float32)
             x = tl.load(h_ptr + src * D + col, mask=ok, other=0.0).to(tl.float32)
