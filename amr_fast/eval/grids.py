@@ -80,11 +80,9 @@ def _device(module: torch.nn.Module) -> torch.device:
 
 
 def decode(ae: torch.nn.Module, h: torch.Tensor, cfg) -> torch.Tensor:
-    """dec(h) as images in [-1, 1]: a decoder trained with recon == "bce" outputs logits of pixels in [0, 1]."""
-    out = ae.decode(h).float()
-    if getattr(cfg, "recon", "l1") == "bce":
-        return torch.sigmoid(out) * 2 - 1
-    return out.clamp(-1, 1)
+    """dec(h) as images in [-1, 1]. Every AMR autoencoder's `decode` ends in tanh, whatever cfg.recon (with
+    "bce" the loss reads the logits from `decode_with_logits`), so no sigmoid here."""
+    return ae.decode(h).float().clamp(-1, 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
