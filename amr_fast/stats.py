@@ -71,12 +71,10 @@ def collect(device: torch.device | str = "cpu", world_size: int = 1) -> dict[str
 
 
 def format_status(row: dict, keys: Iterable[str]) -> str:
-    """One fixed-width status line: `key value` pairs, numbers right-aligned to a fixed width."""
+    """One fixed-width status line: `key value` pairs, values right-aligned to a fixed width ("-" if missing)."""
     parts = []
     for key in keys:
-        if key not in row:
-            continue
-        v = row[key]
+        v = row.get(key, "-")  # a key not reported this tick keeps its column
         if isinstance(v, float):
             a = abs(v)
             text = f"{v:9.1f}" if a >= 1000 else f"{v:9.4f}" if a < 10 else f"{v:9.2f}"

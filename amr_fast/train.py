@@ -308,6 +308,11 @@ def training_loop(cfg, outdir: str | Path, log: Callable[[str], None] | None = p
     root = resolve_data_root(cfg, is_main, accelerator.wait_for_everyone)
     index = amr_data.load_index(root)
     amr_data.check_index(index, cfg.img_size, cfg.channels)
+    if cfg.subset and not cfg.data.startswith("builtin:") and index.get("subset") != cfg.subset:
+        raise ValueError(
+            f"subset={cfg.subset} but the dataset at {root} was sharded with subset={index.get('subset')}; shard the "
+            f"labelled subset with `amr-fast shard SOURCE --subset {cfg.subset} ...` and pass that directory"
+        )
     splits = index.get("splits", {})
     probe_split = "valid" if index.get("num_classes", 0) >= 2 and "valid" in splits else None  # spiral: no labels
 

@@ -22,6 +22,7 @@ from amr_fast.models import build_networks
 
 DRIVER = Path(__file__).with_name("train_driver.py")
 LOSS_KEYS = ("loss/ae", "loss/recon", "loss/disc", "probe/acc")
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one thread
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +30,6 @@ def shards(tmp_path_factory) -> Path:
     """Procedural dSprites at 16x16: 256 training and 256 validation images in shards of 64."""
     return make_shards("dsprites-procedural", None, tmp_path_factory.mktemp("dsprites16"), size=16, limit=256,
                        shard_size=64)  # fmt: skip
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight the other tests for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(root: Path, **kw) -> TrainConfig:
@@ -88,9 +80,14 @@ def loss_rows(run: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def reference_run(shards, tmp_path_factory) -> Path:
-    """One uninterrupted run of `tiny` (in its own process, like the interrupted ones it is compared with)."""
+    """One uninterrupted run of `tiny`, in this process on one thread (as the driver runs the interrupted ones)."""
     run = tmp_path_factory.mktemp("ref") / "run"
-    run_driver(tiny(shards), run)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train.training_loop(tiny(shards), run, log=None)
+    finally:
+        torch.set_num_threads(threads)
     return run
 
 
@@ -109,7 +106,7 @@ def reference_run(shards, tmp_path_factory) -> Path:
     ],  # fmt: skip
     ids=["mixup", "bernoulli-k3", "class", "aegan", "acai"],
 )
-def test_each_phase_leaves_gradients_only_on_its_own_modules(shards, kw, one_thread):
+def test_each_phase_leaves_gradients_only_on_its_own_modules(shards, kw):
     cfg = tiny(shards, **kw)
     nets = build_networks(cfg)
     loss = AMRLoss(cfg, nets, "cpu")
@@ -126,7 +123,7 @@ def test_each_phase_leaves_gradients_only_on_its_own_modules(shards, kw, one_thr
             assert has_grad == (name in own[phase]), (phase, name)
 
 
-def test_an_iteration_without_ae_update_changes_only_disc_and_probe(shards, one_thread):
+def test_an_iteration_without_ae_update_changes_only_disc_and_probe(shards):
     cfg = tiny(shards, mixer="bernoulli")
     nets = build_networks(cfg)
     adam = dict(lr=1e-2)
@@ -210,9 +207,11 @@ def test_sigterm_then_sigkill_then_rerun_equals_an_uninterrupted_run(shards, ref
 
 def test_rerunning_a_finished_run_does_not_train_again(reference_run, shards):
     before = (reference_run / "stats.jsonl").read_text()
-    r = run_driver(tiny(shards), reference_run)
-    assert "already finished" in r.stdout
+    lines = []
+    summary = train.training_loop(tiny(shards), reference_run, log=lines.append)
+    assert any("already finished" in line for line in lines)
     assert (reference_run / "stats.jsonl").read_text() == before
+    assert summary["snapshot"] == str(last_snapshot(reference_run)) and summary["probe"]["best_valid_acc"] is not None
 
 
 def test_a_different_config_in_the_same_outdir_is_refused(reference_run, shards):
@@ -237,7 +236,7 @@ def _nan_after(monkeypatch, first_bad_call: int, last_bad_call: int | None = Non
     monkeypatch.setattr(AMRLoss, "accumulate_gradients", patched)
 
 
-def test_a_nan_step_is_skipped_and_counted_and_the_run_finishes(shards, tmp_path, monkeypatch, one_thread):
+def test_a_nan_step_is_skipped_and_counted_and_the_run_finishes(shards, tmp_path, monkeypatch):
     _nan_after(monkeypatch, 8, 9)  # one disc phase of the 4th-ish iteration
     summary = train.training_loop(tiny(shards, total_kimg=0.064, probe_kimg=1), tmp_path / "run", log=None)
     assert summary["nonfinite_steps"] >= 1 and not summary["stopped"]
@@ -246,7 +245,7 @@ def test_a_nan_step_is_skipped_and_counted_and_the_run_finishes(shards, tmp_path
         assert torch.isfinite(t).all()
 
 
-def test_nans_in_a_row_stop_the_run_and_never_reach_a_snapshot(shards, tmp_path, monkeypatch, one_thread):
+def test_nans_in_a_row_stop_the_run_and_never_reach_a_snapshot(shards, tmp_path, monkeypatch):
     _nan_after(monkeypatch, 12)  # every step from iteration ~5 on
     run = tmp_path / "run"
     with pytest.raises(ValueError, match="non-finite losses/gradients in a row.*max_nonfinite=3"):
