@@ -1,6 +1,6 @@
 """Training configuration: one frozen dataclass, the paper's presets, and validation with actionable errors.
 
-`TrainConfig` holds every knob of `amr-fast train` (contract: /work/shared contract_train, DESIGN.md). `PRESETS` has
+`TrainConfig` holds every knob of `amr-fast train` (field names are shared with amr_fast.train). `PRESETS` has
 one entry per row of the AMR paper's tables 1-4 (Beckham et al., NeurIPS 2019) with the hyperparameters of the
 public code's experiment scripts (Adam lr 1e-4, betas (0.5, 0.99), weight decay 1e-5, batch 64, the tables'
 lambda), plus small `fashion-mnist-*`, `spiral-*` and `demo` presets for this machine. `resolve(preset,

@@ -193,21 +193,20 @@ class AMRLoss:
                 self._fwd = _Forward(x=x, y=y, update_ae=update_ae, h=mu, x_rec=x_rec, logits=logits, kl=kl)
                 return
             h = self._encode(x)  # [B, *code]
-            fwd = _Forward(x=x, y=y, update_ae=update_ae, h=h, x_rec=h, logits=h)
-            codes = h
+            perm, h_mix, rec = None, None, {}
             if self.mix_codes is not None:
-                rec: dict = {}
-                fwd.perm = mixing.sample_perm(cfg.k, B, g, device=x.device)  # [K, B], row 0 = identity
-                fwd.h_mix = self.mix_codes(h, fwd.perm, y, g, rec)  # [B, *code]
-                fwd.w, fwd.m, fwd.y_mix = rec.get("w"), rec.get("m"), rec.get("y_mix")
-                codes = torch.cat([h, fwd.h_mix])  # one decoder pass for x_rec and x_mix
+                perm = mixing.sample_perm(cfg.k, B, g, device=x.device)  # [K, B], row 0 = identity
+                h_mix = self.mix_codes(h, perm, y, g, rec)  # [B, *code]
+            codes = h if h_mix is None else torch.cat([h, h_mix])  # one decoder pass for x_rec and x_mix
             x_dec, logits = self._decode(codes)
-            fwd.x_rec, fwd.logits = x_dec[:B], logits[:B]
-            if self.mix_codes is not None:
-                fwd.x_mix = x_dec[B:]
+            w_dm = None
             if cfg.disc_mix != "none":
-                fwd.w_dm = mixing.sample_uniform_weights(2 * B, g, device=x.device)  # lam ~ U(0, 1) per example
-        self._fwd = fwd
+                w_dm = mixing.sample_uniform_weights(2 * B, g, device=x.device)  # lam ~ U(0, 1) per example
+        self._fwd = _Forward(
+            x=x, y=y, update_ae=update_ae, h=h, x_rec=x_dec[:B], logits=logits[:B], perm=perm, h_mix=h_mix,
+            x_mix=None if h_mix is None else x_dec[B:], w=rec.get("w"), m=rec.get("m"), y_mix=rec.get("y_mix"),
+            w_dm=w_dm,
+        )  # fmt: skip
 
     def accumulate_gradients(self, phase: str, gain: float = 1.0) -> dict[str, Tensor]:
         """Loss of `phase` from the cached forward, `(loss * gain).backward()`, detached scalars to report."""
