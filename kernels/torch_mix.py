@@ -12,6 +12,8 @@ Backward. grad_h is the same op through the inverse permutations (a gather, dete
 grad_w / grad_m are per-row dot products, computed in fp32 over chunks of rows so the gathered partners of a
 chunk stay in cache and no K x h temporary exists.
 
+Extra memory: the output, plus indices and weights (8 K bytes per bag, a few % of h for AMR codes; bounded by
+chunking examples when groups are short, e.g. mask_mix of [B, C] codes), and one chunk of rows in the backward.
 mask_mix on a tensor whose channel is not the outermost dim of a row (channels-last) runs on a contiguous copy.
 """
 
@@ -47,17 +49,28 @@ def mix(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor) -> torch.Ten
     wg = group_weights(weights)  # [B, K, G]
     G = wg.shape[2]
     seg = _segments(lay.inner)  # bags per group
-    bags = G * seg
-    table = lay.rows(h).view(B * bags, lay.inner // seg)  # [B * bags, L]: the rows embedding_bag gathers
+    bags, L = G * seg, lay.inner // seg
+    table = lay.rows(h).view(B * bags, L)  # [B * bags, L]: the rows embedding_bag gathers
     if bags == 1:  # one bag per example: perm and the weights are embedding_bag's arguments as they are
-        idx, psw = perm.t(), wg.view(B, K).to(h.dtype)  # [B, K]
-    else:  # bag (b, g, s) sums the K bags (perm[k, b], g, s): table row perm[k, b] * bags + g * seg + s
-        idx_dtype = torch.int32 if B * bags < 2**31 else torch.int64
-        idx = perm.t().to(idx_dtype).mul(bags).view(B, 1, K)
-        idx = idx + torch.arange(bags, device=h.device, dtype=idx_dtype)[:, None]  # [B, bags, K]
-        psw = wg.transpose(1, 2).to(h.dtype)[:, :, None, :].expand(B, G, seg, K)  # [B, G, seg, K]
-    res = F.embedding_bag(idx.reshape(-1, K), table, per_sample_weights=psw.reshape(-1, K), mode="sum")
-    return lay.unrows(res, h.shape)  # [B * bags, L] is the output's memory: hand it back with h's strides
+        res = F.embedding_bag(perm.t(), table, per_sample_weights=wg.view(B, K).to(h.dtype), mode="sum")
+        return lay.unrows(res, h.shape)  # [B, D] is the output's memory: hand it back with h's strides
+    # Indices and weights take 8 K bytes per bag (of L elements): for short groups (L < 8 K, e.g. mask_mix of
+    # [B, C] codes) they would outgrow h, so examples are then mixed in chunks of bounded index size.
+    step = B if 8 * K <= L * h.element_size() or B * bags * K <= CHUNK_ELEMS else max(1, CHUNK_ELEMS // (bags * K))
+    out = empty_out(h) if step < B else None
+    idx_dtype = torch.int32 if B * bags < 2**31 else torch.int64
+    bag_ids = torch.arange(bags, device=h.device, dtype=idx_dtype)[:, None]  # [bags, 1]
+    for b0 in range(0, B, step):
+        b1 = min(B, b0 + step)
+        # Bag (b, g, s) sums the K bags (perm[k, b], g, s): table row perm[k, b] * bags + g * seg + s.
+        idx = perm[:, b0:b1].t().to(idx_dtype, memory_format=torch.contiguous_format).mul_(bags)
+        idx = idx.view(b1 - b0, 1, K) + bag_ids  # [n, bags, K]
+        psw = wg[b0:b1].transpose(1, 2).to(h.dtype)[:, :, None, :].expand(b1 - b0, G, seg, K)  # [n, G, seg, K]
+        res = F.embedding_bag(idx.view(-1, K), table, per_sample_weights=psw.reshape(-1, K), mode="sum")
+        if out is None:
+            return lay.unrows(res, h.shape)  # [B * bags, L] is the output's memory: hand it back with h's strides
+        lay.rows(out)[b0:b1] = res.view(b1 - b0, -1)
+    return out
 
 
 def weight_grad(grad: torch.Tensor, h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from mix_cases import LAYOUTS, TOLERANCES, assert_deterministic_backward, check_against_ref, make_case, shape_grid
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from amr_fast import kernels, mixing
 
@@ -165,3 +166,57 @@ def test_training_curve_is_the_same_with_the_fast_path():
     ref, fast = train("ref"), train("torch")
     assert ref[-1] < ref[0]
     torch.testing.assert_close(torch.tensor(fast), torch.tensor(ref), rtol=1e-4, atol=1e-5)
+
+
+class _NewStorageBytes(TorchDispatchMode):
+    """Counts the bytes of every new storage that aten ops create while active (views, meta tensors and inputs
+    excluded): their sum and the largest."""
+
+    def __init__(self, *inputs: torch.Tensor):
+        super().__init__()
+        self.seen = {t.untyped_storage().data_ptr() for t in inputs}
+        self.total = self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                if t.untyped_storage().data_ptr() not in self.seen:
+                    self.seen.add(t.untyped_storage().data_ptr())
+                    self.total += t.untyped_storage().nbytes()
+                    self.largest = max(self.largest, t.untyped_storage().nbytes())
+        return out
+
+
+@pytest.mark.parametrize(("kind", "B", "C", "S"), [("simplex", 64, 256, (8, 8)), ("mask", 64, 256, (8, 8))])
+def test_torch_path_allocates_no_k_fold_temporaries(kind, B, C, S):
+    """K = 8: the reference allocates K copies of h; the fast forward only its output (plus indices and weights
+    of a few % of h), the weight gradient one chunk of gathered rows (and its fp32 result, the size of w / m)."""
+    from amr_fast.kernels import torch_mix
+
+    h, perm, weights, grad = make_case(B, C, S, 8, kind, torch.float32, "contiguous")
+    h_bytes = h.numel() * h.element_size()
+    op = kernels.simplex_mix if kind == "simplex" else kernels.mask_mix
+    with _NewStorageBytes(h, perm, weights) as ref:
+        op(h, perm, weights, impl="ref")
+    assert ref.total >= 8 * h_bytes  # the check can see a K-fold temporary
+    with _NewStorageBytes(h, perm, weights) as fwd:
+        torch_mix.mix(h, perm, weights)
+    assert fwd.total <= 1.3 * h_bytes
+    with _NewStorageBytes(h, perm, weights, grad) as bwd:
+        torch_mix.weight_grad(grad, h, perm, weights)
+    assert bwd.total <= 4 * torch_mix.CHUNK_ELEMS + 4 * weights.numel() + 0.01 * h_bytes < 0.5 * h_bytes
+
+
+def test_torch_mask_mix_of_short_groups_bounds_its_indices():
+    """mask_mix of [B, C] codes (one element per channel), K = 8: indices and weights for every (b, c) would be
+    16x h; the torch path mixes chunks of examples instead, and still equals the reference."""
+    from amr_fast.kernels import torch_mix
+
+    h, perm, m, _ = make_case(1024, 600, (), 8, "mask", torch.float32, "contiguous")
+    h_bytes = h.numel() * h.element_size()
+    assert 1024 * 600 * 8 > torch_mix.CHUNK_ELEMS  # more indices than one chunk: the chunked path runs
+    with _NewStorageBytes(h, perm, m) as fwd:
+        out = torch_mix.mix(h, perm, m)
+    assert fwd.largest <= h_bytes  # the output; unchunked, the indices alone would be 8x h
+    torch.testing.assert_close(out, kernels.mask_mix(h, perm, m, impl="ref"))
