@@ -545,7 +545,7 @@ def classify_table(runs: list) -> str:
         cells = []
         for ds, m in columns:
             vals = [v for r in group if r.dataset == ds and (v := last(r, m)) is not None]
-            cells.append(_fmt(vals, 1.0, n_all))
+            cells.append(_fmt(vals, scale=1.0, digits=2, n_all=n_all))
         lines.append("| " + " | ".join([label, str(arch), k] + cells) + " |")
     note = (
         f"\nCells: classification error (%) on the test split, clean and under white-box FGSM (eps in [0, 1] pixel "
