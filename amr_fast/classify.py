@@ -11,21 +11,24 @@ One training step (the paper's section 2, eq. 2, with its public code's loss):
   5. minimise BCE(softmax(logits), y_mix) (the paper's code) or the soft-target cross-entropy (`loss=ce`).
 ERM and cutout (DeVries & Taylor 2017) use the same loss on the one-hot targets. Random crops with padding and
 flips are done on the device. SGD with Nesterov momentum, the learning rate divided by `lr_gamma` at fixed image
-counts. Evaluation: test error and error under white-box FGSM (Goodfellow et al. 2015) at `fgsm_eps` (in [0, 1]
-pixel units, as the paper), written to stats.jsonl.
+counts. Evaluation: test error and error under white-box FGSM (Goodfellow et al. 2015; one signed-gradient step
+of the training loss, as the paper's attack code) at each of `fgsm_eps` (in [0, 1] pixel units; 0.03 ~ 8/255 by
+default, pass the value of the table you compare with), written to stats.jsonl.
 
 Run directory (same conventions as `amr-fast train`): config.json, log.txt, stats.jsonl,
 snapshot-<kimg>.safetensors (module "classifier"), state-<kimg>/ (Accelerate state; re-running the same command
 resumes from the newest complete one).
 
 stats.jsonl keys: kimg, time (s), img/s, lr, loss/cls, train/error (% vs the first source's label) per tick;
-eval/test_error and eval/fgsm_error@<eps> (%, e.g. eval/fgsm_error@0.03) on ticks where an evaluation ran.
+eval/test_error and eval/fgsm_error@<eps> (%, e.g. eval/fgsm_error@0.03) and time/eval (s) on ticks where an
+evaluation ran. `amr-fast report RUN...` shows them (`classify_table`).
 
 Commands:
   amr-fast classify --preset fashion-mnist-manifold --data /work/data/fashion-mnist-32 --outdir runs/fm-manifold
   amr-fast classify --preset cifar10-manifold --data DIR --outdir RUN                  # one GPU, bf16
   accelerate launch --multi_gpu --num_processes 8 -m amr_fast.cli classify --preset cifar10-manifold --data DIR
   ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m amr_fast.cli classify ...   # 2 CPUs
+On a CPU shared with other jobs, OMP_NUM_THREADS=1 per process is several times faster than torch's default.
 """
 
 from __future__ import annotations
