@@ -385,11 +385,11 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
     rank, device = accelerator.process_index, accelerator.device
     run = Path(outdir)
     config_json = json.dumps(dataclasses.asdict(cfg), indent=2)
+    old = run / "config.json"
+    if old.exists() and config_from_dict(json.loads(old.read_text())) != cfg:  # every rank: none waits alone
+        raise ValueError(f"{run} holds a run with another config; use a new --outdir (or the same settings)")
     if accelerator.is_main_process:
         run.mkdir(parents=True, exist_ok=True)
-        old = run / "config.json"
-        if old.exists() and config_from_dict(json.loads(old.read_text())) != cfg:
-            raise ValueError(f"{run} holds a run with another config; use a new --outdir (or the same settings)")
         old.write_text(config_json + "\n")
     accelerator.wait_for_everyone()
 
