@@ -174,9 +174,9 @@ def main(args: argparse.Namespace) -> int:
     big_b = max(1, math.ceil(args.big_mib * 2**20 / (256 * 64 * dtype.itemsize)))
     rows += bench_size(big_b, 256, (8, 8), 3, dtype, device, budget, big=True, clock=clock)
     print(format_table(rows))
+    print("GB/s counts K reads of h + 1 write (+ w, perm); copy = read + write of |h|; ratio = mix GB/s / copy GB/s")
     print(
-        "GB/s counts K reads of h + 1 write (+ w, perm); copy = read + write of |h|; ratio = mix GB/s / copy GB/s "
-        "from medians; r(min) the same from the fastest repeats (robust when other processes share the cores)"
+        f"from medians, r(min) from the fastest repeats; clock: {args.clock}, torch threads: {torch.get_num_threads()}"
     )
     if args.out:
         meta = {
