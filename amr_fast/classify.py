@@ -37,6 +37,8 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -360,6 +362,31 @@ def _due(nimg_before: int, nimg: int, every_kimg: float) -> bool:
     return nimg // step > nimg_before // step
 
 
+def _install_stop_handlers(stop: dict) -> dict:
+    """SIGTERM / SIGINT set stop["flag"] (the loop saves a state and exits); a second signal acts at once.
+    Returns the previous handlers (none are installed outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def on_signal(signum, frame):
+        stop["flag"] = True
+        signal.signal(signum, previous[signum])
+
+    for sig in previous:
+        signal.signal(sig, on_signal)
+    return previous
+
+
+def _all_agree(flag: bool, device: torch.device, world: int) -> bool:
+    """True on every rank if `flag` is set on any rank (an all-reduce when world > 1)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(t)
+    return bool(t.item() > 0)
+
+
 def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str], None] | None = None) -> Path:
     """Train (or resume) the classifier of `cfg` in `outdir`; returns the run directory."""
     from accelerate import Accelerator
@@ -440,51 +467,69 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
     t_start, t_tick, nimg_tick = time.time(), time.time(), nimg
     model.train()
     row: dict = {}
-    while nimg < cfg.total_kimg * 1000:
-        batch = next(batches)
-        x = batch["x"].to(device, non_blocking=True).float() / 127.5 - 1  # [B, C, H, W] in [-1, 1]
-        y = batch["y"].to(device, non_blocking=True)
-        x = random_crop_flip(x, cfg.crop_pad, cfg.flip, generator)
-        if cfg.mode == "cutout":
-            x = cutout(x, cfg.cutout_size, generator)
-        lr = lr_at(cfg, nimg)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        with accelerator.autocast():
-            logits, y_mix, _ = mixup_forward(model, x, y, cfg, generator)
-        loss = mixup_loss(logits, y_mix, cfg.loss)
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        opt.step()
-        stats.report("loss/cls", loss)
-        stats.report("train/error", (logits.detach().argmax(1) != y).float() * 100)
-        nimg_before, nimg = nimg, nimg + cfg.batch
-        done = nimg >= cfg.total_kimg * 1000
-        if done or _due(nimg_before, nimg, cfg.eval_kimg):
-            t_eval = time.time()
-            net = accelerator.unwrap_model(model)
-            test = data.eval_loader(cfg.data, cfg.eval_split, batch_gpu, rank=rank, world_size=world, workers=0)
-            for name, values in evaluate(net, test, cfg, device).items():
-                stats.report(name, values)
-            stats.report("time/eval", time.time() - t_eval)
-        if done or _due(nimg_before, nimg, cfg.tick_kimg):
-            now = time.time()
-            row = collector.tick(
-                {
-                    "kimg": nimg / 1000,
-                    "time": round(now - t_start, 2),
-                    "img/s": (nimg - nimg_tick) / max(now - t_tick, 1e-9),
-                    "lr": lr,
-                }
-            )
-            t_tick, nimg_tick = time.time(), nimg
-        if done or _due(nimg_before, nimg, cfg.snapshot_kimg):
-            if accelerator.is_main_process:
-                path = run / f"snapshot-{checkpoint.kimg_tag(nimg)}.safetensors"
+    stop = {"flag": False}
+    handlers = _install_stop_handlers(stop)
+    stopped = False
+    try:
+        while nimg < cfg.total_kimg * 1000:
+            batch = next(batches)
+            x = batch["x"].to(device, non_blocking=True).float() / 127.5 - 1  # [B, C, H, W] in [-1, 1]
+            y = batch["y"].to(device, non_blocking=True)
+            x = random_crop_flip(x, cfg.crop_pad, cfg.flip, generator)
+            if cfg.mode == "cutout":
+                x = cutout(x, cfg.cutout_size, generator)
+            lr = lr_at(cfg, nimg)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with accelerator.autocast():
+                logits, y_mix, _ = mixup_forward(model, x, y, cfg, generator)
+            loss = mixup_loss(logits, y_mix, cfg.loss)
+            opt.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            opt.step()
+            stats.report("loss/cls", loss)
+            stats.report("train/error", (logits.detach().argmax(1) != y).float() * 100)
+            nimg_before, nimg = nimg, nimg + cfg.batch
+            done = nimg >= cfg.total_kimg * 1000
+            if done or _due(nimg_before, nimg, cfg.eval_kimg):
+                t_eval = time.time()
                 net = accelerator.unwrap_model(model)
-                checkpoint.save_snapshot(path, {"classifier": net}, dataclasses.asdict(cfg), nimg / 1000)
-        if done or _due(nimg_before, nimg, cfg.state_kimg):
-            checkpoint.save_state(accelerator, run, nimg, {"nimg": nimg}, {"generator": generator.get_state()})
+                test = data.eval_loader(cfg.data, cfg.eval_split, batch_gpu, rank=rank, world_size=world, workers=0)
+                for name, values in evaluate(net, test, cfg, device).items():
+                    stats.report(name, values)
+                stats.report("time/eval", time.time() - t_eval)
+            ticked = done or _due(nimg_before, nimg, cfg.tick_kimg)
+            if ticked:
+                now = time.time()
+                row = collector.tick(
+                    {
+                        "kimg": nimg / 1000,
+                        "time": round(now - t_start, 2),
+                        "img/s": (nimg - nimg_tick) / max(now - t_tick, 1e-9),
+                        "lr": lr,
+                    }
+                )
+                t_tick, nimg_tick = time.time(), nimg
+            if done or _due(nimg_before, nimg, cfg.snapshot_kimg):
+                if accelerator.is_main_process:
+                    path = run / f"snapshot-{checkpoint.kimg_tag(nimg)}.safetensors"
+                    net = accelerator.unwrap_model(model)
+                    checkpoint.save_snapshot(path, {"classifier": net}, dataclasses.asdict(cfg), nimg / 1000)
+            saved = done or _due(nimg_before, nimg, cfg.state_kimg)
+            if saved:
+                checkpoint.save_state(accelerator, run, nimg, {"nimg": nimg}, {"generator": generator.get_state()})
+            # A signal stops at the next tick on every rank together (one tiny all-reduce per tick), at once alone.
+            if (world == 1 or ticked) and _all_agree(stop["flag"], device, world) and not done:
+                if not saved:
+                    checkpoint.save_state(accelerator, run, nimg, {"nimg": nimg}, {"generator": generator.get_state()})
+                say(f"stopped by a signal at {nimg / 1000:g} kimg; state saved; re-run the same command to resume")
+                stopped = True
+                break
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if stopped:
+        return run
     figures = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith("eval/"))
     say(f"done: {nimg / 1000:g} kimg in {run}" + (f"; {figures}" if figures else " (nothing left to train)"))
     return run

@@ -315,3 +315,34 @@ def test_results_table_over_seeds(tmp_path):
 
     assert cli_main(["report", *[str(r.path) for r in runs], "--out", str(tmp_path / "table.md")]) == 0
     assert (tmp_path / "table.md").read_text() == classify.classify_table(runs)  # `amr-fast report` shows it
+
+
+def test_sigterm_saves_a_state_and_the_rerun_finishes_identically(shards, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from amr_fast.checkpoint import find_latest_state, load_snapshot
+
+    cfg = e2e_cfg(shards, mode="mixup", total_kimg=0.032, snapshot_kimg=0.032, state_kimg=0.032, eval_kimg=0.032)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    straight = classify.train_classifier(cfg, tmp_path / "straight", log=lambda msg: None)
+    calls = {"n": 0}
+    real_augment = classify.random_crop_flip
+
+    def sigterm_during_second_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by the loop: finish this step, save, return
+        return real_augment(*args, **kwargs)
+
+    monkeypatch.setattr(classify, "random_crop_flip", sigterm_during_second_step)
+    messages = []
+    classify.train_classifier(cfg, tmp_path / "stopped", log=messages.append)
+    monkeypatch.setattr(classify, "random_crop_flip", real_augment)
+    assert calls["n"] == 2 and any("stopped by a signal" in m for m in messages)
+    assert find_latest_state(tmp_path / "stopped").name.endswith(f"{0.016:010.3f}")  # saved where it stopped
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # the loop put the caller's handler back
+    resumed = classify.train_classifier(cfg, tmp_path / "stopped", log=lambda msg: None)
+    (a,), (b,) = straight.glob("snapshot-*.safetensors"), resumed.glob("snapshot-*.safetensors")
+    for name, tensor in load_snapshot(a)[0]["classifier"].items():
+        torch.testing.assert_close(load_snapshot(b)[0]["classifier"][name], tensor, rtol=0, atol=0, msg=name)
