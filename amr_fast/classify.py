@@ -17,7 +17,8 @@ default, pass the value of the table you compare with), written to stats.jsonl.
 
 Run directory (same conventions as `amr-fast train`): config.json, log.txt, stats.jsonl,
 snapshot-<kimg>.safetensors (module "classifier"), state-<kimg>/ (Accelerate state; re-running the same command
-resumes from the newest complete one).
+resumes from the newest complete one). SIGTERM / SIGINT save a state and exit; a non-finite loss stops the run at
+the next tick with an error (snapshots refuse non-finite weights).
 
 stats.jsonl keys: kimg, time (s), img/s, lr, loss/cls, train/error (% vs the first source's label) per tick;
 eval/test_error and eval/fgsm_error@<eps> (%, e.g. eval/fgsm_error@0.03) and time/eval (s) on ticks where an
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import signal
 import threading
@@ -510,6 +512,11 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
                     }
                 )
                 t_tick, nimg_tick = time.time(), nimg
+                if not math.isfinite(row.get("loss/cls", 0.0)):
+                    raise ValueError(
+                        f"the loss became non-finite before {nimg / 1000:g} kimg (the run diverged); lower lr or use "
+                        f"precision=fp32, and resume from a state written before it in {run} (delete the newer ones)"
+                    )
             if done or _due(nimg_before, nimg, cfg.snapshot_kimg):
                 if accelerator.is_main_process:
                     path = run / f"snapshot-{checkpoint.kimg_tag(nimg)}.safetensors"

@@ -346,3 +346,11 @@ def test_sigterm_saves_a_state_and_the_rerun_finishes_identically(shards, tmp_pa
     (a,), (b,) = straight.glob("snapshot-*.safetensors"), resumed.glob("snapshot-*.safetensors")
     for name, tensor in load_snapshot(a)[0]["classifier"].items():
         torch.testing.assert_close(load_snapshot(b)[0]["classifier"][name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_a_diverged_run_stops_with_a_clear_error(shards, tmp_path, monkeypatch):
+    real_loss = classify.mixup_loss
+    monkeypatch.setattr(classify, "mixup_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
+    with pytest.raises(ValueError, match="non-finite"):
+        classify.train_classifier(e2e_cfg(shards, mode="erm", eval_kimg=1.0), tmp_path / "nan", log=lambda m: None)
+    assert not list((tmp_path / "nan").glob("snapshot-*")) and not list((tmp_path / "nan").glob("state-*"))
