@@ -54,6 +54,7 @@ from amr_fast import checkpoint, stats
 
 # Fields that may differ when a run is resumed (schedule and runtime knobs); every other field must match.
 RESUMABLE_FIELDS = ("total_kimg", "tick_kimg", "snapshot_kimg", "state_kimg", "probe_kimg", "compile")
+FP16_SCALE_GROWTH = 2000  # fp16 dynamic loss scaling: double the scale after this many good steps in a row
 STATUS_KEYS = ("kimg", "time", "sec/tick", "img/s", "loss/ae", "loss/recon", "loss/disc", "probe/acc", "nonfinite")
 
 
@@ -114,9 +115,10 @@ def _reduce_gradients(params: list[torch.Tensor], flags: torch.Tensor, world_siz
 
 def train_iteration(
     parts: Parts, batches: list[dict], update_ae: bool, stop: bool = False
-) -> tuple[bool, bool, list[dict[str, torch.Tensor]]]:
-    """One optimisation step over the micro-batches of one global batch (per rank). Returns (stepped, stop on any
-    rank, the phases' reported scalars). Skips the step (stepped False) if a loss or gradient is non-finite."""
+) -> tuple[str, bool, list[dict[str, torch.Tensor]]]:
+    """One optimisation step over the micro-batches of one global batch (per rank). Returns (status, stop requested
+    on any rank, the phases' reported scalars); status "ok" (stepped), "loss" (a non-finite loss on some rank: step
+    skipped) or "grad" (finite losses but a non-finite gradient, e.g. an fp16 overflow: step skipped)."""
     gain = parts.loss_scale / len(batches)
     groups = ([(parts.ae_modules, parts.opt_ae)] if update_ae else []) + [
         ([parts.disc], parts.opt_disc),
@@ -139,15 +141,15 @@ def train_iteration(
     grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=parts.device)
     check = torch.stack([flags[0].float(), (~torch.isfinite(grad_norm)).float().to(flags.device), flags[1].float()])
     loss_bad_n, grad_bad, stop_n = check.tolist()  # THE host sync of an iteration
-    ok = loss_bad_n == 0 and grad_bad == 0
-    if ok:
+    status = "loss" if loss_bad_n else "grad" if grad_bad else "ok"
+    if status == "ok":
         if parts.loss_scale != 1.0:
             torch._foreach_mul_(grads, 1.0 / parts.loss_scale)
         for _, opt in groups:
             opt.step()
     for _, opt in groups:
         opt.zero_grad(set_to_none=True)
-    return ok, stop_n > 0, reported
+    return status, stop_n > 0, reported
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -333,10 +335,11 @@ def training_loop(cfg, outdir: str | Path, log: Callable[[str], None] | None = p
     opt_disc = torch.optim.Adam(disc.parameters(), **adam)
     opt_probe = torch.optim.Adam(probe.parameters(), lr=cfg.probe_lr)
     loss = AMRLoss(cfg, nets, device)
-    if cfg.compile:
-        ae.encode = torch.compile(ae.encode)
-        ae.decode = torch.compile(ae.decode)
-        disc.forward = torch.compile(disc.forward)
+    if cfg.compile:  # compile the methods the loss calls; instance attributes keep the state_dict keys unchanged
+        for net, names in ((ae, ("encode", "decode", "decode_with_logits", "encode_stats")), (disc, ("run",))):
+            for name in names:
+                if hasattr(net, name):
+                    setattr(net, name, torch.compile(getattr(net, name)))
     generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + rank)  # mixing draws, per rank
     accelerator.register_for_checkpointing(*nets.values(), opt_ae, opt_disc, opt_probe)
 
@@ -407,17 +410,22 @@ def training_loop(cfg, outdir: str | Path, log: Callable[[str], None] | None = p
             if not done:
                 update_ae = loop["it"] % cfg.ae_every == 0
                 batches = [next(data_iter) for _ in range(accum)]
-                ok, stopped, reported = train_iteration(parts, batches, update_ae, stop_signal["flag"])
-                if ok:
+                status, stopped, reported = train_iteration(parts, batches, update_ae, stop_signal["flag"])
+                if status == "ok":
                     loop["nonfinite"] = 0
                     for r in reported:
                         for name, value in r.items():
                             stats.report(name, value)
+                    loop["scale_ok"] = loop.get("scale_ok", 0) + 1
+                    if cfg.precision == "fp16" and loop["scale_ok"] % FP16_SCALE_GROWTH == 0:
+                        parts.loss_scale = loop["loss_scale"] = min(parts.loss_scale * 2, 2.0**24)
+                elif status == "grad" and cfg.precision == "fp16" and parts.loss_scale > 1.0:
+                    parts.loss_scale = loop["loss_scale"] = parts.loss_scale / 2  # fp16 overflow: not a divergence
+                    loop["scale_ok"] = 0
+                    loop["fp16_overflows"] = loop.get("fp16_overflows", 0) + 1
                 else:
                     loop["nonfinite"] += 1
                     loop["nonfinite_total"] += 1
-                    if parts.loss_scale != 1.0:
-                        parts.loss_scale = loop["loss_scale"] = max(parts.loss_scale / 2, 1.0)
                     if loop["nonfinite"] >= cfg.max_nonfinite:
                         raise ValueError(
                             f"{loop['nonfinite']} non-finite losses/gradients in a row at "

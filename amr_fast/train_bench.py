@@ -149,10 +149,16 @@ def _reference(cfg: TrainConfig, seed: int):
     return ref, ref.passes
 
 
-def bench_model(cfg: TrainConfig, cycles: int, rounds: int, warmup_cycles: int = 1) -> dict:
-    """Time both paths on `cfg` (batch cfg.batch): `rounds` alternating rounds of `cycles` x ae_every iterations."""
+def bench_model(
+    cfg: TrainConfig, cycles: int, rounds: int, warmup_cycles: int = 1, variants: dict[str, dict] | None = None
+) -> dict:
+    """Time ours (cfg, and cfg with each of `variants`' field changes) and the reference on `cfg` (batch cfg.batch):
+    `rounds` alternating rounds of `cycles` x ae_every iterations per path."""
     batches = [_batch(cfg, i) for i in range(cfg.ae_every)]
-    paths = {"ours": _ours(cfg, 0), "reference": _reference(cfg, 0)}
+    paths = {"ours": _ours(cfg, 0)}
+    for name, changes in (variants or {}).items():
+        paths[name] = _ours(dataclasses.replace(cfg, **changes), 0)
+    paths["reference"] = _reference(cfg, 0)
     n_iter = cycles * cfg.ae_every
     seconds = {name: 0.0 for name in paths}
     cpu_seconds = {name: 0.0 for name in paths}
@@ -182,8 +188,11 @@ def bench_model(cfg: TrainConfig, cycles: int, rounds: int, warmup_cycles: int =
         }
         for name in paths
     }
-    out["speedup"] = out["ours"]["img_per_s"] / out["reference"]["img_per_s"]
-    out["speedup_cpu_time"] = out["ours"]["img_per_cpu_s"] / out["reference"]["img_per_cpu_s"]
+    for name in paths:
+        if name != "reference":
+            out[name]["speedup"] = out[name]["img_per_s"] / out["reference"]["img_per_s"]
+            out[name]["speedup_cpu_time"] = out[name]["img_per_cpu_s"] / out["reference"]["img_per_cpu_s"]
+            out[name]["changes"] = (variants or {}).get(name, {})
     out["iterations"] = rounds * n_iter
     out["batch"] = cfg.batch
     out["ae_every"] = cfg.ae_every
@@ -199,8 +208,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cycles", type=int, default=2, help="ae_every-iteration cycles per timed round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating ours/reference rounds")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
-    parser.add_argument("--channels-last", action="store_true", help="ours with channels_last memory format")
-    parser.add_argument("--compile", action="store_true", help="ours with torch.compile on the networks")
+    parser.add_argument(
+        "--variants",
+        default="channels_last",
+        help="comma-separated extra runs of ours with one config field set true: channels_last, compile ('' = none)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -213,10 +225,12 @@ def main(args: argparse.Namespace) -> int:
         if name not in MODELS:
             raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
         preset, extra = MODELS[name]
-        cfg = dataclasses.replace(
-            PRESETS[preset], impl="auto", channels_last=args.channels_last, compile=args.compile, **extra
-        ).validate()
-        results["models"][name] = r = bench_model(cfg, args.cycles, args.rounds)
+        cfg = dataclasses.replace(PRESETS[preset], impl="auto", **extra).validate()
+        variants = {f"ours+{v.strip()}": {v.strip(): True} for v in args.variants.split(",") if v.strip()}
+        for changes in variants.values():
+            if set(changes) - {"channels_last", "compile"}:
+                raise ValueError(f"--variants takes channels_last and/or compile; got {args.variants!r}")
+        results["models"][name] = r = bench_model(cfg, args.cycles, args.rounds, variants=variants)
         print(_table_rows(name, r), flush=True)
     if args.out:
         with open(args.out, "w") as f:
@@ -227,15 +241,13 @@ def main(args: argparse.Namespace) -> int:
 
 def _table_rows(name: str, r: dict) -> str:
     lines = []
-    for path in ("ours", "reference"):
-        p = r[path]
+    for path, p in r.items():
+        if not isinstance(p, dict) or "img_per_s" not in p:
+            continue
         calls = p["calls_per_iter"]
+        speed = f"  {p['speedup']:.2f}x wall {p['speedup_cpu_time']:.2f}x cpu" if "speedup" in p else ""
         lines.append(
-            f"{name:<18} {path:<10} {p['img_per_s']:8.1f} img/s  {p['img_per_cpu_s']:8.1f} img/cpu-s  "
-            f"enc {calls['enc']:.1f}  dec {calls['dec']:.1f}  disc {calls['disc']:.1f} calls/iter"
+            f"{name:<17} {path:<20} {p['img_per_s']:7.1f} img/s {p['img_per_cpu_s']:7.1f} img/cpu-s  "
+            f"enc {calls['enc']:.1f} dec {calls['dec']:.1f} disc {calls['disc']:.1f} calls/iter{speed}"
         )
-    lines.append(
-        f"{name:<18} speed-up   {r['speedup']:.2f}x wall, {r['speedup_cpu_time']:.2f}x CPU time "
-        f"(batch {r['batch']}, {r['iterations']} iterations each)"
-    )
     return "\n".join(lines)

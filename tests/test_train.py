@@ -135,8 +135,8 @@ def test_an_iteration_without_ae_update_changes_only_disc_and_probe(shards):
     batch = {"x": torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8), "y": torch.arange(8) % 3}
     for update_ae in (False, True):
         before = {n: [p.detach().clone() for p in net.parameters()] for n, net in nets.items()}
-        ok, stop, reported = train.train_iteration(parts, [batch, batch], update_ae)
-        assert ok and not stop and reported
+        status, stop, reported = train.train_iteration(parts, [batch, batch], update_ae)
+        assert status == "ok" and not stop and reported
         for name, net in nets.items():
             changed = any(not torch.equal(a, b) for a, b in zip(before[name], net.parameters()))
             assert changed == (name != "ae" or update_ae), (update_ae, name)

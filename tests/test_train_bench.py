@@ -16,13 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bench_counts_passes_of_both_schedules():
     cfg = TrainConfig(arch="amr32", img_size=16, width=4, code_channels=2, num_classes=3, batch=8, ae_every=5)
-    r = bench_model(cfg, cycles=1, rounds=1, warmup_cycles=0)
+    r = bench_model(cfg, cycles=1, rounds=1, warmup_cycles=0, variants={"cl": {"channels_last": True}})
     # Public schedule: enc + 2 dec with autograd every iteration, D on x_rec/x_mix for the AE loss, then D on
     # x/x_rec/x_mix again for D's loss.
     assert r["reference"]["calls_per_iter"] == {"enc": 1.0, "dec": 2.0, "disc": 5.0}
     ours = r["ours"]["calls_per_iter"]
     assert ours["enc"] == 1.0 and ours["dec"] == 1.0 and ours["disc"] == pytest.approx(1 + 1 / 5)
     assert r["ours"]["img_per_s"] > 0 and r["reference"]["img_per_s"] > 0 and r["iterations"] == 5
+    assert r["ours"]["speedup"] > 0 and r["cl"]["changes"] == {"channels_last": True}
+    assert r["cl"]["calls_per_iter"] == ours
 
 
 def test_reference_schedule_refuses_other_methods():
