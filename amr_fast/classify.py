@@ -617,7 +617,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="fashion-mnist-manifold", help="starting configuration (--list-presets)")
     parser.add_argument("--outdir", default=None, help="run directory (default runs/<preset>); re-run to resume")
     parser.add_argument("--data", default=None, help="dataset dir made by `amr-fast shard` (same as data=DIR)")
-    parser.add_argument("overrides", nargs="*", metavar="field=value", help="config overrides, e.g. width=0.25")
+    fields = ", ".join(f.name for f in dataclasses.fields(ClassifyConfig))
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="field=value",
+        help=f"config overrides, e.g. width=0.25 mix_layers=0,1,2 (tuples comma-separated); fields: {fields}",
+    )
     parser.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config JSON and exit")
 
@@ -627,12 +633,9 @@ def main(args: argparse.Namespace) -> int:
         for name, cfg in CLASSIFY_PRESETS.items():
             print(f"{name:<26} {cfg.arch} width {cfg.width:g}, {cfg.mode}, {cfg.total_kimg:g} kimg")
         return 0
-    overrides = {}
-    for item in args.overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like field=value (e.g. width=0.25)")
-        key, value = item.split("=", 1)
-        overrides[key] = value
+    from amr_fast.config import parse_overrides
+
+    overrides = parse_overrides(args.overrides)
     if args.data is not None:
         overrides["data"] = args.data
     cfg = resolve_classify(args.preset, overrides)
