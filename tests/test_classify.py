@@ -256,37 +256,68 @@ def test_each_mode_trains_two_iterations(shards, tmp_path, mode):
     assert any(changed)  # two SGD steps moved the weights
 
 
-def test_rerun_after_a_crash_resumes_to_the_same_weights(shards, tmp_path, monkeypatch):
-    from amr_fast.checkpoint import load_snapshot
-
-    cfg = e2e_cfg(shards, mode="manifold", total_kimg=0.032, snapshot_kimg=0.032)
-    straight = classify.train_classifier(cfg, tmp_path / "straight", log=lambda msg: None)
-
+def on_step(monkeypatch, step: int, action) -> None:
+    """Call `action()` at the start of training step `step` (1-based; counted by the augmentation calls)."""
     calls = {"n": 0}
     real_augment = classify.random_crop_flip
 
-    def crash_on_third_step(*args, **kwargs):
+    def augment(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated kill after the state at 0.016 kimg")
+        if calls["n"] == step:
+            action()
         return real_augment(*args, **kwargs)
 
-    monkeypatch.setattr(classify, "random_crop_flip", crash_on_third_step)
-    with pytest.raises(KeyboardInterrupt):
-        classify.train_classifier(cfg, tmp_path / "crashed", log=lambda msg: None)
-    monkeypatch.setattr(classify, "random_crop_flip", real_augment)
+    monkeypatch.setattr(classify, "random_crop_flip", augment)
+
+
+def assert_same_final_weights(run_a, run_b) -> None:
+    from amr_fast.checkpoint import load_snapshot
+
+    (a,), (b,) = run_a.glob("snapshot-*.safetensors"), run_b.glob("snapshot-*.safetensors")
+    weights_a, weights_b = load_snapshot(a)[0]["classifier"], load_snapshot(b)[0]["classifier"]
+    for name, tensor in weights_a.items():
+        torch.testing.assert_close(weights_b[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_rerun_after_a_crash_resumes_to_the_same_weights(shards, tmp_path, monkeypatch):
+    cfg = e2e_cfg(shards, mode="manifold", total_kimg=0.032, snapshot_kimg=0.032)
+    straight = classify.train_classifier(cfg, tmp_path / "straight", log=lambda msg: None)
+
+    def crash():
+        raise KeyboardInterrupt("simulated kill after the state at 0.016 kimg")
+
+    with monkeypatch.context() as patch:
+        on_step(patch, 3, crash)
+        with pytest.raises(KeyboardInterrupt):
+            classify.train_classifier(cfg, tmp_path / "crashed", log=lambda msg: None)
     assert not list((tmp_path / "crashed").glob("snapshot-*"))
     messages = []
     resumed = classify.train_classifier(cfg, tmp_path / "crashed", log=messages.append)
     assert any("resuming" in m for m in messages)
-
-    (a,) = straight.glob("snapshot-*.safetensors")
-    (b,) = resumed.glob("snapshot-*.safetensors")
-    weights_a, weights_b = load_snapshot(a)[0]["classifier"], load_snapshot(b)[0]["classifier"]
-    for name, tensor in weights_a.items():
-        torch.testing.assert_close(weights_b[name], tensor, rtol=0, atol=0, msg=name)
+    assert_same_final_weights(straight, resumed)
     with pytest.raises(ValueError, match="another config"):
         classify.train_classifier(dataclasses.replace(cfg, lr=0.5), tmp_path / "crashed", log=lambda msg: None)
+
+
+def test_sigterm_saves_a_state_and_the_rerun_finishes_identically(shards, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from amr_fast.checkpoint import find_latest_state
+
+    cfg = e2e_cfg(shards, mode="mixup", total_kimg=0.032, snapshot_kimg=0.032, state_kimg=0.032, eval_kimg=0.032)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    straight = classify.train_classifier(cfg, tmp_path / "straight", log=lambda msg: None)
+    messages = []
+    with monkeypatch.context() as patch:  # handled by the loop: finish the step, save a state, return
+        on_step(patch, 2, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        classify.train_classifier(cfg, tmp_path / "stopped", log=messages.append)
+    assert any("stopped by a signal" in m for m in messages)
+    assert find_latest_state(tmp_path / "stopped").name.endswith(f"{0.016:010.3f}")  # saved where it stopped
+    assert not list((tmp_path / "stopped").glob("snapshot-*"))
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # the loop put the caller's handler back
+    resumed = classify.train_classifier(cfg, tmp_path / "stopped", log=lambda msg: None)
+    assert_same_final_weights(straight, resumed)
 
 
 def test_results_table_over_seeds(tmp_path):
@@ -315,37 +346,6 @@ def test_results_table_over_seeds(tmp_path):
 
     assert cli_main(["report", *[str(r.path) for r in runs], "--out", str(tmp_path / "table.md")]) == 0
     assert (tmp_path / "table.md").read_text() == classify.classify_table(runs)  # `amr-fast report` shows it
-
-
-def test_sigterm_saves_a_state_and_the_rerun_finishes_identically(shards, tmp_path, monkeypatch):
-    import os
-    import signal
-
-    from amr_fast.checkpoint import find_latest_state, load_snapshot
-
-    cfg = e2e_cfg(shards, mode="mixup", total_kimg=0.032, snapshot_kimg=0.032, state_kimg=0.032, eval_kimg=0.032)
-    handler_before = signal.getsignal(signal.SIGTERM)
-    straight = classify.train_classifier(cfg, tmp_path / "straight", log=lambda msg: None)
-    calls = {"n": 0}
-    real_augment = classify.random_crop_flip
-
-    def sigterm_during_second_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            os.kill(os.getpid(), signal.SIGTERM)  # handled by the loop: finish this step, save, return
-        return real_augment(*args, **kwargs)
-
-    monkeypatch.setattr(classify, "random_crop_flip", sigterm_during_second_step)
-    messages = []
-    classify.train_classifier(cfg, tmp_path / "stopped", log=messages.append)
-    monkeypatch.setattr(classify, "random_crop_flip", real_augment)
-    assert calls["n"] == 2 and any("stopped by a signal" in m for m in messages)
-    assert find_latest_state(tmp_path / "stopped").name.endswith(f"{0.016:010.3f}")  # saved where it stopped
-    assert signal.getsignal(signal.SIGTERM) == handler_before  # the loop put the caller's handler back
-    resumed = classify.train_classifier(cfg, tmp_path / "stopped", log=lambda msg: None)
-    (a,), (b,) = straight.glob("snapshot-*.safetensors"), resumed.glob("snapshot-*.safetensors")
-    for name, tensor in load_snapshot(a)[0]["classifier"].items():
-        torch.testing.assert_close(load_snapshot(b)[0]["classifier"][name], tensor, rtol=0, atol=0, msg=name)
 
 
 def test_a_diverged_run_stops_with_a_clear_error(shards, tmp_path, monkeypatch):
