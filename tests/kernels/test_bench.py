@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
 from amr_fast.kernels import bench
 
 
@@ -24,3 +25,10 @@ def test_bench_quick_writes_table_and_json(tmp_path, capsys):
     big = [r for r in rows if "copy_fresh_ms" in r]
     assert big and all(r["h_mib"] >= 1 for r in big)
     assert "copy GB/s" in table and len(table.splitlines()) >= len(rows) + 2
+
+
+def test_cpu_clock_needs_one_thread():
+    parser = argparse.ArgumentParser()
+    bench.configure_parser(parser)
+    with pytest.raises(ValueError, match="--threads 1"):
+        bench.main(parser.parse_args(["--quick", "--clock", "cpu", "--threads", "2"]))
