@@ -157,15 +157,13 @@ def main(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but torch sees no GPU; drop --device to run on the CPU")
     dtype = DTYPES[args.dtype]
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1 (got {args.threads})")
+    if args.clock == "cpu" and (device.type != "cpu" or args.threads != 1):
+        raise ValueError("--clock cpu times the calling thread only: use it with --threads 1 on a CPU")
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1 (got {args.threads})")
         torch.set_num_threads(args.threads)
-    clock = time.perf_counter
-    if args.clock == "cpu":
-        if device.type != "cpu" or args.threads != 1:
-            raise ValueError("--clock cpu times the calling thread only: use it with --threads 1 on a CPU")
-        clock = time.thread_time
     budget = 0.05 if args.quick else 0.3
     rows = []
     for B, C, S, K in grid(args.quick):
