@@ -5,8 +5,9 @@ Forward. out[b] = sum_k W[b, k] * h[perm[k, b]] is a weighted sum of K gathered 
 reads each partner row once and writes the output once, with no temporaries (fp32 accumulation for fp16/bf16 too;
 the weights are cast to h's dtype, as embedding_bag requires). Each example row is cut into G segments ("bags")
 that share a weight: the C channels for mask_mix (each channel has its own weight), pieces of <= 4096 elements for
-simplex_mix (long rows parallelise poorly). A naive gather + einsum writes K copies of h; this reaches
-0.9-1.0x of a same-size `Tensor.copy_` at B=256, h 256x8x8, K=3 on the 2-core CPU (`amr-fast bench kernels`).
+simplex_mix (long rows parallelise poorly). A naive gather + einsum writes K copies of h and reaches ~0.06x the
+bandwidth of a same-size `Tensor.copy_` at B=256, h 256x8x8, K=3; this path 0.6-0.9x (`amr-fast bench kernels`,
+figures in the README).
 
 Backward. grad_h is the same op through the inverse permutations (a gather, deterministic, no index_add);
 grad_w / grad_m are per-row dot products, computed in fp32 over chunks of rows so the gathered partners of a
