@@ -7,7 +7,8 @@
 `impl` is "torch" (`torch_mix.py`) or "triton" (`triton_mix.py`); the reference lives in `amr_fast.mixing` and
 needs no custom op. The backward of both mixes is the same mix through the inverse permutations for h
 (deterministic gather) plus `mix_weight_grad` for the weights. The fake (meta) implementations return
-`layout.empty_out(h)` / `empty_like(weights)`, which is also what the real ones return, strides included.
+`layout.empty_out(h)` / a contiguous tensor shaped like the weights, which is also what the real ones return,
+strides included.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def _(h, perm, m, impl):
 
 @mix_weight_grad_op.register_fake
 def _(grad, h, perm, weights, impl):
-    return torch.empty_like(weights)
+    return weights.new_empty(weights.shape)  # contiguous, like the real result
 
 
 def _setup_context(ctx, inputs, output) -> None:
