@@ -17,10 +17,13 @@ default, pass the value of the table you compare with), written to stats.jsonl.
 
 Run directory (same conventions as `amr-fast train`): config.json, log.txt, stats.jsonl,
 snapshot-<kimg>.safetensors (module "classifier"), state-<kimg>/ (Accelerate state; re-running the same command
-resumes from the newest complete one). SIGTERM / SIGINT save a state and exit; a non-finite loss stops the run at
-the next tick with an error (snapshots refuse non-finite weights).
+resumes from the newest complete one). SIGTERM / SIGINT save a state and exit. A non-finite loss or gradient (on any
+rank: one all-reduce of a flag per step, the step's only host sync, as `amr-fast train`) skips the optimiser step
+and puts back the BatchNorm statistics of that forward pass; `max_nonfinite` such steps in a row stop the run with
+an error. Neither a snapshot nor a resume state is ever written with non-finite weights.
 
-stats.jsonl keys: kimg, time (s), img/s, lr, loss/cls, train/error (% vs the first source's label) per tick;
+stats.jsonl keys: kimg, time (s), img/s, lr, loss/cls, train/error (% vs the first source's label), nonfinite
+(skipped steps since the start of the run) per tick;
 eval/test_error and eval/fgsm_error@<eps> (%, e.g. eval/fgsm_error@0.03) and time/eval (s) on ticks where an
 evaluation ran. `amr-fast report RUN...` shows them (`classify_table`).
 
@@ -37,7 +40,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import signal
 import threading
@@ -101,6 +103,7 @@ class ClassifyConfig:
     workers: int = 2
     precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16"
     impl: str = "auto"  # mixing kernel impl (amr_fast.kernels)
+    max_nonfinite: int = 10  # non-finite losses/gradients in a row (each step skipped) before the run stops
 
     def validate(self) -> ClassifyConfig:
         """Raise ValueError naming the field and the fix; returns self."""
@@ -118,6 +121,8 @@ class ClassifyConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 (got {getattr(self, name)})")
+        if self.max_nonfinite < 1:
+            raise ValueError(f"max_nonfinite must be >= 1 (got {self.max_nonfinite})")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (got {self.num_classes})")
         if any(e < 0 for e in self.fgsm_eps):
@@ -380,13 +385,39 @@ def _install_stop_handlers(stop: dict) -> dict:
     return previous
 
 
-def _all_agree(flag: bool, device: torch.device, world: int) -> bool:
-    """True on every rank if `flag` is set on any rank (an all-reduce when world > 1)."""
-    if world == 1:
-        return flag
-    t = torch.tensor([float(flag)], device=device)
-    torch.distributed.all_reduce(t)
-    return bool(t.item() > 0)
+def _sum_over_ranks(flags: torch.Tensor, world: int) -> list[float]:
+    """`flags` (float [F]) summed over ranks (one all-reduce when world > 1), on the host: one sync."""
+    if world > 1:
+        torch.distributed.all_reduce(flags)
+    return flags.tolist()
+
+
+def step_flags(loss: torch.Tensor, params: list[torch.Tensor], stop: bool, world: int) -> tuple[bool, bool, bool]:
+    """After the backward pass: (loss non-finite on some rank, gradient non-finite, stop requested on some rank),
+    the same answer on every rank, from one all-reduce of three flags and one host sync (as `amr_fast.train`)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
+    flags = torch.stack(
+        [
+            ~torch.isfinite(loss.detach()),
+            ~torch.isfinite(grad_norm.to(loss.device)),
+            torch.tensor(stop, device=loss.device),
+        ]
+    )
+    loss_bad, grad_bad, stop_n = _sum_over_ranks(flags.float(), world)
+    return loss_bad > 0, grad_bad > 0, stop_n > 0
+
+
+def first_nonfinite(model: nn.Module, opt: torch.optim.Optimizer) -> str | None:
+    """Name of the first floating tensor of `model`'s state dict or `opt`'s state (momentum) holding a non-finite
+    value, else None. One host sync."""
+    named = [(f"classifier.{k}", t) for k, t in model.state_dict().items()]
+    named += [(f"optimizer.{k}", t) for s in opt.state.values() for k, t in s.items() if isinstance(t, torch.Tensor)]
+    named = [(k, t.detach()) for k, t in named if t.is_floating_point()]
+    if not named:
+        return None
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
+    return next((k for (k, _), ok in zip(named, finite) if not ok), None)
 
 
 def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str], None] | None = None) -> Path:
@@ -437,13 +468,24 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
     # One CPU generator per rank for every draw (crops, flips, cutout, layer, lam, perm): no device syncs, and its
     # state is saved with the resume state so a resumed run draws exactly what the uninterrupted one would have.
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank)
-    nimg = 0
+    loop = {"nimg": 0, "nonfinite": 0, "nonfinite_total": 0}  # skipped steps: in a row, since the start
     state = checkpoint.find_latest_state(run)
     if state is not None:
-        loop, tensors = checkpoint.load_state(accelerator, state)
-        nimg = int(loop["nimg"])
+        saved, tensors = checkpoint.load_state(accelerator, state)
+        loop.update(saved)
         generator.set_state(tensors["generator"])
-        say(f"resuming from {state} at {nimg / 1000:g} kimg")
+        say(f"resuming from {state} at {loop['nimg'] / 1000:g} kimg")
+    nimg = int(loop["nimg"])
+
+    def save_resume_state() -> None:
+        """checkpoint.save_state, refused on every rank together if any weight or momentum is non-finite."""
+        bad = first_nonfinite(accelerator.unwrap_model(model), opt)
+        if _sum_over_ranks(torch.tensor([float(bad is not None)], device=device), world)[0]:
+            raise ValueError(
+                f"refusing to write a resume state at {nimg / 1000:g} kimg: {bad or 'a tensor on another rank'} is "
+                f"non-finite (the run diverged); lower lr or use precision=fp32, and resume from an earlier state"
+            )
+        checkpoint.save_state(accelerator, run, nimg, loop, {"generator": generator.get_state()})
 
     batch_gpu = cfg.batch // world
     batches = data.train_loader(
@@ -462,12 +504,16 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
         rank,
         world,
         log=say,
-        status_keys=["kimg", "loss/cls", "train/error", "eval/test_error", "lr", "img/s"],
+        status_keys=["kimg", "loss/cls", "train/error", "eval/test_error", "lr", "img/s", "nonfinite"],
     )
     n_params = sum(p.numel() for p in model.parameters())
     say(f"{cfg.arch} width {cfg.width:g} ({n_params / 1e6:.2f} M params), mode {cfg.mode}, {world} process(es)")
     t_start, t_tick, nimg_tick = time.time(), time.time(), nimg
     model.train()
+    params = list(model.parameters())
+    # BatchNorm statistics move in the forward pass: kept from before each step, put back when the step is skipped.
+    bn_stats = [b for b in model.buffers() if b.is_floating_point()]
+    bn_stats_before = [b.clone() for b in bn_stats]
     row: dict = {}
     stop = {"flag": False}
     handlers = _install_stop_handlers(stop)
@@ -483,15 +529,32 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
             lr = lr_at(cfg, nimg)
             for group in opt.param_groups:
                 group["lr"] = lr
+            if bn_stats:
+                torch._foreach_copy_(bn_stats_before, bn_stats)
             with accelerator.autocast():
                 logits, y_mix, _ = mixup_forward(model, x, y, cfg, generator)
             loss = mixup_loss(logits, y_mix, cfg.loss)
             opt.zero_grad(set_to_none=True)
             accelerator.backward(loss)
-            opt.step()
-            stats.report("loss/cls", loss)
-            stats.report("train/error", (logits.detach().argmax(1) != y).float() * 100)
+            loss_bad, grad_bad, stop_any = step_flags(loss, params, stop["flag"], world)
+            if not (loss_bad or grad_bad):
+                opt.step()
+                loop["nonfinite"] = 0
+                stats.report("loss/cls", loss)
+                stats.report("train/error", (logits.detach().argmax(1) != y).float() * 100)
+            else:  # skipped: weights, momentum and BatchNorm statistics stay as they were before the step
+                if bn_stats:
+                    torch._foreach_copy_(bn_stats, bn_stats_before)
+                loop["nonfinite"] += 1
+                loop["nonfinite_total"] += 1
+                if loop["nonfinite"] >= cfg.max_nonfinite:
+                    raise ValueError(
+                        f"{loop['nonfinite']} non-finite {'losses' if loss_bad else 'gradients'} in a row at "
+                        f"{nimg / 1000:g} kimg (max_nonfinite={cfg.max_nonfinite}); the run diverged: lower lr or use "
+                        f"precision=fp32 in a new --outdir; the states and snapshots already in {run} are finite"
+                    )
             nimg_before, nimg = nimg, nimg + cfg.batch
+            loop["nimg"] = nimg
             done = nimg >= cfg.total_kimg * 1000
             if done or _due(nimg_before, nimg, cfg.eval_kimg):
                 t_eval = time.time()
@@ -500,8 +563,7 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
                 for name, values in evaluate(net, test, cfg, device).items():
                     stats.report(name, values)
                 stats.report("time/eval", time.time() - t_eval)
-            ticked = done or _due(nimg_before, nimg, cfg.tick_kimg)
-            if ticked:
+            if done or _due(nimg_before, nimg, cfg.tick_kimg):
                 now = time.time()
                 row = collector.tick(
                     {
@@ -509,14 +571,10 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
                         "time": round(now - t_start, 2),
                         "img/s": (nimg - nimg_tick) / max(now - t_tick, 1e-9),
                         "lr": lr,
+                        "nonfinite": loop["nonfinite_total"],
                     }
                 )
                 t_tick, nimg_tick = time.time(), nimg
-                if not math.isfinite(row.get("loss/cls", 0.0)):
-                    raise ValueError(
-                        f"the loss became non-finite before {nimg / 1000:g} kimg (the run diverged); lower lr or use "
-                        f"precision=fp32, and resume from a state written before it in {run} (delete the newer ones)"
-                    )
             if done or _due(nimg_before, nimg, cfg.snapshot_kimg):
                 if accelerator.is_main_process:
                     path = run / f"snapshot-{checkpoint.kimg_tag(nimg)}.safetensors"
@@ -524,11 +582,11 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
                     checkpoint.save_snapshot(path, {"classifier": net}, dataclasses.asdict(cfg), nimg / 1000)
             saved = done or _due(nimg_before, nimg, cfg.state_kimg)
             if saved:
-                checkpoint.save_state(accelerator, run, nimg, {"nimg": nimg}, {"generator": generator.get_state()})
-            # A signal stops at the next tick on every rank together (one tiny all-reduce per tick), at once alone.
-            if (world == 1 or ticked) and _all_agree(stop["flag"], device, world) and not done:
+                save_resume_state()
+            # A signal stops after this step on every rank together (its flag rides on the step's all-reduce).
+            if stop_any and not done:
                 if not saved:
-                    checkpoint.save_state(accelerator, run, nimg, {"nimg": nimg}, {"generator": generator.get_state()})
+                    save_resume_state()
                 say(f"stopped by a signal at {nimg / 1000:g} kimg; state saved; re-run the same command to resume")
                 stopped = True
                 break

@@ -348,9 +348,112 @@ def test_results_table_over_seeds(tmp_path):
     assert (tmp_path / "table.md").read_text() == classify.classify_table(runs)  # `amr-fast report` shows it
 
 
-def test_a_diverged_run_stops_with_a_clear_error(shards, tmp_path, monkeypatch):
-    real_loss = classify.mixup_loss
-    monkeypatch.setattr(classify, "mixup_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
-    with pytest.raises(ValueError, match="non-finite"):
-        classify.train_classifier(e2e_cfg(shards, mode="erm", eval_kimg=1.0), tmp_path / "nan", log=lambda m: None)
-    assert not list((tmp_path / "nan").glob("snapshot-*")) and not list((tmp_path / "nan").glob("state-*"))
+# ---------------------------------------------------------------------------------------------------------------
+# Non-finite steps: skipped and counted, max_nonfinite in a row stop the run, never a non-finite snapshot or state.
+
+
+@pytest.fixture
+def nan_steps(monkeypatch):
+    """poison(steps, where): make training steps `steps` (1-based) non-finite, either in the loss or in the input
+    images (which also drives BatchNorm statistics to NaN). Returns `seen`: per step, the classifier's floating
+    tensors (weights and BatchNorm statistics) as they were at the start of that step."""
+    seen: list[list[torch.Tensor]] = []
+    model: dict = {}
+    real_build, real_augment, real_loss = classify.build_classifier, classify.random_crop_flip, classify.mixup_loss
+    bad = {"now": False}
+
+    def build(cfg):
+        model["net"] = real_build(cfg)
+        return model["net"]
+
+    def poison(steps, where: str):
+        def augment(*args, **kwargs):
+            seen.append([t.detach().clone() for t in model["net"].state_dict().values() if t.is_floating_point()])
+            bad["now"] = len(seen) in steps
+            x = real_augment(*args, **kwargs)
+            return x * float("nan") if bad["now"] and where == "input" else x
+
+        def loss(*args, **kwargs):
+            value = real_loss(*args, **kwargs)
+            return value * float("nan") if bad["now"] and where == "loss" else value
+
+        monkeypatch.setattr(classify, "build_classifier", build)
+        monkeypatch.setattr(classify, "random_crop_flip", augment)
+        monkeypatch.setattr(classify, "mixup_loss", loss)
+        return seen
+
+    return poison
+
+
+def all_finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+def saved_tensors(run):
+    """Every tensor of every snapshot and resume state (its model.safetensors) in `run`, with the file names."""
+    from safetensors.torch import load_file
+
+    files = sorted(run.glob("snapshot-*.safetensors")) + sorted(run.glob("state-*/model*.safetensors"))
+    return files, [t for f in files for t in load_file(f).values()]
+
+
+@pytest.mark.parametrize("where", ["loss", "input"])
+def test_a_non_finite_step_is_skipped_counted_and_training_continues(shards, tmp_path, nan_steps, where):
+    from amr_fast.stats import read_jsonl
+
+    seen = nan_steps({2}, where)
+    cfg = e2e_cfg(shards, mode="manifold", total_kimg=0.032, snapshot_kimg=0.032, state_kimg=0.032, eval_kimg=0.032)
+    run = classify.train_classifier(cfg, tmp_path / where, log=lambda msg: None)
+    rows = read_jsonl(run / "stats.jsonl")
+    assert [r["nonfinite"] for r in rows] == [0, 1, 1, 1]  # counted once, in the tick of step 2
+    assert "loss/cls" not in rows[1] and all(np.isfinite(r["loss/cls"]) for r in rows if r is not rows[1])
+    assert len(seen) == 4
+    for before, after in zip(seen[1], seen[2]):  # step 2 changed nothing: weights and BatchNorm statistics
+        assert torch.equal(before, after)
+    assert any(not torch.equal(a, b) for a, b in zip(seen[2], seen[3]))  # step 3 trained again
+    files, tensors = saved_tensors(run)
+    assert len(files) == 2 and all_finite(tensors)  # the final snapshot and state
+
+
+def test_non_finite_steps_in_a_row_stop_the_run_and_nothing_saved_is_non_finite(shards, tmp_path, nan_steps):
+    from amr_fast.stats import read_jsonl
+
+    nan_steps(set(range(3, 100)), "input")
+    cfg = e2e_cfg(shards, mode="mixup", total_kimg=0.064, snapshot_kimg=0.008, state_kimg=0.008, max_nonfinite=3)
+    with pytest.raises(ValueError, match=r"3 non-finite losses in a row at 0\.032 kimg \(max_nonfinite=3\)"):
+        classify.train_classifier(cfg, tmp_path / "nan", log=lambda msg: None)
+    rows = read_jsonl(tmp_path / "nan" / "stats.jsonl")
+    assert [r["nonfinite"] for r in rows] == [0, 0, 1, 2]  # the step that stopped the run wrote no row
+    files, tensors = saved_tensors(tmp_path / "nan")
+    assert len(list((tmp_path / "nan").glob("snapshot-*"))) == 4 and all_finite(tensors)
+
+
+def test_a_resume_state_is_never_written_with_non_finite_weights(shards, tmp_path, monkeypatch):
+    real_build = classify.build_classifier
+    model = {}
+
+    def build(cfg):
+        model["net"] = real_build(cfg)
+        return model["net"]
+
+    def corrupt():
+        with torch.no_grad():
+            next(model["net"].parameters())[0].fill_(float("nan"))  # as a finite step overflowing the weights
+
+    monkeypatch.setattr(classify, "build_classifier", build)
+    on_step(monkeypatch, 2, corrupt)
+    cfg = e2e_cfg(shards, mode="erm", total_kimg=0.032, snapshot_kimg=0.032, state_kimg=0.008, eval_kimg=0.032)
+    with pytest.raises(ValueError, match=r"refusing to write a resume state at 0\.016 kimg: classifier\..* non-finite"):
+        classify.train_classifier(cfg, tmp_path / "bad", log=lambda msg: None)
+    files, tensors = saved_tensors(tmp_path / "bad")
+    assert [f.parent.name for f in files] == [f"state-{0.008:010.3f}"] and all_finite(tensors)
+
+
+def test_step_flags_see_a_non_finite_loss_or_gradient_and_the_stop_request():
+    w = torch.nn.Parameter(torch.ones(3))
+    loss = (w * 2).sum()
+    loss.backward()
+    assert classify.step_flags(loss, [w], False, 1) == (False, False, False)
+    assert classify.step_flags(loss * float("inf"), [w], True, 1) == (True, False, True)
+    w.grad[1] = float("nan")
+    assert classify.step_flags(loss, [w], False, 1) == (False, True, False)
