@@ -41,6 +41,7 @@ class Run:
     cfg: dict
     rows: list[dict]
     metrics: dict[str, dict] = field(default_factory=dict)
+    variant: str = ""  # set by `annotate_variants`: the config fields telling this run from same-row runs
 
     @property
     def dataset(self) -> str:
@@ -55,7 +56,7 @@ class Run:
             return Path(data).name
 
     @property
-    def label(self) -> tuple[str, str, str]:
+    def base_label(self) -> tuple[str, str, str]:
         """(method, mix, k) as the paper's rows: AE+GAN has no mix; AMR mixup k = 2, Bernoulli k = 3, ..."""
         method, mixer = self.cfg.get("method", "amr"), self.cfg.get("mixer", "none")
         name = {"amr": "AE+GAN" if mixer == "none" else "AMR", "acai": "ACAI", "betavae": "beta-VAE"}.get(
@@ -64,6 +65,30 @@ class Run:
         if mixer == "none":
             return name, "-", "-"
         return name, mixer, str(self.cfg.get("k", 2))
+
+    @property
+    def label(self) -> tuple[str, str, str]:
+        """`base_label`, the method carrying the run's variant (e.g. "AMR (beta=1.0)") when it has one."""
+        name, mix, k = self.base_label
+        return (f"{name} ({self.variant})" if self.variant else name), mix, k
+
+
+# Config fields that never make two runs different rows: the seed (averaged over) and pure logistics.
+NOT_VARIANT = {"seed", "data", "workers", "compile", "channels_last", "impl", "precision", "tick_kimg"}
+NOT_VARIANT |= {"snapshot_kimg", "state_kimg", "max_nonfinite", "batch_gpu"}
+
+
+def annotate_variants(runs: list[Run]) -> None:
+    """Runs of one dataset and one (method, mix, k) that differ in other config fields (e.g. beta, total_kimg)
+    are different rows, not seeds: give each the differing fields as its `variant`."""
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for r in runs:
+        groups[(r.dataset, r.base_label)].append(r)
+    for group in groups.values():
+        keys = sorted({k for r in group for k in r.cfg} - NOT_VARIANT)
+        differ = [k for k in keys if len({json.dumps(r.cfg.get(k)) for r in group}) > 1]
+        for r in group:
+            r.variant = ", ".join(f"{k}={r.cfg.get(k)}" for k in differ)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -132,6 +157,7 @@ def _fmt(values: list[float], scale: float, digits: int, n_all: int) -> str:
 
 def _row_key(label: tuple[str, str, str]) -> tuple:
     method, mix, k = label
+    method = method.split(" (")[0]  # without the variant
     return (
         METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER),
         MIX_ORDER.index(mix) if mix in MIX_ORDER else len(MIX_ORDER),
@@ -154,6 +180,7 @@ def results_table(runs: list[Run]) -> str:
     """The markdown table (see module docstring) followed by one line saying what the cells are."""
     if not runs:
         raise ValueError("no runs given; pass run directories of `amr-fast train`")
+    annotate_variants(runs)
     datasets = list(dict.fromkeys(r.dataset for r in runs))
     cells: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     columns: list[tuple[str, float, int]] = []
@@ -191,6 +218,7 @@ def _curves(
     runs: list[Run], keys: tuple[str, ...], scale: float
 ) -> dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per (dataset, label): kimg grid common to every seed, mean and std of the key over seeds."""
+    annotate_variants(runs)
     groups: dict[tuple, list[dict[float, float]]] = defaultdict(list)
     for r in runs:
         key = find_key(r.rows, keys)
@@ -251,7 +279,7 @@ def plot_curves(runs: list[Run], path: str | Path) -> None:
                 ax.legend(fontsize=7)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
