@@ -41,7 +41,6 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -508,7 +507,33 @@ def training_loop(cfg, outdir: str | Path, log: Callable[[str], None] | None = p
     }
     if not stopped and is_main and cfg.arch == "dsprites64" and cfg.data.startswith("builtin:"):
         summary["factorvae"] = _factorvae(ae, cfg, device)
+    for line in summary_lines(summary):
+        say(line)
     return summary
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """Where a run's outputs are and its final figures (printed at the end of every run and kept in log.txt)."""
+    probe = summary["probe"]
+    lines = [
+        f"run directory:   {summary['run_dir']}",
+        f"last snapshot:   {summary['snapshot']}",
+        f"last samples:    {summary['samples']}",
+    ]
+    if probe["best_valid_acc"] is not None:
+        test = "n/a (no test split)" if probe["test_acc_at_best"] is None else f"{probe['test_acc_at_best']:.4f}"
+        lines.append(
+            f"online probe:    best valid acc {probe['best_valid_acc']:.4f} at {probe['best_kimg']:.3f} kimg, last "
+            f"{probe['last_valid_acc']:.4f}; test acc at the best {test}"
+        )
+    if summary.get("factorvae"):
+        lines.append(
+            f"FactorVAE score: {summary['factorvae']['score']:.3f} (Kim & Mnih, all 5 dSprites factors, "
+            f"{summary['factorvae']['n_train']}+{summary['factorvae']['n_eval']} votes; chance 0.2)"
+        )
+    if summary["stopped"]:
+        lines.append("stopped early by a signal: re-run the same command to resume")
+    return lines
 
 
 def _write_snapshot(outdir: Path, nets, cfg, loop: dict, grid_x, grid_y, device, say) -> None:
@@ -594,21 +619,5 @@ def main(args: argparse.Namespace) -> int:
     outdir = Path(args.outdir) if args.outdir else Path("runs") / args.preset
     if int(os.environ.get("RANK", "0")) == 0:
         print(to_json(cfg))
-    summary = training_loop(cfg, outdir, log=lambda line: print(line, flush=True))
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0
-    probe = summary["probe"]
-    print(f"run directory:   {summary['run_dir']}")
-    print(f"last snapshot:   {summary['snapshot']}")
-    print(f"last samples:    {summary['samples']}")
-    if probe["best_valid_acc"] is not None:
-        test = probe["test_acc_at_best"]
-        print(
-            f"online probe:    best valid acc {probe['best_valid_acc']:.4f} at {probe['best_kimg']:.3f} kimg; "
-            f"test acc there {'n/a' if test is None else f'{test:.4f}'}"
-        )
-    if summary.get("factorvae"):
-        print(f"FactorVAE score: {summary['factorvae']['score']:.3f} (Kim & Mnih, 5 dSprites factors, quick votes)")
-    if summary["stopped"]:
-        print("stopped early by a signal; re-run the same command to resume", file=sys.stderr)
+    training_loop(cfg, outdir, log=lambda line: print(line, flush=True))  # ends with where its outputs are
     return 0

@@ -154,6 +154,8 @@ def test_run_directory_and_snapshot_loads_from_its_file_alone(reference_run, tmp
     rows = stats.read_jsonl(reference_run / "stats.jsonl")
     assert [r["nimg"] for r in rows] == [16 * i for i in range(1, 7)]
     assert rows[-1]["probe/best_valid_acc"] is not None and 0 <= rows[-1]["probe/valid_acc"] <= 1
+    log = (reference_run / "log.txt").read_text()  # ends by saying where the outputs are
+    assert f"last snapshot:   {last_snapshot(reference_run)}" in log and "online probe:    best valid acc" in log
 
     alone = tmp_path / "elsewhere.safetensors"
     alone.write_bytes(last_snapshot(reference_run).read_bytes())
