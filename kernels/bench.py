@@ -43,6 +43,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--big-mib", type=int, default=256, help="size of h for the beyond-cache row, MiB")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch's own choice)")
     parser.add_argument(
+        "--backward", action="store_true", help="also time forward + backward (rows 'IMPL+bwd'; 3x the bytes)"
+    )
+    parser.add_argument(
         "--clock",
         choices=["wall", "cpu"],
         default="wall",
@@ -99,7 +102,19 @@ def impls_for(device: torch.device) -> dict[str, dict[str, Callable]]:
     return impls
 
 
-def bench_size(B, C, S, K, dtype, device, budget_s, big=False, clock=None) -> list[dict]:
+def _forward_backward(fn: Callable, h: torch.Tensor, perm: torch.Tensor, w: torch.Tensor) -> Callable[[], None]:
+    """One training-style call: the mix of leaves h and w, then backward of a fixed upstream gradient."""
+    h, w = h.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
+    grad = torch.randn_like(h)
+
+    def run() -> None:
+        h.grad = w.grad = None
+        fn(h, perm, w).backward(grad)
+
+    return run
+
+
+def bench_size(B, C, S, K, dtype, device, budget_s, big=False, clock=None, backward=False) -> list[dict]:
     g = torch.Generator(device="cpu").manual_seed(0)
     h = torch.randn((B, C, *S), generator=g).to(device=device, dtype=dtype)
     perm = mixing.sample_perm(K, B, g).to(device)
@@ -113,6 +128,8 @@ def bench_size(B, C, S, K, dtype, device, budget_s, big=False, clock=None) -> li
     for op, w in weights.items():
         for name, impl in impls_for(device).items():
             fns[f"{op}:{name}"] = functools.partial(impl[op], h, perm, w)
+            if backward:
+                fns[f"{op}:{name}+bwd"] = _forward_backward(impl[op], h, perm, w)
     ms = time_ms(fns, device, budget_s, min_reps=3 if big else 5, clock=clock)
     rows = []
     for key, (t, t_min) in ms.items():
@@ -121,6 +138,8 @@ def bench_size(B, C, S, K, dtype, device, budget_s, big=False, clock=None) -> li
         op, name = key.split(":")
         w = weights[op]
         moved = K * h_bytes + h_bytes + w.numel() * w.element_size() + perm.numel() * perm.element_size()
+        if name.endswith("+bwd"):  # + grad h (a mix of the gradient) + grad w (K partner rows and the gradient)
+            moved = 3 * moved
         copy_ms, copy_min = ms["copy"]
         row = {
             "op": op, "B": B, "C": C, "S": list(S), "K": K, "dtype": str(dtype).removeprefix("torch."),
@@ -139,12 +158,12 @@ def bench_size(B, C, S, K, dtype, device, budget_s, big=False, clock=None) -> li
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'op':<12}{'B':>6}{'C x S':>11}{'K':>3}{'h MiB':>8}  {'impl':<8}{'ms':>9}{'GB/s':>8}"
+    head = f"{'op':<12}{'B':>6}{'C x S':>11}{'K':>3}{'h MiB':>8}  {'impl':<11}{'ms':>9}{'GB/s':>8}"
     head += f"{'copy ms':>9}{'copy GB/s':>10}{'ratio':>7}{'r(min)':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
         cs = f"{r['C']}x" + "x".join(map(str, r["S"])) if r["S"] else str(r["C"])
-        line = f"{r['op']:<12}{r['B']:>6}{cs:>11}{r['K']:>3}{r['h_mib']:>8.2f}  {r['impl']:<8}{r['ms']:>9.3f}"
+        line = f"{r['op']:<12}{r['B']:>6}{cs:>11}{r['K']:>3}{r['h_mib']:>8.2f}  {r['impl']:<11}{r['ms']:>9.3f}"
         line += f"{r['gbps']:>8.1f}{r['copy_ms']:>9.3f}{r['copy_gbps']:>10.1f}{r['ratio']:>7.2f}{r['ratio_min']:>7.2f}"
         if "copy_fresh_ms" in r:
             line += f"   fresh copy {r['copy_fresh_ms']:.1f} ms -> ratio {r['ratio_vs_fresh']:.2f}"
@@ -167,10 +186,10 @@ def main(args: argparse.Namespace) -> int:
     budget = 0.05 if args.quick else 0.3
     rows = []
     for B, C, S, K in grid(args.quick):
-        rows += bench_size(B, C, S, K, dtype, device, budget, clock=clock)
+        rows += bench_size(B, C, S, K, dtype, device, budget, clock=clock, backward=args.backward)
     # Beyond the caches: B examples of 256x8x8 making up --big-mib MiB.
     big_b = max(1, math.ceil(args.big_mib * 2**20 / (256 * 64 * dtype.itemsize)))
-    rows += bench_size(big_b, 256, (8, 8), 3, dtype, device, budget, big=True, clock=clock)
+    rows += bench_size(big_b, 256, (8, 8), 3, dtype, device, budget, big=True, clock=clock, backward=args.backward)
     print(format_table(rows))
     print("GB/s counts K reads of h + 1 write (+ w, perm); copy = read + write of |h|; ratio = mix GB/s / copy GB/s")
     print(

@@ -14,12 +14,13 @@ def test_bench_quick_writes_table_and_json(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     bench.configure_parser(parser)
     out = tmp_path / "k.json"
-    args = parser.parse_args(["--quick", "--big-mib", "1", "--out", str(out)])
+    args = parser.parse_args(["--quick", "--big-mib", "1", "--backward", "--out", str(out)])
     assert bench.main(args) == 0
     table = capsys.readouterr().out
     data = json.loads(out.read_text())
     rows = data["rows"]
-    assert {r["impl"] for r in rows} == {"ref", "torch"} and {r["op"] for r in rows} == {"simplex_mix", "mask_mix"}
+    assert {r["impl"] for r in rows} == {"ref", "torch", "ref+bwd", "torch+bwd"}
+    assert {r["op"] for r in rows} == {"simplex_mix", "mask_mix"}
     for r in rows:
         assert r["ms"] > 0 and abs(r["ratio"] - r["gbps"] / r["copy_gbps"]) < 1e-9
     big = [r for r in rows if "copy_fresh_ms" in r]
