@@ -6,7 +6,7 @@ reads each partner row once and writes the output once, with no temporaries (fp3
 the weights are cast to h's dtype, as embedding_bag requires). Each example row is cut into G segments ("bags")
 that share a weight: the C channels for mask_mix (each channel has its own weight), pieces of <= 4096 elements for
 simplex_mix (long rows parallelise poorly). A naive gather + einsum writes K copies of h and reaches ~0.06x the
-bandwidth of a same-size `Tensor.copy_` at B=256, h 256x8x8, K=3; this path 0.6-0.9x (`amr-fast bench kernels`,
+bandwidth of a same-size `Tensor.copy_` at B=256, h 256x8x8, K=3; this path 0.7-1.0x (`amr-fast bench kernels`,
 figures in the README).
 
 Backward. grad_h is the same op through the inverse permutations (a gather, deterministic, no index_add);
