@@ -20,9 +20,7 @@ BENCHES = {
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", required=True, metavar="{" + ",".join(BENCHES) + "}")
     for name, (module, desc) in BENCHES.items():
-        p = sub.add_parser(
-            name, help=desc, description=desc, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-        )
+        p = sub.add_parser(name, help=desc, description=desc, formatter_class=parser.formatter_class)
         importlib.import_module(module).configure_parser(p)
 
 

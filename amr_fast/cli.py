@@ -24,6 +24,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless it is None or the help text already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def _top_parser() -> argparse.ArgumentParser:
     lines = [f"  {name:<9} {desc}" for name, (_, desc) in COMMANDS.items()]
     return argparse.ArgumentParser(
@@ -53,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=f"amr-fast {name}",
         description=(module.__doc__ or COMMANDS[name][1]).strip().split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     module.configure_parser(parser)
     args = parser.parse_args(rest)
