@@ -275,9 +275,12 @@ class _Log:
 # The loop.
 
 
-def training_loop(cfg, outdir: str | Path, log: Callable[[str], None] | None = print) -> dict:
+def training_loop(
+    cfg, outdir: str | Path, log: Callable[[str], None] | None = print, tensorboard: bool = False
+) -> dict:
     """Train `cfg` into `outdir` (resuming from its newest complete state). Returns a summary (every rank):
-    run_dir, kimg, snapshot, samples, probe figures, stopped (True if a signal ended it early)."""
+    run_dir, kimg, snapshot, samples, probe figures, stopped (True if a signal ended it early).
+    tensorboard: rank 0 also writes every stats row and sample grid to `outdir/tensorboard/`."""
     from accelerate import Accelerator
 
     from amr_fast import data as amr_data
@@ -291,6 +294,11 @@ def training_loop(cfg, outdir: str | Path, log: Callable[[str], None] | None = p
     _check_world_size(accelerator.num_processes)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     is_main = accelerator.is_main_process
+    tb = None
+    if tensorboard and is_main:  # first, so that a missing package fails before any work
+        from amr_fast.eval.tensorboard import TensorBoardLogger
+
+        tb = TensorBoardLogger(outdir)
     batch_gpu = cfg.batch_gpu or cfg.batch // world
     if batch_gpu < 1 or cfg.batch % (batch_gpu * world):
         raise ValueError(
@@ -465,11 +473,13 @@ def training_loop(cfg, outdir: str | Path, log: Callable[[str], None] | None = p
                     "nonfinite": loop["nonfinite_total"],
                 }
             )
-            collector.tick(row)
+            row = collector.tick(row)
+            if tb is not None:
+                tb.scalars(row, nimg / 1000)
             tick_time, tick_start_nimg = now, nimg
             if done or _crossed(prev, nimg, cfg.snapshot_kimg):
                 if is_main:
-                    _write_snapshot(outdir, nets, cfg, loop, grid_x, grid_y, device, say)
+                    _write_snapshot(outdir, nets, cfg, loop, grid_x, grid_y, device, say, tb)
                 accelerator.wait_for_everyone()
             loop["tick_nimg"] = nimg
             if done or _crossed(prev, nimg, cfg.state_kimg):
@@ -490,6 +500,8 @@ def training_loop(cfg, outdir: str | Path, log: Callable[[str], None] | None = p
     finally:
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
+        if tb is not None:
+            tb.close()
 
     summary = {
         "run_dir": str(outdir),
@@ -536,7 +548,7 @@ def summary_lines(summary: dict) -> list[str]:
     return lines
 
 
-def _write_snapshot(outdir: Path, nets, cfg, loop: dict, grid_x, grid_y, device, say) -> None:
+def _write_snapshot(outdir: Path, nets, cfg, loop: dict, grid_x, grid_y, device, say, tb=None) -> None:
     from amr_fast.config import to_json
 
     tag = checkpoint.kimg_tag(loop["nimg"])
@@ -557,6 +569,8 @@ def _write_snapshot(outdir: Path, nets, cfg, loop: dict, grid_x, grid_y, device,
     samples = outdir / f"samples-{tag}.png"
     grids.save_png(samples, img)
     loop["samples"] = str(samples)
+    if tb is not None:
+        tb.image("samples", img, loop["nimg"] / 1000)
     nets["ae"].train()
 
 
@@ -599,6 +613,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--list-presets", action="store_true", help="list the presets and exit")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
+    parser.add_argument(
+        "--tensorboard", action="store_true",
+        help="also log every stats row and sample grid to RUN/tensorboard/ (needs the tensorboard package)",
+    )  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
@@ -619,5 +637,7 @@ def main(args: argparse.Namespace) -> int:
     outdir = Path(args.outdir) if args.outdir else Path("runs") / args.preset
     if int(os.environ.get("RANK", "0")) == 0:
         print(to_json(cfg))
-    training_loop(cfg, outdir, log=lambda line: print(line, flush=True))  # ends with where its outputs are
+    training_loop(
+        cfg, outdir, log=lambda line: print(line, flush=True), tensorboard=args.tensorboard
+    )  # ends with where its outputs are
     return 0

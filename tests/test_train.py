@@ -314,3 +314,48 @@ def test_cli_lists_presets_and_reports_mistakes_in_one_line(capsys):
     assert cli.main(["train", "--preset", "demo", "--dry-run", "no_such_field=1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no_such_field" in err and "Traceback" not in err
+
+
+def test_tensorboard_gets_every_stats_row_and_sample_grid(shards, tmp_path, monkeypatch):
+    from amr_fast.eval import tensorboard
+
+    calls = {"scalars": [], "image": [], "closed": 0}
+
+    class FakeLogger:  # tensorboard is an optional extra: record what the loop sends instead
+        def __init__(self, run_dir):
+            assert Path(run_dir) == tmp_path / "run"
+
+        def scalars(self, row, kimg):
+            calls["scalars"].append((kimg, row))
+
+        def image(self, tag, img, kimg):
+            calls["image"].append((tag, img.shape, kimg))
+
+        def close(self):
+            calls["closed"] += 1
+
+    monkeypatch.setattr(tensorboard, "TensorBoardLogger", FakeLogger)
+    cfg = tiny(shards, total_kimg=0.032)
+    train.training_loop(cfg, tmp_path / "run", log=None, tensorboard=True)
+    rows = stats.read_jsonl(tmp_path / "run" / "stats.jsonl")
+    assert [kimg for kimg, _ in calls["scalars"]] == [r["kimg"] for r in rows]
+    assert all("loss/disc" in row for _, row in calls["scalars"])
+    assert [(tag, kimg) for tag, _, kimg in calls["image"]] == [("samples", 0.032)]
+    assert calls["closed"] == 1
+
+
+def test_tensorboard_without_the_package_is_a_one_line_error(shards, tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *a, **kw):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    code = cli.main(["train", "--preset", "fashion-mnist-mixup", "--outdir", str(tmp_path / "run"), "--tensorboard",
+                     f"data={shards}"])  # fmt: skip
+    assert code == 2
+    assert "pip install" in capsys.readouterr().err
