@@ -78,7 +78,7 @@ def check_index(index: dict, img_size: int, channels: int) -> None:
         raise ValueError(
             f"dataset {name!r} at {where} has {size}x{size} images with {chans} channel(s) but the model config "
             f"expects {img_size}x{img_size} with {channels}: re-shard with `amr-fast shard {name} --size "
-            f"{img_size} ...` (channels are fixed by the source), or choose a preset / --img-size matching the data"
+            f"{img_size} ...` (channels are fixed by the source), or overrides img_size=/channels= matching the data"
         )
 
 
