@@ -15,17 +15,20 @@ counts. Evaluation: test error and error under white-box FGSM (Goodfellow et al.
 of the training loss, as the paper's attack code) at each of `fgsm_eps` (in [0, 1] pixel units; 0.03 ~ 8/255 by
 default, pass the value of the table you compare with), written to stats.jsonl.
 
-Run directory (same conventions as `amr-fast train`): config.json, log.txt, stats.jsonl,
-snapshot-<kimg>.safetensors (module "classifier"), state-<kimg>/ (Accelerate state; re-running the same command
-resumes from the newest complete one). SIGTERM / SIGINT save a state and exit. A non-finite loss or gradient (on any
-rank: one all-reduce of a flag per step, the step's only host sync, as `amr-fast train`) skips the optimiser step
-and puts back the BatchNorm statistics of that forward pass; `max_nonfinite` such steps in a row stop the run with
-an error. Neither a snapshot nor a resume state is ever written with non-finite weights.
+The run machinery is `amr_fast.run`'s, shared with `amr-fast train` (this file holds the classifier, its step,
+its evaluation and what happens at a tick): run directory config.json, log.txt, stats.jsonl,
+snapshot-<kimg>.safetensors (module "classifier"), state-<kimg>/ (safetensors and JSON; re-running the same
+command resumes from the newest complete one, and raising total_kimg extends a finished run). SIGTERM / SIGINT
+(also to the whole process group) save a state and exit. A non-finite loss or gradient (on any rank: one
+all-reduce of a flag per step, the step's only host sync, as `amr-fast train`) skips the optimiser step and puts
+back the BatchNorm statistics of that forward pass; `max_nonfinite` such steps in a row stop the run with an error.
+Neither a snapshot nor a resume state is ever written with non-finite weights. precision=fp16 (or fp16 chosen by
+`accelerate launch`) scales the loss dynamically, as `amr-fast train`.
 
-stats.jsonl keys: kimg, time (s), img/s, lr, loss/cls, train/error (% vs the first source's label), nonfinite
-(skipped steps since the start of the run) per tick;
+stats.jsonl keys: kimg, nimg, lr, time, seconds, sec/tick, img/s, loss/cls, train/error (% vs the first source's
+label), nonfinite (skipped steps since the start of the run) per tick;
 eval/test_error and eval/fgsm_error@<eps> (%, e.g. eval/fgsm_error@0.03) and time/eval (s) on ticks where an
-evaluation ran. `amr-fast report RUN...` shows them (`classify_table`).
+evaluation ran. `amr-fast report RUN...` shows them (`amr_fast.eval.report.classify_table`).
 
 Commands:
   amr-fast classify --preset fashion-mnist-manifold --data /work/data/fashion-mnist-32 --outdir runs/fm-manifold
@@ -39,10 +42,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,192 +50,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from amr_fast import kernels, mixing
+from amr_fast import checkpoint, data, kernels, mixing, stats
+from amr_fast.config import CLASSIFY_PRESETS, ClassifyConfig, from_dict
+from amr_fast.models import build_classifier
+from amr_fast.run import LoopState, Run, config_from_args, configure_run_parser, due, step_status, sum_over_ranks
 
-# ---------------------------------------------------------------------------------------------------------------
-# Configuration and presets.
-
-ARCHS = ("preactresnet18", "preactresnet34", "wrn28_10")
-MODES = ("erm", "mixup", "manifold", "cutout")
-LOSSES = ("bce", "ce")
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassifyConfig:
-    # data
-    data: str = ""  # dataset dir made by `amr-fast shard` (holds index.json)
-    img_size: int = 32  # must match the index (checked before training)
-    channels: int = 3
-    num_classes: int = 10
-    eval_split: str = "test"  # split for the test error and FGSM figures
-    # model
-    arch: str = "preactresnet18"  # "preactresnet18", "preactresnet34", "wrn28_10"
-    width: float = 1.0  # channel multiplier (1 = the paper's network)
-    dropout: float = 0.0  # WRN only
-    # objective
-    mode: str = "manifold"  # "erm", "mixup" (input), "manifold" (hidden states), "cutout"
-    alpha: float = 2.0  # lam ~ Beta(alpha, alpha)
-    mix_layers: tuple[int, ...] = (0, 1, 2)  # manifold: layer drawn uniformly from these (0 = input)
-    per_example: bool = False  # one lam per example instead of one per batch (the paper)
-    loss: str = "bce"  # "bce": BCE(softmax, y_mix) as the paper's code; "ce": soft-target cross-entropy
-    cutout_size: int = 16  # cutout square side in pixels
-    crop_pad: int = 4  # random crop after padding by this many pixels (0 = off)
-    flip: bool = True  # random horizontal flips
-    # optimisation
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    lr_steps_kimg: tuple[float, ...] = (25_000, 50_000, 75_000)  # lr *= lr_gamma once nimg passes each
-    lr_gamma: float = 0.1
-    batch: int = 100  # global batch (all ranks)
-    # schedule (images, not epochs)
-    total_kimg: float = 100_000
-    tick_kimg: float = 50  # status line + stats.jsonl row
-    snapshot_kimg: float = 5_000  # safetensors snapshot
-    state_kimg: float = 5_000  # full Accelerate state (resume)
-    eval_kimg: float = 5_000  # test error + FGSM (always at the end too)
-    fgsm_eps: tuple[float, ...] = (0.03,)  # FGSM step sizes in [0, 1] pixel units (0.03 ~ 8/255)
-    eval_max: int = 0  # evaluate on at most this many images per rank (0 = the whole split)
-    # runtime
-    seed: int = 0
-    workers: int = 2
-    precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16"
-    impl: str = "auto"  # mixing kernel impl (amr_fast.kernels)
-    max_nonfinite: int = 10  # non-finite losses/gradients in a row (each step skipped) before the run stops
-
-    def validate(self) -> ClassifyConfig:
-        """Raise ValueError naming the field and the fix; returns self."""
-        choices = {"arch": ARCHS, "mode": MODES, "loss": LOSSES, "precision": ("auto", "fp32", "bf16")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} is unknown; use one of {', '.join(allowed)}")
-        if self.impl not in kernels.IMPLS:
-            raise ValueError(f"impl={self.impl!r} is unknown; use one of {', '.join(kernels.IMPLS)}")
-        if self.mode in ("mixup", "manifold") and self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0 for mode={self.mode} (the paper: 1 for mixup, 2 for manifold)")
-        if self.mode == "manifold" and (not self.mix_layers or min(self.mix_layers) < 0):
-            raise ValueError("mix_layers must list layer indices >= 0 (0 = input), e.g. mix_layers=0,1,2")
-        positive = ("batch", "total_kimg", "tick_kimg", "snapshot_kimg", "state_kimg", "eval_kimg", "lr", "width")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0 (got {getattr(self, name)})")
-        if self.max_nonfinite < 1:
-            raise ValueError(f"max_nonfinite must be >= 1 (got {self.max_nonfinite})")
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 (got {self.num_classes})")
-        if any(e < 0 for e in self.fgsm_eps):
-            raise ValueError(f"fgsm_eps must be >= 0 (pixel units in [0, 1]); got {self.fgsm_eps}")
-        if self.mode == "cutout" and not 0 < self.cutout_size <= self.img_size:
-            raise ValueError(f"cutout_size must lie in (0, img_size={self.img_size}]; got {self.cutout_size}")
-        return self
-
-
-def _paper_preset(dataset: str, mode: str, train_kimg: float, num_classes: int, flip: bool) -> ClassifyConfig:
-    """The paper's CIFAR/SVHN setting: PreActResNet18, batch 100, 2000 epochs, lr 0.1 / 10 at 500/1000/1500
-    epochs, weight decay 1e-4, Nesterov momentum 0.9; mixup alpha = 1, manifold alpha = 2."""
-    epoch = train_kimg
-    return ClassifyConfig(
-        channels=3,
-        num_classes=num_classes,
-        arch="preactresnet18",
-        mode=mode,
-        alpha={"mixup": 1.0, "manifold": 2.0}.get(mode, 1.0),
-        flip=flip,
-        total_kimg=2000 * epoch,
-        lr_steps_kimg=(500 * epoch, 1000 * epoch, 1500 * epoch),
-        tick_kimg=epoch,
-        snapshot_kimg=50 * epoch,
-        state_kimg=10 * epoch,
-        eval_kimg=10 * epoch,
-    )
-
-
-def _fashion_preset(mode: str) -> ClassifyConfig:
-    """Small Fashion-MNIST classifier that finishes on a 2-core CPU: PreActResNet18 at width 1/8 on the 32x32
-    shards (`amr-fast shard fashion-mnist --size 32`; pass data=DIR), lr / 10 at 50% and 75% of the budget."""
-    total = 40.0
-    return ClassifyConfig(
-        channels=1,
-        num_classes=10,
-        arch="preactresnet18",
-        width=0.125,
-        mode=mode,
-        alpha={"mixup": 1.0, "manifold": 2.0}.get(mode, 1.0),
-        cutout_size=12,
-        batch=64,
-        total_kimg=total,
-        lr_steps_kimg=(total * 0.5, total * 0.75),
-        tick_kimg=4,
-        snapshot_kimg=total / 2,
-        state_kimg=total / 4,
-        eval_kimg=total,
-    )
-
-
-# Training set sizes (images per epoch, in thousands): CIFAR-10/100 50000; SVHN 73257 (train split without extra).
-CLASSIFY_PRESETS: dict[str, ClassifyConfig] = {
-    **{f"cifar10-{m}": _paper_preset("cifar10", m, 50.0, 10, True) for m in MODES},
-    **{f"cifar100-{m}": _paper_preset("cifar100", m, 50.0, 100, True) for m in MODES},
-    **{f"svhn-{m}": _paper_preset("svhn", m, 73.257, 10, False) for m in MODES},
-    **{f"fashion-mnist-{m}": _fashion_preset(m) for m in MODES},
-}
-
-
-def _parse_field(field: dataclasses.Field, text: str):
-    kind = str(field.type)
-    try:
-        if kind.startswith("tuple"):
-            inner = float if "float" in kind else int
-            return tuple(inner(v) for v in text.replace("(", "").replace(")", "").split(",") if v.strip())
-        if kind == "bool":
-            if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError
-            return text.lower() in ("1", "true", "yes")
-        return {"int": int, "float": float}.get(kind, str)(text)
-    except ValueError:
-        raise ValueError(f"{field.name}={text!r} is not a valid {kind}") from None
-
-
-def resolve_classify(preset: str, overrides: dict[str, str]) -> ClassifyConfig:
-    """Start from CLASSIFY_PRESETS[preset], apply "field=value" overrides (parsed by the field's type), validate."""
-    if preset not in CLASSIFY_PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; `amr-fast classify --list-presets` lists them")
-    fields = {f.name: f for f in dataclasses.fields(ClassifyConfig)}
-    changes = {}
-    for name, text in overrides.items():
-        if name not in fields:
-            raise ValueError(f"unknown field {name!r}; fields: {', '.join(fields)}")
-        changes[name] = _parse_field(fields[name], text)
-    return dataclasses.replace(CLASSIFY_PRESETS[preset], **changes).validate()
-
-
-def config_from_dict(d: dict) -> ClassifyConfig:
-    """Inverse of dataclasses.asdict (JSON lists back to tuples)."""
-    fields = {f.name for f in dataclasses.fields(ClassifyConfig)}
-    return ClassifyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields})
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Networks.
-
-
-def build_classifier(cfg: ClassifyConfig) -> nn.Module:
-    """The classifier of cfg.arch for cfg.channels x 32 x 32 inputs (a StagedClassifier)."""
-    from amr_fast.models.preact_resnet import preact_resnet18, preact_resnet34
-    from amr_fast.models.wrn import wrn28_10
-
-    if cfg.arch == "wrn28_10":
-        model = wrn28_10(cfg.channels, cfg.num_classes, cfg.width, cfg.dropout)
-    else:
-        build = {"preactresnet18": preact_resnet18, "preactresnet34": preact_resnet34}[cfg.arch]
-        model = build(cfg.channels, cfg.num_classes, cfg.width)
-    if cfg.mode == "manifold" and max(cfg.mix_layers) >= model.num_mix_layers:
-        raise ValueError(
-            f"mix_layers={cfg.mix_layers} goes past {cfg.arch}'s {model.num_mix_layers} mixable positions; "
-            f"use values in 0..{model.num_mix_layers - 1}"
-        )
-    return model
+STATUS_KEYS = ("kimg", "loss/cls", "train/error", "eval/test_error", "lr", "img/s", "nonfinite")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -342,7 +161,7 @@ def evaluate(
     for batch in batches:
         if cfg.eval_max and seen >= cfg.eval_max:
             break
-        x = batch["x"].to(device).float() / 127.5 - 1
+        x = data.to_unit(batch["x"], device)
         y = batch["y"].to(device)
         seen += len(y)
         with torch.no_grad():
@@ -364,48 +183,47 @@ def lr_at(cfg: ClassifyConfig, nimg: int) -> float:
     return cfg.lr * cfg.lr_gamma ** sum(nimg >= k * 1000 for k in cfg.lr_steps_kimg)
 
 
-def _due(nimg_before: int, nimg: int, every_kimg: float) -> bool:
-    step = max(1, int(round(every_kimg * 1000)))
-    return nimg // step > nimg_before // step
+class Step:
+    """One SGD step on one batch: augment, mix (`mixup_forward`), loss, backward, then the optimiser step unless a
+    loss or gradient is non-finite on some rank; a skipped step puts back the BatchNorm statistics its forward
+    pass moved. Every draw comes from `generator`, one CPU generator per rank (no device syncs; saved in the
+    resume state, so a resumed run draws what the uninterrupted one would have)."""
 
+    def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, cfg: ClassifyConfig, generator: torch.Generator,
+                 run: Run) -> None:  # fmt: skip
+        self.model, self.opt, self.cfg, self.generator, self.run = model, opt, cfg, generator, run
+        self.params = list(model.parameters())
+        self.bn_stats = [b for b in model.buffers() if b.is_floating_point()]
+        self.bn_stats_before = [b.clone() for b in self.bn_stats]
 
-def _install_stop_handlers(stop: dict) -> dict:
-    """SIGTERM / SIGINT set stop["flag"] (the loop saves a state and exits); a second signal acts at once.
-    Returns the previous handlers (none are installed outside the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def on_signal(signum, frame):
-        stop["flag"] = True
-        signal.signal(signum, previous[signum])
-
-    for sig in previous:
-        signal.signal(sig, on_signal)
-    return previous
-
-
-def _sum_over_ranks(flags: torch.Tensor, world: int) -> list[float]:
-    """`flags` (float [F]) summed over ranks (one all-reduce when world > 1), on the host: one sync."""
-    if world > 1:
-        torch.distributed.all_reduce(flags)
-    return flags.tolist()
-
-
-def step_flags(loss: torch.Tensor, params: list[torch.Tensor], stop: bool, world: int) -> tuple[bool, bool, bool]:
-    """After the backward pass: (loss non-finite on some rank, gradient non-finite, stop requested on some rank),
-    the same answer on every rank, from one all-reduce of three flags and one host sync (as `amr_fast.train`)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
-    flags = torch.stack(
-        [
-            ~torch.isfinite(loss.detach()),
-            ~torch.isfinite(grad_norm.to(loss.device)),
-            torch.tensor(stop, device=loss.device),
-        ]
-    )
-    loss_bad, grad_bad, stop_n = _sum_over_ranks(flags.float(), world)
-    return loss_bad > 0, grad_bad > 0, stop_n > 0
+    def __call__(self, batch: dict, lr: float) -> tuple[str, bool]:
+        """Returns (status of `amr_fast.run.step_status`, stop requested on some rank)."""
+        cfg, run = self.cfg, self.run
+        x = data.to_unit(batch["x"], run.device)  # [B, C, H, W] in [-1, 1]
+        y = batch["y"].to(run.device, non_blocking=True)
+        x = random_crop_flip(x, cfg.crop_pad, cfg.flip, self.generator)
+        if cfg.mode == "cutout":
+            x = cutout(x, cfg.cutout_size, self.generator)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        if self.bn_stats:
+            torch._foreach_copy_(self.bn_stats_before, self.bn_stats)
+        with run.accelerator.autocast():
+            logits, y_mix, _ = mixup_forward(self.model, x, y, cfg, self.generator)
+        loss = mixup_loss(logits, y_mix, cfg.loss)
+        self.opt.zero_grad(set_to_none=True)
+        (loss * run.state.loss_scale).backward()  # DDP averages the gradients over ranks
+        grads = [p.grad for p in self.params if p.grad is not None]
+        status, stop = step_status([loss], grads, run.stop_requested, lambda f: sum_over_ranks(f, run.world))
+        if status == "ok":
+            if run.state.loss_scale != 1.0:
+                torch._foreach_mul_(grads, 1.0 / run.state.loss_scale)
+            self.opt.step()
+            stats.report("loss/cls", loss)
+            stats.report("train/error", (logits.detach().argmax(1) != y).float() * 100)
+        elif self.bn_stats:  # skipped: weights, momentum and BatchNorm statistics stay as they were
+            torch._foreach_copy_(self.bn_stats, self.bn_stats_before)
+        return status, stop
 
 
 def first_nonfinite(model: nn.Module, opt: torch.optim.Optimizer) -> str | None:
@@ -420,251 +238,89 @@ def first_nonfinite(model: nn.Module, opt: torch.optim.Optimizer) -> str | None:
     return next((k for (k, _), ok in zip(named, finite) if not ok), None)
 
 
-def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str], None] | None = None) -> Path:
+def train_classifier(
+    cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str], None] | None = print, tensorboard: bool = False
+) -> Path:
     """Train (or resume) the classifier of `cfg` in `outdir`; returns the run directory."""
-    from accelerate import Accelerator
-
-    from amr_fast import checkpoint, data, stats
-
-    cfg.validate()
-    if not cfg.data:
-        raise ValueError("no dataset: pass --data DIR (a dir made by `amr-fast shard`, holding index.json)")
-    index = data.load_index(cfg.data)
-    data.check_index(index, cfg.img_size, cfg.channels)
-    cuda = torch.cuda.is_available()
-    precision = ("bf16" if cuda else "fp32") if cfg.precision == "auto" else cfg.precision
-    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
-    world = accelerator.num_processes
-    if world != int(os.environ.get("WORLD_SIZE", 1)):
-        raise ValueError(
-            f"Accelerate runs {world} process(es) but WORLD_SIZE={os.environ.get('WORLD_SIZE')}; on CPU launch with "
-            "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N` (--cpu runs one process)"
-        )
-    if cfg.batch % world:
-        raise ValueError(f"batch={cfg.batch} must be a multiple of the number of processes ({world})")
-    rank, device = accelerator.process_index, accelerator.device
-    run = Path(outdir)
-    config_json = json.dumps(dataclasses.asdict(cfg), indent=2)
-    old = run / "config.json"
-    if old.exists() and config_from_dict(json.loads(old.read_text())) != cfg:  # every rank: none waits alone
-        raise ValueError(f"{run} holds a run with another config; use a new --outdir (or the same settings)")
-    if accelerator.is_main_process:
-        run.mkdir(parents=True, exist_ok=True)
-        old.write_text(config_json + "\n")
-    accelerator.wait_for_everyone()
-
-    def say(msg: str) -> None:
-        if accelerator.is_main_process:
-            (log or print)(msg)
-            with open(run / "log.txt", "a") as f:
-                f.write(msg + "\n")
-
+    cfg = cfg.validate()
+    root = data.resolve_data_root(cfg.data)
+    data.check_index(data.load_index(root), cfg.img_size, cfg.channels)
+    run = Run(cfg, outdir, LoopState(), log, STATUS_KEYS, tensorboard)
+    if cfg.batch % run.world:
+        raise ValueError(f"batch={cfg.batch} must be a multiple of the number of processes ({run.world})")
+    s, batch_gpu = run.state, cfg.batch // run.world
     torch.manual_seed(cfg.seed)  # the same initial weights for every rank and every rerun of a seed
-    model = build_classifier(cfg).to(device)
+    net = build_classifier(cfg).to(run.device)
     opt = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
     )
-    model, opt = accelerator.prepare(model, opt)
-    # One CPU generator per rank for every draw (crops, flips, cutout, layer, lam, perm): no device syncs, and its
-    # state is saved with the resume state so a resumed run draws exactly what the uninterrupted one would have.
-    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank)
-    loop = {"nimg": 0, "nonfinite": 0, "nonfinite_total": 0}  # skipped steps: in a row, since the start
-    state = checkpoint.find_latest_state(run)
-    if state is not None:
-        saved, tensors = checkpoint.load_state(accelerator, state)
-        loop.update(saved)
-        generator.set_state(tensors["generator"])
-        say(f"resuming from {state} at {loop['nimg'] / 1000:g} kimg")
-    nimg = int(loop["nimg"])
+    model = run.accelerator.prepare(net)  # DDP on several processes
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.rank)
+    generator.set_state(run.resume({"classifier": net}, {"opt": opt}).get("generator", generator.get_state()))
 
-    def save_resume_state() -> None:
-        """checkpoint.save_state, refused on every rank together if any weight or momentum is non-finite."""
-        bad = first_nonfinite(accelerator.unwrap_model(model), opt)
-        if _sum_over_ranks(torch.tensor([float(bad is not None)], device=device), world)[0]:
+    def save_state() -> Path:
+        """run.save_state, refused on every rank together if any weight or momentum is non-finite."""
+        bad = first_nonfinite(net, opt)
+        if sum_over_ranks(torch.tensor([float(bad is not None)], device=run.device), run.world).tolist()[0]:
             raise ValueError(
-                f"refusing to write a resume state at {nimg / 1000:g} kimg: {bad or 'a tensor on another rank'} is "
+                f"refusing to write a resume state at {s.nimg / 1000:g} kimg: {bad or 'a tensor on another rank'} is "
                 f"non-finite (the run diverged); lower lr or use precision=fp32, and resume from an earlier state"
             )
-        checkpoint.save_state(accelerator, run, nimg, loop, {"generator": generator.get_state()})
+        return run.save_state({"classifier": net}, {"opt": opt}, {"generator": generator.get_state()})
 
-    batch_gpu = cfg.batch // world
-    batches = data.train_loader(
-        cfg.data,
-        batch_gpu,
-        rank=rank,
-        world_size=world,
-        seed=cfg.seed,
-        workers=cfg.workers,
-        start_batch=nimg // cfg.batch,
-    )
-    stats.reset()
-    collector = stats.Collector(
-        run / "stats.jsonl",
-        device,
-        rank,
-        world,
-        log=say,
-        status_keys=["kimg", "loss/cls", "train/error", "eval/test_error", "lr", "img/s", "nonfinite"],
-    )
-    n_params = sum(p.numel() for p in model.parameters())
-    say(f"{cfg.arch} width {cfg.width:g} ({n_params / 1e6:.2f} M params), mode {cfg.mode}, {world} process(es)")
-    t_start, t_tick, nimg_tick = time.time(), time.time(), nimg
+    batches = data.train_loader(root, batch_gpu, rank=run.rank, world_size=run.world, seed=cfg.seed,
+                                workers=cfg.workers, start_batch=s.nimg // cfg.batch)  # fmt: skip
+    step = Step(model, opt, cfg, generator, run)
+    n_params = sum(p.numel() for p in net.parameters())
+    run.say(f"{cfg.arch} width {cfg.width:g} ({n_params / 1e6:.2f} M params), mode {cfg.mode}, {run.world} process(es)")
     model.train()
-    params = list(model.parameters())
-    # BatchNorm statistics move in the forward pass: kept from before each step, put back when the step is skipped.
-    bn_stats = [b for b in model.buffers() if b.is_floating_point()]
-    bn_stats_before = [b.clone() for b in bn_stats]
-    row: dict = {}
-    stop = {"flag": False}
-    handlers = _install_stop_handlers(stop)
-    stopped = False
-    try:
-        while nimg < cfg.total_kimg * 1000:
-            batch = next(batches)
-            x = batch["x"].to(device, non_blocking=True).float() / 127.5 - 1  # [B, C, H, W] in [-1, 1]
-            y = batch["y"].to(device, non_blocking=True)
-            x = random_crop_flip(x, cfg.crop_pad, cfg.flip, generator)
-            if cfg.mode == "cutout":
-                x = cutout(x, cfg.cutout_size, generator)
-            lr = lr_at(cfg, nimg)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            if bn_stats:
-                torch._foreach_copy_(bn_stats_before, bn_stats)
-            with accelerator.autocast():
-                logits, y_mix, _ = mixup_forward(model, x, y, cfg, generator)
-            loss = mixup_loss(logits, y_mix, cfg.loss)
-            opt.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            loss_bad, grad_bad, stop_any = step_flags(loss, params, stop["flag"], world)
-            if not (loss_bad or grad_bad):
-                opt.step()
-                loop["nonfinite"] = 0
-                stats.report("loss/cls", loss)
-                stats.report("train/error", (logits.detach().argmax(1) != y).float() * 100)
-            else:  # skipped: weights, momentum and BatchNorm statistics stay as they were before the step
-                if bn_stats:
-                    torch._foreach_copy_(bn_stats, bn_stats_before)
-                loop["nonfinite"] += 1
-                loop["nonfinite_total"] += 1
-                if loop["nonfinite"] >= cfg.max_nonfinite:
-                    raise ValueError(
-                        f"{loop['nonfinite']} non-finite {'losses' if loss_bad else 'gradients'} in a row at "
-                        f"{nimg / 1000:g} kimg (max_nonfinite={cfg.max_nonfinite}); the run diverged: lower lr or use "
-                        f"precision=fp32 in a new --outdir; the states and snapshots already in {run} are finite"
-                    )
-            nimg_before, nimg = nimg, nimg + cfg.batch
-            loop["nimg"] = nimg
-            done = nimg >= cfg.total_kimg * 1000
-            if done or _due(nimg_before, nimg, cfg.eval_kimg):
-                t_eval = time.time()
-                net = accelerator.unwrap_model(model)
-                test = data.eval_loader(cfg.data, cfg.eval_split, batch_gpu, rank=rank, world_size=world, workers=0)
-                for name, values in evaluate(net, test, cfg, device).items():
-                    stats.report(name, values)
-                stats.report("time/eval", time.time() - t_eval)
-            if done or _due(nimg_before, nimg, cfg.tick_kimg):
-                now = time.time()
-                row = collector.tick(
-                    {
-                        "kimg": nimg / 1000,
-                        "time": round(now - t_start, 2),
-                        "img/s": (nimg - nimg_tick) / max(now - t_tick, 1e-9),
-                        "lr": lr,
-                        "nonfinite": loop["nonfinite_total"],
-                    }
-                )
-                t_tick, nimg_tick = time.time(), nimg
-            if done or _due(nimg_before, nimg, cfg.snapshot_kimg):
-                if accelerator.is_main_process:
-                    path = run / f"snapshot-{checkpoint.kimg_tag(nimg)}.safetensors"
-                    net = accelerator.unwrap_model(model)
-                    checkpoint.save_snapshot(path, {"classifier": net}, dataclasses.asdict(cfg), nimg / 1000)
-            saved = done or _due(nimg_before, nimg, cfg.state_kimg)
-            if saved:
-                save_resume_state()
-            # A signal stops after this step on every rank together (its flag rides on the step's all-reduce).
-            if stop_any and not done:
-                if not saved:
-                    save_resume_state()
-                say(f"stopped by a signal at {nimg / 1000:g} kimg; state saved; re-run the same command to resume")
-                stopped = True
+    row, stop = {}, False
+    with run:  # SIGTERM / SIGINT: finish the step, save a state, return (the flag rides on the step's all-reduce)
+        while not run.finished:
+            lr = lr_at(cfg, s.nimg)
+            status, stop = step(next(batches), lr)
+            run.count_step(status)
+            prev, s.nimg = s.nimg, s.nimg + cfg.batch
+            if run.finished or due(prev, s.nimg, cfg.eval_kimg):
+                _evaluate(net, root, cfg, batch_gpu, run)
+            if run.finished or due(prev, s.nimg, cfg.tick_kimg):
+                row = run.tick({"lr": lr})
+            if (run.finished or due(prev, s.nimg, cfg.snapshot_kimg)) and run.is_main:
+                path = run.outdir / f"snapshot-{checkpoint.kimg_tag(s.nimg)}.safetensors"
+                checkpoint.save_snapshot(path, {"classifier": net}, dataclasses.asdict(cfg), s.nimg / 1000)
+            if run.finished or due(prev, s.nimg, cfg.state_kimg):
+                save_state()
+            if stop:
                 break
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    if stopped:
-        return run
+        if stop and not run.finished:
+            run.stop(save_state)
+            return run.outdir
     figures = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith("eval/"))
-    say(f"done: {nimg / 1000:g} kimg in {run}" + (f"; {figures}" if figures else " (nothing left to train)"))
-    return run
+    run.say(
+        f"done: {s.nimg / 1000:g} kimg in {run.outdir}" + (f"; {figures}" if figures else " (nothing left to train)")
+    )
+    return run.outdir
+
+
+def _evaluate(net: nn.Module, root: Path, cfg: ClassifyConfig, batch_gpu: int, run: Run) -> None:
+    """Test error and FGSM errors on this rank's share of cfg.eval_split, reported for the next tick's row."""
+    t_eval = time.time()
+    test = data.eval_loader(root, cfg.eval_split, batch_gpu, rank=run.rank, world_size=run.world, workers=0)
+    for name, values in evaluate(net, test, cfg, run.device).items():
+        stats.report(name, values)
+    stats.report("time/eval", time.time() - t_eval)
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ClassifyConfig]:
     """A classifier snapshot (snapshot-<kimg>.safetensors of `amr-fast classify`) -> (model in eval mode, cfg)."""
-    from amr_fast import checkpoint
-
     states, meta = checkpoint.load_snapshot(path)
-    cfg = config_from_dict(meta["config"])
+    if "mode" not in meta["config"]:
+        raise ValueError(f"{path} is an autoencoder snapshot of `amr-fast train`, not a classifier of `amr-fast "
+                         "classify`; load it with amr_fast.checkpoint.load_networks")  # fmt: skip
+    cfg = from_dict(meta["config"], ClassifyConfig)
     model = build_classifier(cfg)
     checkpoint.load_state_dicts({"classifier": model}, states)
     return model.to(device).eval(), cfg
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Results table (shown by `amr-fast report` for classifier runs).
-
-MODE_ORDER = {m: i for i, m in enumerate(("erm", "cutout", "mixup", "manifold"))}
-
-
-def _mode_label(cfg: dict) -> str:
-    mode = cfg.get("mode", "?")
-    if mode == "mixup":
-        return f"input mixup (alpha={cfg.get('alpha'):g})"
-    if mode == "manifold":
-        layers = ",".join(str(k) for k in cfg.get("mix_layers", ()))
-        return f"Manifold Mixup (alpha={cfg.get('alpha'):g}, layers {layers})"
-    if mode == "cutout":
-        return f"cutout ({cfg.get('cutout_size')} px)"
-    return "ERM (no mixup)"
-
-
-def classify_table(runs: list) -> str:
-    """Markdown table of classifier runs (`amr_fast.eval.report.Run` objects of `amr-fast classify` run dirs):
-    rows = mode, columns = dataset x (test error, FGSM error at each eps), cells = mean ± std over seeds of the
-    last evaluation of each run (%), followed by one line saying what the cells are."""
-    from amr_fast.eval.report import _fmt
-
-    def last(run, key: str) -> float | None:
-        vals = [r[key] for r in run.rows if isinstance(r.get(key), (int, float))]
-        return vals[-1] if vals else None
-
-    def kimg(run) -> str:
-        return f"{run.rows[-1]['kimg']:g}" if run.rows else "0"
-
-    groups: dict[tuple, list] = {}
-    for run in runs:
-        arch = f"{run.cfg.get('arch')} width {run.cfg.get('width', 1):g}"
-        key = (MODE_ORDER.get(run.cfg.get("mode"), 9), _mode_label(run.cfg), arch, kimg(run))
-        groups.setdefault(key, []).append(run)
-    datasets = list(dict.fromkeys(r.dataset for r in runs))
-    metrics = ["eval/test_error"] + sorted({k for r in runs for row in r.rows for k in row if "fgsm_error" in k})
-    names = {"eval/test_error": "test error"} | {m: f"FGSM eps={m.split('@')[1]} error" for m in metrics[1:]}
-    columns = [(ds, m) for ds in datasets for m in metrics]
-    n_all = max(len(g) for g in groups.values())
-    head = ["mode", "arch", "kimg"] + [f"{ds} {names[m]}" for ds, m in columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * len(columns)) + "|"]
-    for (_, label, arch, k), group in sorted(groups.items()):
-        cells = []
-        for ds, m in columns:
-            vals = [v for r in group if r.dataset == ds and (v := last(r, m)) is not None]
-            cells.append(_fmt(vals, scale=1.0, digits=2, n_all=n_all))
-        lines.append("| " + " | ".join([label, str(arch), k] + cells) + " |")
-    note = (
-        f"\nCells: classification error (%) on the test split, clean and under white-box FGSM (eps in [0, 1] pixel "
-        f"units), at the end of training; mean ± std over seeds (n = {n_all}; [n] when fewer).\n"
-    )
-    return "\n".join(lines) + "\n" + note
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -672,18 +328,9 @@ def classify_table(runs: list) -> str:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="fashion-mnist-manifold", help="starting configuration (--list-presets)")
-    parser.add_argument("--outdir", default=None, help="run directory (default runs/<preset>); re-run to resume")
-    parser.add_argument("--data", default=None, help="dataset dir made by `amr-fast shard` (same as data=DIR)")
-    fields = ", ".join(f.name for f in dataclasses.fields(ClassifyConfig))
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="field=value",
-        help=f"config overrides, e.g. width=0.25 mix_layers=0,1,2 (tuples comma-separated); fields: {fields}",
-    )
-    parser.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config JSON and exit")
+    fields = ", ".join(ClassifyConfig.__dataclass_fields__)
+    help = f"config overrides, e.g. width=0.25 mix_layers=0,1,2 (tuples comma-separated); fields: {fields}"
+    configure_run_parser(parser, "fashion-mnist-manifold", help)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -691,15 +338,7 @@ def main(args: argparse.Namespace) -> int:
         for name, cfg in CLASSIFY_PRESETS.items():
             print(f"{name:<26} {cfg.arch} width {cfg.width:g}, {cfg.mode}, {cfg.total_kimg:g} kimg")
         return 0
-    from amr_fast.config import parse_overrides
-
-    overrides = parse_overrides(args.overrides)
-    if args.data is not None:
-        overrides["data"] = args.data
-    cfg = resolve_classify(args.preset, overrides)
-    if int(os.environ.get("RANK", 0)) == 0:  # one copy under accelerate launch / torchrun
-        print(json.dumps(dataclasses.asdict(cfg), indent=2))
-    if args.dry_run:
-        return 0
-    train_classifier(cfg, args.outdir or f"runs/{args.preset}")
+    cfg = config_from_args(args, CLASSIFY_PRESETS)
+    if cfg is not None:
+        train_classifier(cfg, args.outdir or f"runs/{args.preset}", tensorboard=args.tensorboard)
     return 0

@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("amr_fast.eval.cli", "probe / disentanglement / reconstruction metrics of a run or snapshot"),
     "mix": ("amr_fast.eval.mix", "decode mixes of your own image files with a trained snapshot"),
     "report": ("amr_fast.eval.report", "results table (markdown) and learning curves from run directories"),
-    "classify": ("amr_fast.classify", "train a Manifold Mixup / mixup / ERM / cutout classifier"),
+    "classify": ("amr_fast.classify", "train a Manifold Mixup / mixup / ERM / cutout classifier; re-run to resume"),
     "bench": ("amr_fast.bench", "benchmarks: kernels, data, train"),
 }
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=_HelpFormatter,
     )
     module.configure_parser(parser)
-    args = parser.parse_args(rest)
+    args = parser.parse_intermixed_args(rest)  # field=value overrides may follow options: `--outdir O lr=1e-3`
     try:
         return int(module.main(args) or 0)
     except (ValueError, FileNotFoundError) as err:

@@ -1,15 +1,19 @@
-"""Training configuration: one frozen dataclass, the paper's presets, and validation with actionable errors.
+"""The configurations of both trainers: frozen dataclasses, the papers' presets, one parser, actionable errors.
 
 `TrainConfig` holds every knob of `amr-fast train` (field names are shared with amr_fast.train). `PRESETS` has
 one entry per row of the AMR paper's tables 1-4 (Beckham et al., NeurIPS 2019) with the hyperparameters of the
 public code's experiment scripts (Adam lr 1e-4, betas (0.5, 0.99), weight decay 1e-5, batch 64, the tables'
-lambda), plus small `fashion-mnist-*`, `spiral-*` and `demo` presets for this machine. `resolve(preset,
-overrides)` builds a validated config from a preset and "field=value" strings, parsed by the field's type.
+lambda), plus small `fashion-mnist-*`, `spiral-*` and `demo` presets for this machine. `ClassifyConfig` and
+`CLASSIFY_PRESETS` do the same for `amr-fast classify` (Manifold Mixup, Verma et al., ICML 2019: the paper's
+CIFAR-10/100 and SVHN settings, and small Fashion-MNIST ones). One parser serves both: `resolve(preset,
+overrides[, presets])` builds a validated config from a preset and "field=value" strings parsed by the field's
+type, `from_dict(d[, cls])` reads a config.json back. This module imports no torch.
 
 Preset names: `<dataset>[-<code dims>][-<subset>]-<method>[-k<k>]`, e.g. `mnist-mixup`, `svhn32-5k-bernoulli`,
 `cifar10-1024-mixup-k4`, `dsprites-bernoulli-k3`. Methods: `aegan` (AE+GAN, no mixing), `mixup` (a ~ U(0, 1)
 per example, k = 2; Dirichlet(1) for k > 2), `bernoulli` (per-channel masks, p ~ U(0, 1) per batch), `acai`
 (ACAI, D regresses the folded mixing coefficient), `class` (supervised class-conditional mixer), `betavae`.
+Classifier presets: `<dataset>-<mode>` with mode erm, mixup, manifold or cutout.
 
 Presets that train on a user's dataset have `data=""`: pass `data=DIR` (a directory made by `amr-fast shard`),
 e.g. `amr-fast train --preset fashion-mnist-mixup data=/path/to/fashion-mnist-32`.
@@ -165,27 +169,33 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Overrides, JSON round trip.
+# The one parser of both configs: "field=value" overrides and the JSON round trip, typed by the field annotations
+# (int, float, bool, str, and tuple[int, ...] / tuple[float, ...] written comma-separated: mix_layers=0,1,2).
 
-FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrainConfig)}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
 
 
-def _unknown_field(name: str) -> ValueError:
-    close = difflib.get_close_matches(name, FIELDS, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(FIELDS)}"
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+def _unknown_field(name: str, cls: type = TrainConfig) -> ValueError:
+    known = _field_names(cls)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(known)}"
     return ValueError(f"unknown config field {name!r}{hint}")
 
 
-def _expected_type(name: str) -> type:
-    return {"int": int, "float": float, "bool": bool, "str": str}[str(FIELDS[name].type)]  # the annotation
+def _expected_type(name: str, cls: type = TrainConfig) -> tuple[type, bool]:
+    """(scalar type, whether the field is a tuple of it), read from the annotation, e.g. "tuple[float, ...]"."""
+    annotation = str(next(f.type for f in fields(cls) if f.name == name))
+    if annotation.startswith("tuple["):
+        return _SCALARS[annotation[len("tuple[") :].split(",")[0].strip()], True
+    return _SCALARS[annotation], False
 
 
-def parse_value(name: str, text: str) -> Any:
-    """Parse the string `text` as the type of field `name` (int, float, bool or str)."""
-    if name not in FIELDS:
-        raise _unknown_field(name)
-    kind = _expected_type(name)
+def _parse_scalar(kind: type, name: str, text: str, example: Any) -> Any:
     text = text.strip()
     if kind is bool:
         if text.lower() in _TRUE:
@@ -193,26 +203,38 @@ def parse_value(name: str, text: str) -> Any:
         if text.lower() in _FALSE:
             return False
         raise ValueError(f"{name} expects a bool (true/false/1/0); got {text!r}")
-    if kind is int:
+    if kind in (int, float):
         try:
-            return int(text)
+            return kind(text)
         except ValueError:
-            raise ValueError(
-                f"{name} expects an int (e.g. {name}={getattr(TrainConfig(), name)}); got {text!r}"
-            ) from None
-    if kind is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(
-                f"{name} expects a float (e.g. {name}={getattr(TrainConfig(), name)}); got {text!r}"
-            ) from None
+            raise ValueError(f"{name} expects {'an int' if kind is int else 'a float'} (e.g. {name}={example}); "
+                             f"got {text!r}") from None  # fmt: skip
     return text
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Type-check a JSON value for field `name` (ints are accepted for floats)."""
-    kind = _expected_type(name)
+def parse_value(name: str, text: str, cls: type = TrainConfig) -> Any:
+    """Parse the string `text` as the type of field `name` of `cls` (a tuple field takes comma-separated items)."""
+    if name not in _field_names(cls):
+        raise _unknown_field(name, cls)
+    kind, is_tuple = _expected_type(name, cls)
+    example = getattr(cls(), name)
+    if not is_tuple:
+        return _parse_scalar(kind, name, text, example)
+    example = ",".join(str(v) for v in example)
+    return tuple(_parse_scalar(kind, name, v, example) for v in text.strip("()[] ").split(",") if v.strip())
+
+
+def _coerce(name: str, value: Any, cls: type = TrainConfig) -> Any:
+    """Type-check a JSON value for field `name` (ints are accepted for floats, lists for tuples)."""
+    kind, is_tuple = _expected_type(name, cls)
+    if is_tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} expects a list of {kind.__name__}; got {value!r} ({type(value).__name__})")
+        return tuple(_coerce_scalar(name, kind, v) for v in value)
+    return _coerce_scalar(name, kind, value)
+
+
+def _coerce_scalar(name: str, kind: type, value: Any) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, float) and value.is_integer():
@@ -233,29 +255,33 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
-def resolve(preset: str, overrides: dict[str, str] | None = None) -> TrainConfig:
-    """Start from PRESETS[preset], apply "field=value" overrides parsed by the field's type, validate."""
-    if preset not in PRESETS:
-        close = difflib.get_close_matches(preset, PRESETS, n=3)
+def resolve(preset: str, overrides: dict[str, str] | None = None, presets: dict | None = None) -> Any:
+    """Start from presets[preset] (PRESETS, or CLASSIFY_PRESETS for the classifier), apply "field=value" overrides
+    parsed by the field's type, validate."""
+    presets = PRESETS if presets is None else presets
+    if preset not in presets:
+        close = difflib.get_close_matches(preset, presets, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        command = "classify" if presets is CLASSIFY_PRESETS else "train"
         raise ValueError(
-            f"unknown preset {preset!r}{hint}; choose from: {', '.join(PRESETS)} (`amr-fast train --list-presets`)"
+            f"unknown preset {preset!r}{hint}; choose from: {', '.join(presets)} (`amr-fast {command} --list-presets`)"
         )
-    cfg = PRESETS[preset]
-    changes = {name: parse_value(name, value) for name, value in (overrides or {}).items()}
+    cfg = presets[preset]
+    changes = {name: parse_value(name, value, type(cfg)) for name, value in (overrides or {}).items()}
     return replace(cfg, **changes).validate()
 
 
-def to_json(cfg: TrainConfig) -> str:
+def to_json(cfg: Any) -> str:
     return json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=False)
 
 
-def from_dict(d: dict) -> TrainConfig:
-    """Inverse of `dataclasses.asdict` / `to_json`: unknown keys and wrong types are errors naming the field."""
+def from_dict(d: dict, cls: type = TrainConfig) -> Any:
+    """Inverse of `dataclasses.asdict` / `to_json` for `cls` (TrainConfig or ClassifyConfig): unknown keys and
+    wrong types are errors naming the field; JSON lists become tuples."""
     for name in d:
-        if name not in FIELDS:
-            raise _unknown_field(name)
-    return TrainConfig(**{name: _coerce(name, value) for name, value in d.items()}).validate()
+        if name not in _field_names(cls):
+            raise _unknown_field(name, cls)
+    return cls(**{name: _coerce(name, value, cls) for name, value in d.items()}).validate()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -345,4 +371,132 @@ def _build_presets() -> dict[str, TrainConfig]:
 
 PRESETS: dict[str, TrainConfig] = _build_presets()
 
-__all__ = ["TrainConfig", "PRESETS", "resolve", "parse_overrides", "parse_value", "to_json", "from_dict"]
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Manifold Mixup classifier (`amr-fast classify`) and its presets.
+
+CLASSIFY_ARCHS = ("preactresnet18", "preactresnet34", "wrn28_10")
+MODES = ("erm", "mixup", "manifold", "cutout")
+LOSSES = ("bce", "ce")
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """Everything `amr-fast classify` needs (Verma et al., ICML 2019). Schedules in kimg, never epochs."""
+
+    # data
+    data: str = ""  # dataset dir made by `amr-fast shard` (holds index.json)
+    img_size: int = 32  # must match the index (checked before training)
+    channels: int = 3
+    num_classes: int = 10
+    eval_split: str = "test"  # split for the test error and FGSM figures
+    # model
+    arch: str = "preactresnet18"  # "preactresnet18", "preactresnet34", "wrn28_10"
+    width: float = 1.0  # channel multiplier (1 = the paper's network)
+    dropout: float = 0.0  # WRN only
+    # objective
+    mode: str = "manifold"  # "erm", "mixup" (input), "manifold" (hidden states), "cutout"
+    alpha: float = 2.0  # lam ~ Beta(alpha, alpha)
+    mix_layers: tuple[int, ...] = (0, 1, 2)  # manifold: layer drawn uniformly from these (0 = input)
+    per_example: bool = False  # one lam per example instead of one per batch (the paper)
+    loss: str = "bce"  # "bce": BCE(softmax, y_mix) as the paper's code; "ce": soft-target cross-entropy
+    cutout_size: int = 16  # cutout square side in pixels
+    crop_pad: int = 4  # random crop after padding by this many pixels (0 = off)
+    flip: bool = True  # random horizontal flips
+    # optimisation
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    lr_steps_kimg: tuple[float, ...] = (25_000, 50_000, 75_000)  # lr *= lr_gamma once nimg passes each
+    lr_gamma: float = 0.1
+    batch: int = 100  # global batch (all ranks)
+    # schedule (images, not epochs)
+    total_kimg: float = 100_000
+    tick_kimg: float = 50  # status line + stats.jsonl row
+    snapshot_kimg: float = 5_000  # safetensors snapshot
+    state_kimg: float = 5_000  # full training state (resume)
+    eval_kimg: float = 5_000  # test error + FGSM (always at the end too)
+    fgsm_eps: tuple[float, ...] = (0.03,)  # FGSM step sizes in [0, 1] pixel units (0.03 ~ 8/255)
+    eval_max: int = 0  # evaluate on at most this many images per rank (0 = the whole split)
+    # runtime
+    seed: int = 0
+    workers: int = 2
+    precision: str = "auto"  # "auto" (as launched, else bf16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"
+    impl: str = "auto"  # mixing kernel impl (amr_fast.kernels)
+    max_nonfinite: int = 10  # non-finite losses/gradients in a row (each step skipped) before the run stops
+
+    def validate(self) -> ClassifyConfig:
+        """Raise ValueError naming the field and the fix; returns self."""
+        choices = {"arch": CLASSIFY_ARCHS, "mode": MODES, "loss": LOSSES, "precision": PRECISIONS, "impl": IMPLS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is unknown; use one of {', '.join(allowed)}")
+        if self.mode in ("mixup", "manifold") and self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0 for mode={self.mode} (the paper: 1 for mixup, 2 for manifold)")
+        if self.mode == "manifold" and (not self.mix_layers or min(self.mix_layers) < 0):
+            raise ValueError("mix_layers must list layer indices >= 0 (0 = input), e.g. mix_layers=0,1,2")
+        positive = ("batch", "total_kimg", "tick_kimg", "snapshot_kimg", "state_kimg", "eval_kimg", "lr", "width")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0 (got {getattr(self, name)})")
+        if self.max_nonfinite < 1:
+            raise ValueError(f"max_nonfinite must be >= 1 (got {self.max_nonfinite})")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (got {self.num_classes})")
+        if any(e < 0 for e in self.fgsm_eps):
+            raise ValueError(f"fgsm_eps must be >= 0 (pixel units in [0, 1]); got {self.fgsm_eps}")
+        if self.mode == "cutout" and not 0 < self.cutout_size <= self.img_size:
+            raise ValueError(f"cutout_size must lie in (0, img_size={self.img_size}]; got {self.cutout_size}")
+        return self
+
+
+def _paper_preset(dataset: str, mode: str, train_kimg: float, num_classes: int, flip: bool) -> ClassifyConfig:
+    """The paper's CIFAR/SVHN setting: PreActResNet18, batch 100, 2000 epochs, lr 0.1 / 10 at 500/1000/1500
+    epochs, weight decay 1e-4, Nesterov momentum 0.9; mixup alpha = 1, manifold alpha = 2."""
+    epoch = train_kimg
+    return ClassifyConfig(
+        channels=3,
+        num_classes=num_classes,
+        arch="preactresnet18",
+        mode=mode,
+        alpha={"mixup": 1.0, "manifold": 2.0}.get(mode, 1.0),
+        flip=flip,
+        total_kimg=2000 * epoch,
+        lr_steps_kimg=(500 * epoch, 1000 * epoch, 1500 * epoch),
+        tick_kimg=epoch,
+        snapshot_kimg=50 * epoch,
+        state_kimg=10 * epoch,
+        eval_kimg=10 * epoch,
+    )
+
+
+def _fashion_preset(mode: str) -> ClassifyConfig:
+    """Small Fashion-MNIST classifier that finishes on a 2-core CPU: PreActResNet18 at width 1/8 on the 32x32
+    shards (`amr-fast shard fashion-mnist --size 32`; pass data=DIR), lr / 10 at 50% and 75% of the budget."""
+    total = 40.0
+    return ClassifyConfig(
+        channels=1,
+        num_classes=10,
+        arch="preactresnet18",
+        width=0.125,
+        mode=mode,
+        alpha={"mixup": 1.0, "manifold": 2.0}.get(mode, 1.0),
+        cutout_size=12,
+        batch=64,
+        total_kimg=total,
+        lr_steps_kimg=(total * 0.5, total * 0.75),
+        tick_kimg=4,
+        snapshot_kimg=total / 2,
+        state_kimg=total / 4,
+        eval_kimg=total,
+    )
+
+
+# Training set sizes (images per epoch, in thousands): CIFAR-10/100 50000; SVHN 73257 (train split without extra).
+CLASSIFY_PRESETS: dict[str, ClassifyConfig] = {
+    **{f"cifar10-{m}": _paper_preset("cifar10", m, 50.0, 10, True) for m in MODES},
+    **{f"cifar100-{m}": _paper_preset("cifar100", m, 50.0, 100, True) for m in MODES},
+    **{f"svhn-{m}": _paper_preset("svhn", m, 73.257, 10, False) for m in MODES},
+    **{f"fashion-mnist-{m}": _fashion_preset(m) for m in MODES},
+}

@@ -40,6 +40,7 @@ from torch.nn import functional as F
 
 from amr_fast import kernels, mixing
 from amr_fast.config import TrainConfig
+from amr_fast.models import unwrap
 
 PHASES = ("ae", "disc", "probe")
 PHASE_MODULES = {"ae": ("ae", "mixer"), "disc": ("disc",), "probe": ("probe",)}  # nets each phase updates
@@ -86,15 +87,10 @@ class _Forward:
     w_dm: Tensor | None = None  # [2B, 2] disc_mix weights: lam per example for mix(real, fake)
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    """DistributedDataParallel -> the module (we call encode/decode/run, not forward)."""
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
-
-
 class AMRLoss:
     def __init__(self, cfg: TrainConfig, nets: dict[str, nn.Module], device: torch.device | str):
         self.cfg = cfg
-        self.nets = {name: _unwrap(net) for name, net in nets.items()}
+        self.nets = {name: unwrap(net) for name, net in nets.items()}
         self.ae, self.disc, self.probe = self.nets["ae"], self.nets["disc"], self.nets["probe"]
         self.mixer = self.nets.get("mixer")
         if cfg.mixer == "class" and self.mixer is None:

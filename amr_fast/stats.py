@@ -3,7 +3,7 @@
 `report(name, value)` only accumulates a running sum and count on the value's device (no host sync, no
 `.item()`); `Collector.tick()` reduces every accumulated name across ranks in ONE all-reduce, moves the means to
 the host in one copy, and (on rank 0) appends one JSON line to `stats.jsonl` and prints one fixed-width status
-line. Used by the AMR trainer (`amr_fast.train`) and the classifier (`amr_fast.classify`).
+line. Used by both trainers through `amr_fast.run`; `read_jsonl` reads the rows back.
 """
 
 from __future__ import annotations
@@ -117,10 +117,13 @@ class Collector:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """All rows of a stats.jsonl file (a partially written last line, from a crash, is ignored)."""
+    """All rows of a JSON-lines file (stats.jsonl, metric-*.jsonl); blank lines are skipped and a partially
+    written last line (a crash) is ignored."""
     rows = []
     with open(path) as f:
         for line in f:
+            if not line.strip():
+                continue
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:

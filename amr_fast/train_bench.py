@@ -23,7 +23,6 @@ the JSON). The public code itself reaches about 160 img/s for the 32x32 model on
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import platform
@@ -34,7 +33,8 @@ from torch.nn import functional as F
 
 from amr_fast import mixing
 from amr_fast.config import PRESETS, TrainConfig
-from amr_fast.losses import AMRLoss, gan_loss, recon_loss
+from amr_fast.data import to_unit
+from amr_fast.losses import gan_loss, recon_loss
 from amr_fast.models import build_networks
 from amr_fast.train import Parts, train_iteration
 
@@ -85,7 +85,7 @@ class ReferenceStep:
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> None:
         cfg = self.cfg
-        x = batch["x"].float() / 127.5 - 1
+        x = to_unit(batch["x"])
         y = batch["y"]
         for opt in (self.opt_ae, self.opt_disc, self.opt_probe):
             opt.zero_grad()
@@ -125,22 +125,14 @@ def _ours(cfg: TrainConfig, seed: int):
     if cfg.channels_last:
         for net in nets.values():
             net.to(memory_format=torch.channels_last)
-    loss = AMRLoss(cfg, nets, "cpu")
-    if cfg.compile:
-        nets["ae"].encode = torch.compile(nets["ae"].encode)
-        nets["ae"].decode_with_logits = torch.compile(nets["ae"].decode_with_logits)
-        nets["disc"].run = torch.compile(nets["disc"].run)
-    parts = Parts(
-        nets["ae"], nets["disc"], nets["probe"], [nets["ae"]], *_optimisers(cfg, nets), loss,
-        torch.Generator().manual_seed(seed), torch.device("cpu"), 1, cfg.channels_last, contextlib.nullcontext,
-    )  # fmt: skip
+    parts = Parts.build(cfg, nets, torch.Generator().manual_seed(seed))
     state = {"it": 0}
 
     def step(batch):
         train_iteration(parts, [batch], state["it"] % cfg.ae_every == 0)
         state["it"] += 1
 
-    return step, loss.passes
+    return step, parts.loss.passes
 
 
 def _reference(cfg: TrainConfig, seed: int):

@@ -1,4 +1,5 @@
-"""TrainConfig: presets (one per row of the AMR paper's tables 1-4), overrides, validation errors, JSON round trip."""
+"""Both configs (TrainConfig, ClassifyConfig): presets (one per row of the papers' tables), overrides, validation
+errors, JSON round trip."""
 
 import dataclasses
 import json
@@ -6,7 +7,16 @@ import re
 
 import pytest
 
-from amr_fast.config import PRESETS, TrainConfig, from_dict, parse_overrides, resolve, to_json
+from amr_fast.config import (
+    CLASSIFY_PRESETS,
+    PRESETS,
+    ClassifyConfig,
+    TrainConfig,
+    from_dict,
+    parse_overrides,
+    resolve,
+    to_json,
+)
 
 PAPER_DATASETS = ("mnist", "kmnist", "svhn32", "svhn256", "cifar10-256", "cifar10-1024", "dsprites")
 
@@ -132,3 +142,34 @@ def test_json_round_trip_and_strict_from_dict():
         from_dict({**d, "widht": 3})
     with pytest.raises(ValueError, match="k expects type int"):
         from_dict({**d, "k": "3"})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ClassifyConfig (`amr-fast classify`): the same parser.
+
+
+def test_classify_presets_follow_the_paper():
+    cifar = CLASSIFY_PRESETS["cifar10-manifold"]
+    assert cifar.arch == "preactresnet18" and cifar.alpha == 2.0 and cifar.width == 1.0
+    epoch = 50.0  # CIFAR-10: 50k training images
+    assert cifar.total_kimg == 2000 * epoch and cifar.lr_steps_kimg == (500 * epoch, 1000 * epoch, 1500 * epoch)
+    assert CLASSIFY_PRESETS["svhn-mixup"].alpha == 1.0
+    assert CLASSIFY_PRESETS["cifar100-erm"].num_classes == 100
+    for name, cfg in CLASSIFY_PRESETS.items():
+        assert cfg.data == "", name  # the user passes data=DIR
+        cfg.validate()
+
+
+def test_classify_overrides_and_bad_values_are_clear_errors():
+    cfg = resolve("fashion-mnist-manifold", {"mix_layers": "0,2", "width": "0.25", "flip": "false"}, CLASSIFY_PRESETS)
+    assert cfg.mix_layers == (0, 2) and cfg.width == 0.25 and cfg.flip is False
+    assert from_dict(dataclasses.asdict(cfg), ClassifyConfig) == cfg
+    assert from_dict(json.loads(to_json(cfg)), ClassifyConfig) == cfg  # JSON lists back to tuples
+    with pytest.raises(ValueError, match="mode"):
+        resolve("fashion-mnist-manifold", {"mode": "manifld"}, CLASSIFY_PRESETS)
+    with pytest.raises(ValueError, match="unknown config field 'lr_step'"):
+        resolve("fashion-mnist-manifold", {"lr_step": "1"}, CLASSIFY_PRESETS)
+    with pytest.raises(ValueError, match="fgsm_eps expects a float"):
+        resolve("fashion-mnist-manifold", {"fgsm_eps": "0.1,x"}, CLASSIFY_PRESETS)
+    with pytest.raises(ValueError, match="amr-fast classify --list-presets"):
+        resolve("cifar10-manifld", {}, CLASSIFY_PRESETS)

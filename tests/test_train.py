@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from amr_fast import checkpoint, cli, stats, train
+from amr_fast import checkpoint, cli, run, stats, train
 from amr_fast.config import PRESETS, TrainConfig, to_json
 from amr_fast.data import make_shards
 from amr_fast.losses import AMRLoss
@@ -218,7 +218,7 @@ def test_rerunning_a_finished_run_does_not_train_again(reference_run, shards):
 
 def test_a_different_config_in_the_same_outdir_is_refused(reference_run, shards):
     with pytest.raises(ValueError, match="different config.*lr"):
-        train._check_resume_config(tiny(shards, lr=5e-4), reference_run)
+        run.check_resume_config(tiny(shards, lr=5e-4), reference_run)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -294,7 +294,7 @@ def test_two_processes_keep_ranks_identical_and_match_one_process(shards, tmp_pa
 def test_world_size_mismatch_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="--multi_gpu --num_processes"):
-        train._check_world_size(1)
+        run.check_world_size(1)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,11 +2,15 @@
 
 Write once (`make_shards`, or `amr-fast shard SOURCE --src PATH --out DIR`), then stream: `train_loader` (infinite,
 per rank, equal batch counts, resumable) and `eval_loader` (one exact pass). `load_index` / `check_index` read and
-validate a dataset's `index.json` against the model config before training. Layout: DESIGN.md "Layout".
+validate a dataset's `index.json` against the model config before training; `resolve_data_root` finds (or
+generates into the cache) a config's dataset, `to_unit` turns stored uint8 images into model inputs in [-1, 1].
+Layout: DESIGN.md "Layout".
 """
 
+from amr_fast.data.builtin import resolve_data_root
+from amr_fast.data.images import to_unit
 from amr_fast.data.index import check_index, load_index
 from amr_fast.data.loader import eval_loader, train_loader
 from amr_fast.data.write import make_shards
 
-__all__ = ["check_index", "eval_loader", "load_index", "make_shards", "train_loader"]
+__all__ = ["check_index", "eval_loader", "load_index", "make_shards", "resolve_data_root", "to_unit", "train_loader"]

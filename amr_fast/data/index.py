@@ -40,7 +40,10 @@ def load_index(root: str | Path) -> dict:
             f"no dataset index at {path}{hint}; create the dataset with `amr-fast shard SOURCE --src ... "
             f"--out {path.parent}`"
         )
-    index = json.loads(path.read_text())
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); re-create the dataset with `amr-fast shard`") from err
     version = index.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(

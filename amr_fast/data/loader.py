@@ -33,6 +33,7 @@ equal-count and resume guarantees above. Move batches to the device yourself.
 from __future__ import annotations
 
 import math
+import signal
 import warnings
 import zlib
 from collections import deque
@@ -261,6 +262,13 @@ class _EvalStream(IterableDataset):
         yield from batcher.flush()
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers ignore SIGTERM / SIGINT: a signal to the whole process group (Slurm, systemd, Ctrl-C) is the main
+    process's to handle (it saves a state and shuts the workers down); a worker it killed would crash the run."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _loader(dataset: IterableDataset, workers: int) -> DataLoader:
     return DataLoader(
         dataset,
@@ -268,6 +276,7 @@ def _loader(dataset: IterableDataset, workers: int) -> DataLoader:
         num_workers=workers,
         prefetch_factor=4 if workers > 0 else None,
         in_order=True,  # round-robin over workers: the order `start_batch` relies on
+        worker_init_fn=_ignore_stop_signals,
     )
 
 

@@ -20,19 +20,25 @@ import datetime
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-METRICS = ("probe", "factorvae", "betavae", "recon")
+from amr_fast import data as amr_data
+from amr_fast.checkpoint import latest_snapshot, load_networks, load_snapshot
+from amr_fast.eval import disentangle as dis
+from amr_fast.eval.grids import decode
+from amr_fast.eval.probe import encode_batches, offline_probe
+from amr_fast.eval.report import Run, best_valid
+from amr_fast.stats import read_jsonl
+
 DEFAULT_METRICS = "probe,recon"  # factorvae/betavae are added for datasets with dSprites factors
 
 
 def resolve_target(path: str | Path) -> tuple[Path, Path]:
     """(snapshot file, directory for metric-*.jsonl) from a run directory (its newest snapshot) or a snapshot."""
-    from amr_fast.eval.report import latest_snapshot
-
     path = Path(path)
     if path.is_dir():
         return latest_snapshot(path), path
@@ -43,22 +49,16 @@ def resolve_target(path: str | Path) -> tuple[Path, Path]:
 
 def data_root(cfg, override: str | None) -> Path:
     """--data, else the snapshot config's dataset (a builtin one is generated into the cache if missing)."""
-    if override:
-        return Path(override)
-    from amr_fast.train import resolve_data_root
-
-    return resolve_data_root(cfg, True, lambda: None)
+    return Path(override) if override else amr_data.resolve_data_root(cfg.data, cfg.subset)
 
 
 def make_encode(ae: torch.nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     """images (uint8, or float in [-1, 1]) -> codes [N, D] float32 on the CPU, eval mode, no grad."""
-    from amr_fast.eval.grids import to_unit
-
     ae.eval()
 
     @torch.no_grad()
     def encode(x: torch.Tensor) -> torch.Tensor:
-        return ae.encode(to_unit(x).to(device)).flatten(1).float().cpu()
+        return ae.encode(amr_data.to_unit(x, device)).flatten(1).float().cpu()
 
     return encode
 
@@ -76,8 +76,6 @@ def factor_sampler(index: dict, cfg, pool: int, seed: int = 0):
     """Images conditioned on the dSprites factors: the procedural renderer of `amr_fast.data` for
     dsprites-procedural (exact conditioning), else up to `pool` examples of the train split with their
     factor_classes (`IndexedFactors`). dSprites' constant colour factor is dropped: five factors remain."""
-    from amr_fast.eval import disentangle as dis
-
     names = list(index.get("factor_names") or [])
     if not names:
         raise ValueError(
@@ -87,8 +85,6 @@ def factor_sampler(index: dict, cfg, pool: int, seed: int = 0):
     keep = [i for i, n in enumerate(names) if n != "color"]
     if index.get("name") == "dsprites-procedural":
         return dis.procedural_dsprites(int(index.get("image_size") or cfg.img_size))
-    from amr_fast import data as amr_data
-
     xs, fcs, n = [], [], 0
     for b in amr_data.eval_loader(index["root"], "train", 1000):
         if "factor_classes" not in b:
@@ -105,15 +101,12 @@ def factor_sampler(index: dict, cfg, pool: int, seed: int = 0):
 
 def recon_error(ae: torch.nn.Module, cfg, root: Path, split: str, device: torch.device, limit: int | None) -> dict:
     """Mean |x_rec - x| and (x_rec - x)^2 over a split, pixels in [-1, 1]."""
-    from amr_fast import data as amr_data
-    from amr_fast.eval.grids import decode, to_unit
-
     l1 = l2 = 0.0
     n = 0
     ae.eval()
     with torch.no_grad():
         for b in amr_data.eval_loader(root, split, 256):
-            x = to_unit(b["x"]).to(device)
+            x = amr_data.to_unit(b["x"], device)
             x_rec = decode(ae, ae.encode(x), cfg)
             l1 += float((x_rec - x).abs().sum())
             l2 += float((x_rec - x).square().sum())
@@ -131,10 +124,97 @@ def _online_probe(meta: dict, out_dir: Path) -> dict:
     figures = meta.get("probe") if isinstance(meta.get("probe"), dict) else {}
     best = figures.get("best_valid_acc")
     if best is None and (out_dir / "stats.jsonl").is_file():
-        from amr_fast.eval.report import Run, best_valid, read_jsonl
-
         best = best_valid(Run(out_dir, {}, read_jsonl(out_dir / "stats.jsonl")))
     return {"online_best_valid_acc": best, "online_test_acc_at_best": figures.get("test_acc_at_best")}
+
+
+@dataclass
+class Target:
+    """What the metrics read: the snapshot's autoencoder and config, its dataset, the command's options."""
+
+    ae: torch.nn.Module
+    encode: Callable[[torch.Tensor], torch.Tensor]  # make_encode(ae, device)
+    cfg: object  # TrainConfig
+    meta: dict  # the snapshot's metadata
+    out_dir: Path
+    root: Path
+    index: dict
+    device: torch.device
+    limit: int | None = None
+    votes: int | None = None
+    pool: int = 50000
+    seed: int = 0
+    vote_batch: int | None = None
+
+    @property
+    def test_split(self) -> str:
+        return _split(self.index, "test", "valid")
+
+
+def _probe(t: Target) -> dict:
+    if int(t.index.get("num_classes") or 0) < 2:
+        raise ValueError(f"the dataset {t.index.get('name')!r} has no class labels; drop probe from --metrics")
+    h_tr, y_tr = encode_batches(t.encode, amr_data.eval_loader(t.root, "train", 500), t.limit)
+    h_te, y_te = encode_batches(t.encode, amr_data.eval_loader(t.root, t.test_split, 500), t.limit)
+    res = offline_probe(h_tr, y_tr, h_te, y_te, int(t.index["num_classes"]))
+    return {**res, "split": t.test_split, **_online_probe(t.meta, t.out_dir)}
+
+
+def _disentanglement(score: Callable, extra: Callable[[int], dict]) -> Callable[[Target], dict]:
+    """A dSprites metric: `score(encode, sampler, seed, **kw)`; --votes sets n_train = n_eval (+ `extra(votes)`)."""
+
+    def compute(t: Target) -> dict:
+        kw = {} if t.votes is None else {"n_train": t.votes, "n_eval": t.votes, **extra(t.votes)}
+        kw.update({} if t.vote_batch is None else {"batch_size": t.vote_batch})
+        return score(t.encode, factor_sampler(t.index, t.cfg, t.pool, t.seed), seed=t.seed, **kw).as_dict()
+
+    return compute
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.2f}%"
+
+
+def _vote_details(name: str) -> Callable[[dict], str]:
+    return lambda r: (
+        f"{name} metric over {r['num_factors']} factors (train acc {r['train_accuracy']:.4f}, {r['n_train']} / "
+        f"{r['n_eval']} votes of {r['batch_size']})"
+    )
+
+
+@dataclass(frozen=True)
+class Metric:
+    compute: Callable[[Target], dict]  # the metric's JSON line (before the common keys)
+    value: Callable[[dict], str]  # its headline value, as printed
+    details: Callable[[dict], str]  # what the value is
+
+
+METRICS: dict[str, Metric] = {
+    "probe": Metric(
+        _probe,
+        lambda r: _pct(r["test_acc"]),
+        lambda r: (
+            f"offline linear probe, {r['split']} accuracy (train {_pct(r['train_acc'])}, {r['n_train']} / "
+            f"{r['n_test']} examples, {r['dims']}-dim code); online probe best valid "
+            f"{_pct(r['online_best_valid_acc'])}, test at best {_pct(r['online_test_acc_at_best'])}"
+        ),
+    ),
+    "factorvae": Metric(
+        _disentanglement(dis.factorvae_score, lambda votes: {"n_std": max(500, 10 * votes)}),
+        lambda r: f"{r['score']:.4f}",
+        _vote_details("Kim & Mnih"),
+    ),
+    "betavae": Metric(
+        _disentanglement(dis.betavae_score, lambda votes: {}),
+        lambda r: f"{r['score']:.4f}",
+        _vote_details("Higgins et al."),
+    ),
+    "recon": Metric(
+        lambda t: recon_error(t.ae, t.cfg, t.root, t.test_split, t.device, t.limit),
+        lambda r: f"{r['l1']:.4f}",
+        lambda r: f"mean |x_rec - x| on {r['split']} ({r['n']} images, [-1, 1] pixels); mse {r['mse']:.4f}",
+    ),
+}
 
 
 def evaluate(
@@ -147,60 +227,37 @@ def evaluate(
     pool: int = 50000,
     seed: int = 0,
     vote_batch: int | None = None,
+    snapshot: tuple[dict, dict] | None = None,
 ) -> dict[str, dict]:
     """Compute `metrics` for a run directory or snapshot, append each to `metric-<name>.jsonl` next to it, and
     return {name: result}. limit: at most this many examples per split (probe, recon); votes: instead of the
     papers' counts, this many training and as many scoring votes (FactorVAE) or points (beta-VAE), and the
     per-dimension std from max(500, 10 votes) images: quick runs; vote_batch: images (pairs) per vote instead of
-    the papers' 100 (FactorVAE) / 64 (beta-VAE)."""
-    from amr_fast import data as amr_data
-    from amr_fast.checkpoint import load_networks, load_snapshot
-    from amr_fast.eval import disentangle as dis
-    from amr_fast.eval.probe import encode_batches, offline_probe
-
+    the papers' 100 (FactorVAE) / 64 (beta-VAE); snapshot: `load_snapshot`'s result if the caller has it."""
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
-    snapshot, out_dir = resolve_target(target)
+    path, out_dir = resolve_target(target)
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
     )
-    nets, cfg = load_networks(snapshot, dev)
-    _, meta = load_snapshot(snapshot)
+    snapshot = snapshot or load_snapshot(path)
+    nets, cfg = load_networks(path, dev, snapshot)
     if cfg.arch == "mlp":
         raise ValueError("this snapshot is the spiral toy (arch=mlp): plot it with `amr-fast report RUN --spiral FILE`")
-    ae = nets["ae"]
-    encode = make_encode(ae, dev)
     root = data_root(cfg, data)
-    index = amr_data.load_index(root)
-    test_split = _split(index, "test", "valid")
+    ae, index = nets["ae"], amr_data.load_index(root)
+    t = Target(
+        ae, make_encode(ae, dev), cfg, snapshot[1], out_dir, root, index, dev, limit, votes, pool, seed, vote_batch
+    )
     results: dict[str, dict] = {}
     for name in metrics:
         t0 = time.time()
-        if name == "probe":
-            if int(index.get("num_classes") or 0) < 2:
-                raise ValueError(f"the dataset {index.get('name')!r} has no class labels; drop probe from --metrics")
-            h_tr, y_tr = encode_batches(encode, amr_data.eval_loader(root, "train", 500), limit)
-            h_te, y_te = encode_batches(encode, amr_data.eval_loader(root, test_split, 500), limit)
-            res = offline_probe(h_tr, y_tr, h_te, y_te, int(index["num_classes"]))
-            res.update(split=test_split, **_online_probe(meta, out_dir))
-        elif name == "recon":
-            res = recon_error(ae, cfg, root, test_split, dev, limit)
-        else:
-            sampler = factor_sampler(index, cfg, pool, seed)
-            if name == "factorvae":
-                kw = {} if votes is None else {"n_train": votes, "n_eval": votes, "n_std": max(500, 10 * votes)}
-                kw.update({} if vote_batch is None else {"batch_size": vote_batch})
-                res = dis.factorvae_score(encode, sampler, seed=seed, **kw).as_dict()
-            else:
-                kw = {} if votes is None else {"n_train": votes, "n_eval": votes}
-                kw.update({} if vote_batch is None else {"batch_size": vote_batch})
-                res = dis.betavae_score(encode, sampler, seed=seed, **kw).as_dict()
         res = {
             "metric": name,
-            **res,
-            "snapshot": str(snapshot),
-            "kimg": meta.get("kimg"),
+            **METRICS[name].compute(t),
+            "snapshot": str(path),
+            "kimg": t.meta.get("kimg"),
             "seconds": round(time.time() - t0, 1),
             "time": datetime.datetime.now().isoformat(timespec="seconds"),
         }
@@ -210,35 +267,11 @@ def evaluate(
     return results
 
 
-def _pct(v) -> str:
-    return "–" if v is None else f"{100 * v:.2f}%"
-
-
 def format_table(results: dict[str, dict]) -> str:
     """One line per metric: name, headline value, what it is."""
     lines = [f"{'metric':<10} {'value':>9}  details"]
     for name, r in results.items():
-        if name == "probe":
-            value, details = (
-                _pct(r["test_acc"]),
-                (
-                    f"offline linear probe, {r['split']} accuracy (train {_pct(r['train_acc'])}, "
-                    f"{r['n_train']} / {r['n_test']} examples, {r['dims']}-dim code); online probe best valid "
-                    f"{_pct(r['online_best_valid_acc'])}, test at best {_pct(r['online_test_acc_at_best'])}"
-                ),
-            )
-        elif name == "recon":
-            value, details = (
-                f"{r['l1']:.4f}",
-                f"mean |x_rec - x| on {r['split']} ({r['n']} images, [-1, 1] pixels); mse {r['mse']:.4f}",
-            )
-        else:
-            value = f"{r['score']:.4f}"
-            details = (
-                f"{'Kim & Mnih' if name == 'factorvae' else 'Higgins et al.'} metric over {r['num_factors']} factors "
-                f"(train acc {r['train_accuracy']:.4f}, {r['n_train']} / {r['n_eval']} votes of {r['batch_size']})"
-            )
-        lines.append(f"{name:<10} {value:>9}  {details}")
+        lines.append(f"{name:<10} {METRICS[name].value(r):>9}  {METRICS[name].details(r)}")
     return "\n".join(lines)
 
 
@@ -270,17 +303,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    path, out_dir = resolve_target(args.target)
+    snapshot = load_snapshot(path)  # read once, here
     metrics = args.metrics
     if metrics is None:
-        from amr_fast.checkpoint import load_snapshot
-
-        cfg = load_snapshot(resolve_target(args.target)[0])[1]["config"]
-        metrics = DEFAULT_METRICS + (",factorvae" if "dsprites" in str(args.data or cfg.get("data", "")) else "")
+        data = str(args.data or snapshot[1]["config"].get("data", ""))
+        metrics = DEFAULT_METRICS + (",factorvae" if "dsprites" in data else "")
     names = [m.strip() for m in metrics.split(",") if m.strip()]
-    results = evaluate(
-        args.target, names, args.data, args.device, args.limit, args.votes, args.pool, args.seed, args.vote_batch
-    )
+    results = evaluate(path, names, args.data, args.device, args.limit, args.votes, args.pool, args.seed,
+                       args.vote_batch, snapshot)  # fmt: skip
     print(format_table(results))
-    out_dir = resolve_target(args.target)[1]
     print(f"appended to {', '.join(str(out_dir / f'metric-{n}.jsonl') for n in results)}")
     return 0

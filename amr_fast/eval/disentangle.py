@@ -33,6 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from amr_fast.data import procedural
+from amr_fast.eval.probe import fit_linear
+
 DSPRITES_FACTORS = ("shape", "scale", "orientation", "posX", "posY")
 DSPRITES_SIZES = (3, 6, 40, 32, 32)
 
@@ -87,7 +90,6 @@ class ProductFactors(FactorSampler):
 def procedural_dsprites(size: int = 64) -> ProductFactors:
     """The five dSprites factors rendered on demand by `amr_fast.data.procedural` (exact conditioning; the constant
     colour factor is fixed), images uint8 [n, 1, size, size]."""
-    from amr_fast.data import procedural
 
     def render(classes: np.ndarray) -> torch.Tensor:  # [n, 5] (shape, scale, orientation, posX, posY)
         full = np.concatenate([np.zeros((len(classes), 1), np.int64), classes], axis=1)
@@ -231,8 +233,6 @@ def betavae_score(
 ) -> Score:
     """Higgins et al.'s beta-VAE metric (module docstring): logistic regression (L-BFGS on standardised features,
     `steps` iterations) from the mean |z1 - z2| over `batch_size` pairs to the shared factor."""
-    from amr_fast.eval.probe import fit_linear
-
     rng = np.random.default_rng(seed)
     f_train, y_train = _betavae_features(encode, sampler, n_train, batch_size, rng)
     f_eval, y_eval = _betavae_features(encode, sampler, n_eval, batch_size, rng)

@@ -27,7 +27,8 @@ import torch
 from einops import rearrange
 from PIL import Image
 
-from amr_fast import kernels, mixing
+from amr_fast import kernels, mixing, models
+from amr_fast.data.images import to_unit
 
 BACKGROUND = 255  # white between tiles
 PAD = 2  # pixels around every tile
@@ -38,14 +39,6 @@ STEPS = 10  # interpolation strip length (the paper's figures)
 # Conversions.
 
 
-def to_unit(x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Images as float32 in [-1, 1]: uint8 [0, 255] is scaled, floats are taken as already in [-1, 1]."""
-    x = torch.as_tensor(x)
-    if x.dtype == torch.uint8:
-        return x.float() / 127.5 - 1
-    return x.float()
-
-
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] float -> uint8 [0, 255] (clamped, rounded), same shape, on the CPU."""
     return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -53,10 +46,7 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 def unwrap(ae: torch.nn.Module) -> torch.nn.Module:
     """The autoencoder inside a DDP / compile wrapper (the thing with `.encode` / `.decode`)."""
-    while not hasattr(ae, "encode") and hasattr(ae, "module"):
-        ae = ae.module
-    while not hasattr(ae, "encode") and hasattr(ae, "_orig_mod"):
-        ae = ae._orig_mod
+    ae = models.unwrap(ae)
     if not (hasattr(ae, "encode") and hasattr(ae, "decode")):
         raise ValueError(f"expected an autoencoder with .encode/.decode (nets['ae']); got {type(ae).__name__}")
     return ae
@@ -161,10 +151,15 @@ def save_png(path: str | os.PathLike, img: np.ndarray) -> None:
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
         raise ValueError(f"save_png expects [H, W, C] with C in 1, 3, 4; got shape {img.shape}")
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; pass a PNG file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(img).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        Image.fromarray(img).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -23,6 +23,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from amr_fast.checkpoint import load_networks
+from amr_fast.eval import grids
+
 MODES = ("mixup", "bernoulli", "kway", "kway-bernoulli")
 
 
@@ -52,9 +55,6 @@ def mix_images(
     snapshot: str | Path, paths: list[str | Path], mode: str = "mixup", steps: int = 10, seed: int = 0
 ) -> np.ndarray:
     """The grid (uint8 [H, W, C]) of `mode` mixes of the image files through the snapshot's autoencoder."""
-    from amr_fast.checkpoint import load_networks
-    from amr_fast.eval import grids
-
     if mode not in MODES:
         raise ValueError(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
     if len(paths) < 2:
@@ -93,9 +93,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from amr_fast.eval.grids import save_png
-
+    if Path(args.out).is_dir():
+        raise ValueError(
+            f"--out {args.out} is a directory; pass the PNG file to write, e.g. {Path(args.out) / 'mix.png'}"
+        )
     img = mix_images(args.snapshot, args.images, args.mode, args.steps, args.seed)
-    save_png(args.out, img)
+    grids.save_png(args.out, img)
     print(f"wrote {args.out} ({img.shape[1]}x{img.shape[0]})")
     return 0

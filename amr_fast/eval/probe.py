@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from amr_fast.data.images import to_unit
+
 
 @dataclass
 class LinearClassifier:
@@ -71,8 +73,7 @@ def encode_batches(
     hs, ys, n = [], [], 0
     with torch.no_grad():
         for batch in batches:
-            x = torch.as_tensor(batch["x"])
-            x = x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
+            x = to_unit(batch["x"])
             hs.append(encode(x).detach().flatten(1).float().cpu())
             ys.append(torch.as_tensor(batch["y"]).long().flatten().cpu())
             n += len(x)

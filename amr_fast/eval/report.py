@@ -23,6 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from amr_fast.checkpoint import latest_snapshot, load_networks, read_json
+from amr_fast.data.procedural import spiral
+from amr_fast.eval.grids import save_png, spiral_mixes, spiral_plot
+from amr_fast.stats import read_jsonl
 
 # stats.jsonl names of the online probe's validation accuracy (first one present wins) and of the recon loss.
 PROBE_KEYS = ("probe/valid_acc", "probe/val_acc", "valid/acc", "eval/valid_acc", "probe/acc_valid")
@@ -91,27 +97,12 @@ def annotate_variants(runs: list[Run]) -> None:
             r.variant = ", ".join(f"{k}={r.cfg.get(k)}" for k in differ)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines file; a partially written last line (a crash) is ignored."""
-    rows = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
-
-
 def load_run(path: str | Path) -> Run:
     """A run directory made by `amr-fast train` (config.json, stats.jsonl, metric-*.jsonl)."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a run directory (no config.json); pass directories of `amr-fast train`")
-    cfg = json.loads((path / "config.json").read_text())
+    cfg = read_json(path / "config.json")
     cfg = cfg.get("config", cfg) if isinstance(cfg, dict) else cfg
     rows = read_jsonl(path / "stats.jsonl") if (path / "stats.jsonl").is_file() else []
     metrics = {}
@@ -214,6 +205,61 @@ def results_table(runs: list[Run]) -> str:
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The Manifold Mixup classifiers' table (`amr-fast classify` runs; Verma et al., ICML 2019, tables 1-3).
+
+MODE_ORDER = {m: i for i, m in enumerate(("erm", "cutout", "mixup", "manifold"))}
+
+
+def _mode_label(cfg: dict) -> str:
+    mode = cfg.get("mode", "?")
+    if mode == "mixup":
+        return f"input mixup (alpha={cfg.get('alpha'):g})"
+    if mode == "manifold":
+        layers = ",".join(str(k) for k in cfg.get("mix_layers", ()))
+        return f"Manifold Mixup (alpha={cfg.get('alpha'):g}, layers {layers})"
+    if mode == "cutout":
+        return f"cutout ({cfg.get('cutout_size')} px)"
+    return "ERM (no mixup)"
+
+
+def classify_table(runs: list) -> str:
+    """Markdown table of classifier runs (`Run` objects of `amr-fast classify` run dirs):
+    rows = mode, columns = dataset x (test error, FGSM error at each eps), cells = mean ± std over seeds of the
+    last evaluation of each run (%), followed by one line saying what the cells are."""
+
+    def last(run, key: str) -> float | None:
+        vals = [r[key] for r in run.rows if isinstance(r.get(key), (int, float))]
+        return vals[-1] if vals else None
+
+    def kimg(run) -> str:
+        return f"{run.rows[-1]['kimg']:g}" if run.rows else "0"
+
+    groups: dict[tuple, list] = {}
+    for run in runs:
+        arch = f"{run.cfg.get('arch')} width {run.cfg.get('width', 1):g}"
+        key = (MODE_ORDER.get(run.cfg.get("mode"), 9), _mode_label(run.cfg), arch, kimg(run))
+        groups.setdefault(key, []).append(run)
+    datasets = list(dict.fromkeys(r.dataset for r in runs))
+    metrics = ["eval/test_error"] + sorted({k for r in runs for row in r.rows for k in row if "fgsm_error" in k})
+    names = {"eval/test_error": "test error"} | {m: f"FGSM eps={m.split('@')[1]} error" for m in metrics[1:]}
+    columns = [(ds, m) for ds in datasets for m in metrics]
+    n_all = max(len(g) for g in groups.values())
+    head = ["mode", "arch", "kimg"] + [f"{ds} {names[m]}" for ds, m in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * len(columns)) + "|"]
+    for (_, label, arch, k), group in sorted(groups.items()):
+        cells = []
+        for ds, m in columns:
+            vals = [v for r in group if r.dataset == ds and (v := last(r, m)) is not None]
+            cells.append(_fmt(vals, scale=1.0, digits=2, n_all=n_all))
+        lines.append("| " + " | ".join([label, str(arch), k] + cells) + " |")
+    note = (
+        f"\nCells: classification error (%) on the test split, clean and under white-box FGSM (eps in [0, 1] pixel "
+        f"units), at the end of training; mean ± std over seeds (n = {n_all}; [n] when fewer).\n"
+    )
+    return "\n".join(lines) + "\n" + note
+
+
 def _curves(
     runs: list[Run], keys: tuple[str, ...], scale: float
 ) -> dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -283,22 +329,9 @@ def plot_curves(runs: list[Run], path: str | Path) -> None:
     plt.close(fig)
 
 
-def latest_snapshot(run_dir: str | Path) -> Path:
-    snaps = sorted(Path(run_dir).glob("snapshot-*.safetensors"))
-    if not snaps:
-        raise FileNotFoundError(f"{run_dir} has no snapshot-*.safetensors yet; train longer (snapshot_kimg)")
-    return snaps[-1]
-
-
 def spiral_figure(runs: list[Run], n: int = 1000, seed: int = 0) -> np.ndarray:
     """The supplement's figure 12: for each spiral run (arch mlp), decoded random mixes of n spiral points over
     the points themselves, titled by the run's beta."""
-    import torch
-
-    from amr_fast.checkpoint import load_networks
-    from amr_fast.data.procedural import spiral
-    from amr_fast.eval.grids import spiral_mixes, spiral_plot
-
     panels = []
     for r in sorted(runs, key=lambda r: float(r.cfg.get("beta", 0.0))):
         if r.cfg.get("arch") != "mlp":
@@ -330,17 +363,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     runs = [load_run(p) for p in args.runs]
-    classifiers = [r for r in runs if "mode" in r.cfg]  # `amr-fast classify` runs: table by amr_fast.classify
+    classifiers = [r for r in runs if "mode" in r.cfg]  # `amr-fast classify` runs: their own table
     runs = [r for r in runs if "mode" not in r.cfg]
     if args.spiral:
-        from amr_fast.eval.grids import save_png
-
         save_png(args.spiral, spiral_figure(runs))
         print(f"wrote {args.spiral}")
     table = results_table(runs) if runs or not classifiers else ""
     if classifiers:
-        from amr_fast.classify import classify_table
-
         table += classify_table(classifiers)
     print(table, end="")
     if args.out:

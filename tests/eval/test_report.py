@@ -1,11 +1,13 @@
 """`amr-fast report` on hand-written run directories: the exact table, seed grouping, curves PNG."""
 
+import dataclasses
 import json
 
 import numpy as np
 from PIL import Image
 
 from amr_fast import cli
+from amr_fast.config import CLASSIFY_PRESETS
 from amr_fast.eval import report
 
 KEY = report.PROBE_KEYS[0]
@@ -119,3 +121,25 @@ def test_report_spiral_figure_draws_data_and_mixes(tmp_path):
     half = img.shape[1] // 2
     for part in (slice(0, half), slice(half, None)):
         assert blue[:, part].sum() > 50 and orange[:, part].sum() > 10  # (the legend is in the first panel only)
+
+
+def test_classify_table_over_seeds(tmp_path):
+    runs = []
+    for mode, errors in [("erm", (10.0, 12.0)), ("manifold", (8.0, 9.0))]:
+        for seed, err in enumerate(errors):
+            d = tmp_path / f"{mode}-{seed}"
+            d.mkdir()
+            cfg = dataclasses.replace(CLASSIFY_PRESETS[f"fashion-mnist-{mode}"], data="/x/fm32", seed=seed)
+            (d / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+            rows = [{"kimg": 32.0, "eval/test_error": 50.0}, {"kimg": 64.0, "eval/test_error": err}]
+            rows[-1]["eval/fgsm_error@0.03"] = 2 * err
+            (d / "stats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            runs.append(report.load_run(d))
+    lines = report.classify_table(runs).splitlines()
+    assert "test error" in lines[0] and "FGSM eps=0.03 error" in lines[0]
+    erm = next(line for line in lines if line.startswith("| ERM"))
+    manifold = next(line for line in lines if line.startswith("| Manifold Mixup (alpha=2, layers 0,1,2)"))
+    assert erm.endswith("| 64 | 11.00 ± 1.00 | 22.00 ± 2.00 |")  # the last evaluation of each run, over 2 seeds
+    assert manifold.endswith("| 64 | 8.50 ± 0.50 | 17.00 ± 1.00 |")
+    assert cli.main(["report", *[str(r.path) for r in runs], "--out", str(tmp_path / "table.md")]) == 0
+    assert (tmp_path / "table.md").read_text() == report.classify_table(runs)  # `amr-fast report` shows it

@@ -60,3 +60,12 @@ def test_bad_mix_layer_is_a_clear_error():
         model(torch.randn(2, 1, 32, 32), mix_layer=model.num_mix_layers, mix=lambda h: h)
     with pytest.raises(ValueError, match="both mix_layer and mix"):
         model(torch.randn(2, 1, 32, 32), mix_layer=1)
+
+
+def test_build_classifier_refuses_mix_layers_past_the_network():
+    from amr_fast.config import ClassifyConfig
+    from amr_fast.models import build_classifier
+
+    cfg = ClassifyConfig(channels=1, num_classes=5, width=1 / 16, batch=8, mode="manifold", mix_layers=(0, 7))
+    with pytest.raises(ValueError, match="mix_layers"):
+        build_classifier(cfg.validate())

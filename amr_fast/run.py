@@ -1,0 +1,329 @@
+"""What every run needs, once, for both trainers (`amr_fast.train` and `amr_fast.classify`).
+
+A `Run` is one training run in its directory (NVlabs edm2's `training_loop.py` shape: the trainer is a flat
+sequence of blocks around one state object, `run.state`):
+
+- precision and world size: `mixed_precision` (the config's, or for "auto" what `accelerate launch` chose in
+  ACCELERATE_MIXED_PRECISION, else bf16 on CUDA and fp32 on CPU; fp16 brings a dynamic loss scale) and
+  `check_world_size` (a launcher that silently started one process is an error);
+- the run directory: `config.json` (written atomically), `log.txt` (`run.say`), `stats.jsonl` (one row per
+  tick, `run.tick`); an --outdir naming a file is an error;
+- resume: re-running the same command continues from the newest complete state (`run.resume`), refused when the
+  config differs in anything but the schedule (`RESUMABLE_FIELDS`: a run can be extended by raising total_kimg);
+  `stats.jsonl` is cut back to the rows at or before that state (all of them when there is none), so a run killed
+  at any moment ends with the rows of an uninterrupted one;
+- signals: SIGTERM / SIGINT (also sent to the whole process group, as Slurm and systemd do; the data loader's
+  workers ignore them) set `run.stop_requested`; the trainer finishes its step, `run.stop` saves a state, and the
+  process exits cleanly; a second signal acts at once;
+- the kimg schedule (`due`), the non-finite step counter with the divergence stop and the fp16 loss scale
+  (`run.count_step`, `step_status`);
+- the command line both trainers share: --preset, --outdir, --data, field=value overrides (anywhere on the line),
+  --list-presets, --dry-run, --tensorboard (`configure_run_parser`, `config_from_args`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+
+from amr_fast import checkpoint, stats
+from amr_fast.config import from_dict, parse_overrides, resolve, to_json
+from amr_fast.eval import tensorboard as eval_tensorboard
+
+# Fields that may differ when a run is resumed (the schedule and runtime knobs); every other field must match.
+RESUMABLE_FIELDS = ("total_kimg", "tick_kimg", "snapshot_kimg", "state_kimg", "probe_kimg", "eval_kimg", "compile")
+FP16_INITIAL_SCALE = 2.0**15  # fp16 dynamic loss scaling: the first scale,
+FP16_MAX_SCALE = 2.0**24  # its ceiling,
+FP16_SCALE_GROWTH = 2000  # and doubled after this many good steps in a row (halved on an overflow)
+
+
+def mixed_precision(precision: str) -> str:
+    """Accelerate's mixed_precision for a config's precision ("auto": as launched, else bf16 on CUDA, no on CPU)."""
+    if precision == "auto":
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+        if launched:
+            return launched
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+
+
+def check_world_size(num_processes: int) -> None:
+    expected = int(os.environ.get("WORLD_SIZE", "1"))
+    if num_processes != expected:
+        raise ValueError(
+            f"Accelerate runs {num_processes} process(es) but WORLD_SIZE={expected}; on CPU launch with "
+            "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...` (`--cpu --num_processes N` "
+            "silently starts one process) or with torchrun"
+        )
+
+
+def check_resume_config(cfg: Any, outdir: Path) -> None:
+    """Refuse to resume a run of another config (only the fields in RESUMABLE_FIELDS may change)."""
+    path = outdir / "config.json"
+    if not path.exists() or checkpoint.find_latest_state(outdir) is None:
+        return
+    old = from_dict(checkpoint.read_json(path), type(cfg))
+    diff = [
+        f"{name}: {getattr(old, name)!r} -> {getattr(cfg, name)!r}"
+        for name in cfg.__dataclass_fields__
+        if name not in RESUMABLE_FIELDS and getattr(old, name) != getattr(cfg, name)
+    ]
+    if diff:
+        raise ValueError(
+            f"{outdir} holds a run with another config (different config fields: {'; '.join(diff[:4])}); re-run "
+            "with the same preset and overrides to resume it (total_kimg and the *_kimg schedule may change), or "
+            "pass a new --outdir"
+        )
+
+
+def due(prev_nimg: int, nimg: int, kimg: float) -> bool:
+    """Did training pass a multiple of `kimg` thousand images between prev_nimg (excluded) and nimg?"""
+    step = max(1, round(kimg * 1000))
+    return nimg // step > prev_nimg // step
+
+
+def fmt_time(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def trim_stats(path: Path, nimg: int) -> None:
+    """Keep the rows of `path` (stats.jsonl) at or before `nimg` images, atomically: the rows a killed process
+    wrote after the state a run resumes from (all rows when it starts from scratch) would be written again."""
+    if not path.exists():
+        return
+    rows = [r for r in stats.read_jsonl(path) if r.get("nimg", round(r.get("kimg", 0) * 1000)) <= nimg]
+    checkpoint.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def step_status(
+    losses: Iterable[torch.Tensor], grads: list[torch.Tensor], stop: bool, reduce: Callable[[torch.Tensor], Any]
+) -> tuple[str, bool]:
+    """After the backward pass: ("ok" | "loss" (a non-finite loss on some rank) | "grad" (finite losses, a non-
+    finite gradient, e.g. an fp16 overflow), stop requested on some rank), the same on every rank. `reduce` sums
+    the three float32 flags over ranks (one all-reduce, or none on one process); `.tolist()` is the step's one
+    host sync."""
+    values = [v.detach().float().reshape(-1) for v in losses]
+    device = values[0].device if values else grads[0].device if grads else torch.device("cpu")
+    loss_bad = (~torch.isfinite(torch.cat(values))).sum().float() if values else torch.zeros((), device=device)
+    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device)
+    flags = torch.stack(
+        [loss_bad, (~torch.isfinite(norm)).float().to(device), torch.tensor(float(stop), device=device)]
+    )
+    loss_n, grad_n, stop_n = reduce(flags).tolist()
+    return ("loss" if loss_n else "grad" if grad_n else "ok"), stop_n > 0
+
+
+def sum_over_ranks(flags: torch.Tensor, world_size: int) -> torch.Tensor:
+    if world_size > 1:
+        dist.all_reduce(flags)
+    return flags
+
+
+@dataclasses.dataclass
+class LoopState:
+    """What every loop carries from step to step and saves in each resume state (loop.json)."""
+
+    nimg: int = 0  # images trained on, all ranks
+    tick_nimg: int = 0  # nimg at the last tick
+    time: float = 0.0  # seconds of training, over every process of the run (resumes included)
+    nonfinite: int = 0  # skipped steps in a row
+    nonfinite_total: int = 0  # skipped steps since the start of the run
+    loss_scale: float = 1.0  # fp16: the dynamic loss scale (1 otherwise)
+    scale_ok: int = 0  # good steps since the loss scale last changed
+
+
+class Run:
+    """One run of `cfg` in `outdir` (see the module docstring). Every rank builds one, at the same point."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        outdir: str | Path,
+        state: LoopState,
+        log: Callable[[str], None] | None = print,
+        status_keys: Iterable[str] | None = None,
+        tensorboard: bool = False,
+    ) -> None:
+        self.cfg, self.outdir, self.state, self.log = cfg, Path(outdir), state, log
+        if self.outdir.exists() and not self.outdir.is_dir():
+            raise ValueError(f"--outdir {self.outdir} is a file; pass a directory (a new one, or a run to resume)")
+        self.accelerator = Accelerator(mixed_precision=mixed_precision(cfg.precision))
+        check_world_size(self.accelerator.num_processes)
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.device, self.is_main = self.accelerator.device, self.accelerator.is_main_process
+        self.fp16 = self.accelerator.mixed_precision == "fp16"
+        self.tb = eval_tensorboard.TensorBoardLogger(self.outdir) if tensorboard and self.is_main else None  # fails before any work
+        self.latest = checkpoint.find_latest_state(self.outdir)
+        self.state_nimg = round(checkpoint.state_kimg(self.latest) * 1000) if self.latest else None
+        check_resume_config(cfg, self.outdir)  # every rank: none waits alone at the barrier below
+        if self.is_main:
+            self.outdir.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_text_atomic(self.outdir / "config.json", to_json(cfg) + "\n")
+            trim_stats(self.outdir / "stats.jsonl", self.state_nimg or 0)
+        self.accelerator.wait_for_everyone()
+        self.collector = stats.Collector(
+            self.outdir / "stats.jsonl", self.device, self.rank, self.world, log=self.say, status_keys=status_keys
+        )
+        self.stop_requested = False
+        self._handlers: dict = {}
+
+    def say(self, line: str) -> None:
+        """Rank 0: append to log.txt and echo to `log`. Other ranks: silent."""
+        if not self.is_main:
+            return
+        with open(self.outdir / "log.txt", "a") as f:
+            f.write(line + "\n")
+        if self.log is not None:
+            self.log(line)
+
+    @property
+    def total_nimg(self) -> int:
+        return round(self.cfg.total_kimg * 1000)
+
+    @property
+    def finished(self) -> bool:
+        return self.state.nimg >= self.total_nimg
+
+    def resume(
+        self, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]
+    ) -> dict[str, torch.Tensor]:
+        """Load the newest complete state into the modules, optimisers and `self.state` (or start from scratch);
+        returns this rank's extra tensors saved with it ({} from scratch). Starts the clocks."""
+        tensors: dict[str, torch.Tensor] = {}
+        if self.fp16:
+            self.state.loss_scale = FP16_INITIAL_SCALE
+        if self.latest is None:
+            self.say(f"training {self.outdir} from scratch")
+        else:
+            loop, tensors = checkpoint.load_state(self.accelerator, self.latest, modules, optimizers)
+            names = {f.name for f in dataclasses.fields(self.state)}
+            for name, value in loop.items():
+                if name in names:
+                    setattr(self.state, name, value)
+            self.say(f"resuming {self.outdir} from {self.latest.name} ({self.state.nimg / 1000:.3f} kimg)")
+            if self.finished:
+                self.say(f"{self.outdir} already finished {self.state.nimg / 1000:.3f} kimg (raise total_kimg=... "
+                         "to train longer)")  # fmt: skip
+        stats.reset()
+        self.start_time, self.tick_time, self.tick_start_nimg = (
+            time.time() - self.state.time,
+            time.time(),
+            self.state.nimg,
+        )
+        return tensors
+
+    def count_step(self, status: str, what: str | None = None) -> None:
+        """After each step (status of `step_status`): count skipped steps, stop a diverged run, and in fp16 grow
+        the loss scale after FP16_SCALE_GROWTH good steps and halve it on an overflow (not a divergence)."""
+        s = self.state
+        if status == "ok":
+            s.nonfinite, s.scale_ok = 0, s.scale_ok + 1
+            if self.fp16 and s.scale_ok % FP16_SCALE_GROWTH == 0:
+                s.loss_scale = min(s.loss_scale * 2, FP16_MAX_SCALE)
+            return
+        if status == "grad" and self.fp16 and s.loss_scale > 1.0:
+            s.loss_scale, s.scale_ok = s.loss_scale / 2, 0
+            return
+        s.nonfinite, s.nonfinite_total = s.nonfinite + 1, s.nonfinite_total + 1
+        if s.nonfinite >= self.cfg.max_nonfinite:
+            what = what or {"loss": "losses", "grad": "gradients"}[status]
+            raise ValueError(
+                f"{s.nonfinite} non-finite {what} in a row at {s.nimg / 1000:g} kimg (max_nonfinite="
+                f"{self.cfg.max_nonfinite}); the run diverged: lower lr, use precision=fp32, or check the data, in a "
+                f"new --outdir; the states and snapshots already in {self.outdir} are finite"
+            )
+
+    def tick(self, extra: dict) -> dict:
+        """One stats row: kimg, nimg, the trainer's `extra`, times, speed, skipped steps, and every value reported
+        since the last tick (reduced over ranks); rank 0 appends it to stats.jsonl and prints the status line."""
+        s, now = self.state, time.time()
+        s.time = now - self.start_time
+        row = {"kimg": s.nimg / 1000, "nimg": s.nimg, **extra}
+        row.update({"time": fmt_time(s.time), "seconds": round(s.time, 3), "sec/tick": round(now - self.tick_time, 3),
+                    "img/s": round((s.nimg - self.tick_start_nimg) / max(now - self.tick_time, 1e-9), 2),
+                    "nonfinite": s.nonfinite_total})  # fmt: skip
+        row = self.collector.tick(row)
+        if self.tb is not None:
+            self.tb.scalars(row, s.nimg / 1000)
+        self.tick_time, self.tick_start_nimg, s.tick_nimg = now, s.nimg, s.nimg
+        return row
+
+    def save_state(
+        self,
+        modules: dict[str, torch.nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+        rank_tensors: dict[str, torch.Tensor],
+    ) -> Path:
+        """`state-<kimg>/` at the current nimg (every rank calls it)."""
+        self.state.time = time.time() - self.start_time
+        state = dataclasses.asdict(self.state)
+        self.latest = checkpoint.save_state(self.accelerator, self.outdir, self.state.nimg, state, modules, optimizers,
+                                            rank_tensors)  # fmt: skip
+        self.state_nimg = self.state.nimg
+        return self.latest
+
+    def stop(self, save: Callable[[], Path]) -> None:
+        """After a signal: make sure a state at the current nimg exists (`save` writes one), say how to resume."""
+        path = self.latest if self.state_nimg == self.state.nimg else save()
+        self.say(f"stopped by a signal at {self.state.nimg / 1000:g} kimg; saved {path}; re-run the command to resume")
+
+    # Signals: `with run:` around the loop.
+    def __enter__(self) -> Run:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._handlers[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+        signal.signal(signum, self._handlers.get(signum, signal.SIG_DFL))  # a second signal acts at once
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)
+        self._handlers.clear()
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The command line of both trainers: preset -> overrides -> validate -> print JSON (--dry-run stops) -> train.
+
+
+def configure_run_parser(parser: argparse.ArgumentParser, default_preset: str, overrides_help: str) -> None:
+    parser.add_argument("--preset", default=default_preset, help="starting configuration (see --list-presets)")
+    parser.add_argument("--outdir", default=None, help="run directory; re-running the same command resumes it "
+                        "(default: runs/<preset>)")  # fmt: skip
+    parser.add_argument("--data", default=None, help="dataset directory made by `amr-fast shard` (same as data=DIR)")
+    parser.add_argument("overrides", nargs="*", metavar="field=value", help=overrides_help)
+    parser.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
+    parser.add_argument(
+        "--tensorboard", action="store_true",
+        help="also log every stats row (and sample grid) to RUN/tensorboard/ (needs the tensorboard package)",
+    )  # fmt: skip
+
+
+def config_from_args(args: argparse.Namespace, presets: dict) -> Any | None:
+    """The validated config of the command line, printed as JSON (once, by rank 0); None after --dry-run."""
+    overrides = parse_overrides(args.overrides)
+    if args.data is not None:
+        overrides["data"] = args.data
+    cfg = resolve(args.preset, overrides, presets)
+    if args.dry_run or int(os.environ.get("RANK", "0")) == 0:
+        print(to_json(cfg))
+    return None if args.dry_run else cfg
