@@ -165,7 +165,9 @@ class Run:
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device, self.is_main = self.accelerator.device, self.accelerator.is_main_process
         self.fp16 = self.accelerator.mixed_precision == "fp16"
-        self.tb = eval_tensorboard.TensorBoardLogger(self.outdir) if tensorboard and self.is_main else None  # fails before any work
+        self.tb = (
+            eval_tensorboard.TensorBoardLogger(self.outdir) if tensorboard and self.is_main else None
+        )  # fails before any work
         self.latest = checkpoint.find_latest_state(self.outdir)
         self.state_nimg = round(checkpoint.state_kimg(self.latest) * 1000) if self.latest else None
         check_resume_config(cfg, self.outdir)  # every rank: none waits alone at the barrier below

@@ -2,6 +2,7 @@
 the paper's loss, on-device augmentation, every mode end to end, resume."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -9,8 +10,10 @@ import torch
 from torch.nn import functional as F
 
 from amr_fast import classify, kernels
+from amr_fast.checkpoint import find_latest_state, latest_snapshot, load_snapshot
 from amr_fast.classify import mixup_forward, mixup_loss
 from amr_fast.config import ClassifyConfig
+from amr_fast.stats import read_jsonl
 
 
 @pytest.fixture(autouse=True)
@@ -247,10 +250,12 @@ def on_step(monkeypatch, step: int, action) -> None:
     monkeypatch.setattr(classify, "random_crop_flip", augment)
 
 
-def assert_same_final_weights(run_a, run_b) -> None:
-    from amr_fast.checkpoint import load_snapshot
-
-    (a,), (b,) = run_a.glob("snapshot-*.safetensors"), run_b.glob("snapshot-*.safetensors")
+def assert_same_final_weights(run_a, run_b, newest: bool = False) -> None:
+    """The (single, or with `newest` the newest) snapshots of two runs hold the same weights, bit for bit."""
+    if newest:
+        a, b = latest_snapshot(run_a), latest_snapshot(run_b)
+    else:
+        (a,), (b,) = run_a.glob("snapshot-*.safetensors"), run_b.glob("snapshot-*.safetensors")
     weights_a, weights_b = load_snapshot(a)[0]["classifier"], load_snapshot(b)[0]["classifier"]
     for name, tensor in weights_a.items():
         torch.testing.assert_close(weights_b[name], tensor, rtol=0, atol=0, msg=name)
@@ -396,3 +401,62 @@ def test_a_resume_state_is_never_written_with_non_finite_weights(shards, tmp_pat
         classify.train_classifier(cfg, tmp_path / "bad", log=lambda msg: None)
     files, tensors = saved_tensors(tmp_path / "bad")
     assert [f.parent.name for f in files] == [f"state-{0.008:010.3f}"] and all_finite(tensors)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run harness under the classifier: extension, process-group signals, statistics after early kills, the CLI.
+
+
+def test_raising_total_kimg_extends_a_finished_run_to_the_weights_of_a_longer_one(shards, tmp_path):
+    cfg = e2e_cfg(shards, mode="manifold", total_kimg=0.032, snapshot_kimg=0.032, eval_kimg=0.032)
+    straight = classify.train_classifier(cfg, tmp_path / "straight", log=lambda msg: None)
+    short = dataclasses.replace(cfg, total_kimg=0.016, snapshot_kimg=0.016)
+    classify.train_classifier(short, tmp_path / "extended", log=lambda msg: None)
+    messages = []
+    extended = classify.train_classifier(cfg, tmp_path / "extended", log=messages.append)
+    assert any("resuming" in m for m in messages)
+    assert [r["kimg"] for r in read_jsonl(extended / "stats.jsonl")] == [0.008, 0.016, 0.024, 0.032]
+    assert_same_final_weights(straight, extended, newest=True)
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_saves_a_state_and_resumes_exactly(shards, tmp_path):
+    import os
+    import signal
+
+    from test_train import run_driver, wait_for_rows
+
+    cfg = e2e_cfg(shards, mode="mixup", total_kimg=0.032, snapshot_kimg=0.032, state_kimg=0.032, workers=2)
+    straight = classify.train_classifier(cfg, tmp_path / "straight", log=lambda msg: None)
+    run = tmp_path / "run"
+    proc = run_driver(cfg, run, "--classify", "--sleep", "0.3", wait=False)
+    wait_for_rows(run, proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "stopped by a signal" in out and "Traceback" not in err, out + err[-3000:]
+    assert find_latest_state(run) is not None and not list(run.glob("snapshot-*"))
+    assert "resuming" in run_driver(cfg, run, "--classify").stdout
+    assert_same_final_weights(straight, run)
+
+
+def test_a_kill_before_the_first_state_leaves_the_stats_of_an_uninterrupted_run(shards, tmp_path):
+    cfg = e2e_cfg(shards, mode="erm", total_kimg=0.032, snapshot_kimg=0.032, state_kimg=0.032, eval_kimg=0.032)
+    straight = classify.train_classifier(cfg, tmp_path / "straight", log=lambda msg: None)
+    run = tmp_path / "run"
+    run.mkdir()  # what a run killed after two ticks and before its first state leaves behind
+    (run / "stats.jsonl").write_text(json.dumps({"kimg": 0.008, "loss/cls": 9.0}) + "\n" + '{"kimg": 0.016, "lo')
+    classify.train_classifier(cfg, run, log=lambda msg: None)
+    same = ("kimg", "nimg", "lr", "loss/cls", "train/error", "nonfinite", "eval/test_error")
+
+    def rows(path):
+        return [{k: r.get(k) for k in same} for r in read_jsonl(path / "stats.jsonl")]
+
+    assert rows(run) == rows(straight) and len(rows(run)) == 4
+
+
+def test_bad_outdir_is_one_line_without_traceback(shards, tmp_path, capsys):
+    from amr_fast import cli
+
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["classify", "--outdir", str(tmp_path / "file"), f"data={shards}", "total_kimg=0.008"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file" in err and "Traceback" not in err

@@ -53,10 +53,25 @@ def run_driver(cfg: TrainConfig, outdir: Path, *extra: str, wait: bool = True, l
     }
     cmd = (launcher or [sys.executable]) + [str(DRIVER), str(cfg_path), str(outdir), *extra]
     if not wait:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # its own process group: a test can signal the group (the driver and its data loader workers) at once
+        return subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
+
+
+def wait_for_rows(run: Path, proc: subprocess.Popen, n: int = 1) -> None:
+    wait_for(lambda: (run / "stats.jsonl").exists() and len(stats.read_jsonl(run / "stats.jsonl")) >= n, proc)
+
+
+def assert_same_snapshots(a: Path, b: Path) -> None:
+    """The newest snapshots of two runs hold bit-identical tensors."""
+    ta, tb = load_file(str(checkpoint.latest_snapshot(a))), load_file(str(checkpoint.latest_snapshot(b)))
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        torch.testing.assert_close(tb[key], ta[key], rtol=0, atol=0, msg=key)
 
 
 def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -205,6 +220,64 @@ def test_sigterm_then_sigkill_then_rerun_equals_an_uninterrupted_run(shards, ref
     for row in got_rows:
         if row["nimg"] > resumed_nimg:
             assert row == ref_rows[row["nimg"]]
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_saves_a_state_and_resumes_exactly(shards, tmp_path):
+    # Slurm / systemd signal the whole group: the data loader's 2 workers get SIGTERM too and must not die of it.
+    cfg, ref, run = tiny(shards, workers=2), tmp_path / "ref", tmp_path / "run"
+    train.training_loop(cfg, ref, log=None)
+    proc = run_driver(cfg, run, "--sleep", "0.3", wait=False)
+    wait_for_rows(run, proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in err, out[-2000:] + err[-3000:]
+    summary = json.loads(out.split("SUMMARY ", 1)[1])
+    assert summary["stopped"] and 0 < summary["kimg"] < cfg.total_kimg
+    assert checkpoint.find_latest_state(run).name == f"state-{checkpoint.kimg_tag(round(summary['kimg'] * 1000))}"
+    assert "resuming" in run_driver(cfg, run).stdout
+    assert_same_snapshots(ref, run)
+    assert [r["nimg"] for r in loss_rows(run)] == [r["nimg"] for r in loss_rows(ref)]
+
+
+def test_a_kill_before_the_first_state_leaves_the_stats_of_an_uninterrupted_run(shards, reference_run, tmp_path):
+    cfg, run = tiny(shards), tmp_path / "run"
+    proc = run_driver(dataclasses.replace(cfg, state_kimg=1), run, "--sleep", "0.3", wait=False)  # no state early
+    wait_for_rows(run, proc, 2)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert checkpoint.find_latest_state(run) is None and len(stats.read_jsonl(run / "stats.jsonl")) >= 2
+    r = run_driver(cfg, run)
+    assert "from scratch" in r.stdout
+    assert loss_rows(run) == loss_rows(reference_run)  # no duplicated rows: the dead run's were dropped
+
+
+def test_a_planted_pickle_in_a_state_is_never_executed_and_total_kimg_extends_a_run(
+    reference_run, shards, tmp_path, monkeypatch
+):
+    import pickle
+    import shutil
+
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    shutil.copytree(reference_run, run)
+    state = checkpoint.find_latest_state(run)
+
+    class Exploit:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin", "pytorch_model.bin"):
+        (state / name).write_bytes(pickle.dumps(Exploit()))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a resume state was unpickled")
+
+    for module, name in ((torch, "load"), (pickle, "load"), (pickle, "loads")):
+        monkeypatch.setattr(module, name, refuse)
+    lines = []
+    summary = train.training_loop(tiny(shards, total_kimg=0.112), run, log=lines.append)
+    assert not marker.exists()
+    assert any("resuming" in line for line in lines) and summary["kimg"] == 0.112 and not summary["stopped"]
+    assert [r["nimg"] for r in stats.read_jsonl(run / "stats.jsonl")][-2:] == [96, 112]
 
 
 def test_rerunning_a_finished_run_does_not_train_again(reference_run, shards):

@@ -1,8 +1,10 @@
-"""Test helper (not a test): run `amr_fast.train.training_loop` from a JSON config in its own process, so tests can
-kill it, signal it, or launch it under torchrun. Used by tests/test_train.py.
+"""Test helper (not a test): run `amr_fast.train.training_loop` (or with --classify `amr_fast.classify.
+train_classifier`) from a JSON config in its own process, so tests can kill it, signal it, or launch it under
+torchrun. Used by tests/test_train.py and tests/test_classify.py.
 
-    python tests/train_driver.py CONFIG.json OUTDIR [--sleep S] [--fixed-batches] [--dump-weights DIR]
+    python tests/train_driver.py CONFIG.json OUTDIR [--classify] [--sleep S] [--fixed-batches] [--dump-weights DIR]
 
+--classify       the config is a ClassifyConfig: train the classifier (only --sleep applies)
 --sleep S        pause S seconds after every iteration (gives a test time to signal a run mid-training)
 --fixed-batches  replace the shard stream by deterministic global batches: iteration n's global batch is drawn
                  from a generator seeded by n and rank r of w gets its r-th slice, so runs with different process
@@ -40,11 +42,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("config")
     parser.add_argument("outdir")
+    parser.add_argument("--classify", action="store_true")
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--fixed-batches", action="store_true")
     parser.add_argument("--dump-weights", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.classify:
+        classify_main(args)
+        return
 
     import amr_fast.data
     import amr_fast.models
@@ -93,6 +99,24 @@ def main() -> None:
         save_file(tensors, os.path.join(args.dump_weights, f"rank{rank}.safetensors"))
         save_file(grads, os.path.join(args.dump_weights, f"grads{rank}.safetensors"))
     print("SUMMARY " + json.dumps(summary))
+
+
+def classify_main(args: argparse.Namespace) -> None:
+    from amr_fast import classify
+    from amr_fast.config import ClassifyConfig, from_dict
+
+    if args.sleep:
+        step = classify.Step.__call__
+
+        def slow(self, *a, **kw):
+            out = step(self, *a, **kw)
+            time.sleep(args.sleep)
+            return out
+
+        classify.Step.__call__ = slow
+    cfg = from_dict(json.loads(open(args.config).read()), ClassifyConfig)
+    classify.train_classifier(cfg, args.outdir, log=print)
+    print("SUMMARY " + json.dumps({"done": True}))
 
 
 if __name__ == "__main__":

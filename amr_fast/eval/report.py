@@ -6,7 +6,8 @@ accuracy of the online linear probe, in %; for runs evaluated with `amr-fast eva
 offline probe's test accuracy and (dSprites) the FactorVAE / beta-VAE disentanglement scores. Learning curves
 (probe validation accuracy and reconstruction loss against images seen) are drawn with matplotlib (Agg), and
 `--spiral` draws the spiral toy of the supplement (figure 12): decoded random mixes (orange) over the data (blue),
-one panel per run of the `spiral-*` presets (their beta values).
+one panel per run of the `spiral-*` presets (their beta values). Runs of `amr-fast classify` get their own table
+(`classify_table`: rows mode, columns dataset x test / FGSM error, the Manifold Mixup paper's tables).
 
 Examples:
     amr-fast report /work/runs/fmnist-* --out results.md --plot docs/curves.png

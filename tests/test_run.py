@@ -1,0 +1,166 @@
+"""amr_fast.run, the harness under both trainers: step status flags, the precision that reaches both loops,
+atomic writes and JSON errors naming the file, and bad command lines answered in one line without a traceback.
+(Resume, signals and statistics after kills are tested through each trainer: tests/test_train.py and
+tests/test_classify.py.)"""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from PIL import Image
+
+from amr_fast import checkpoint, classify, cli, run, train
+from amr_fast.config import ClassifyConfig, TrainConfig, to_json
+from amr_fast.models import build_classifier, build_networks
+
+
+def test_step_status_sees_a_non_finite_loss_or_gradient_and_the_stop_request():
+    w = torch.nn.Parameter(torch.ones(3))
+    loss = (w * 2).sum()
+    loss.backward()
+    same = lambda flags: flags  # noqa: E731  (one process: nothing to sum)
+    assert run.step_status([loss], [w.grad], False, same) == ("ok", False)
+    assert run.step_status([loss * float("inf")], [w.grad], True, same) == ("loss", True)
+    w.grad[1] = float("nan")
+    assert run.step_status([loss], [w.grad], False, same) == ("grad", False)
+
+
+def test_due_counts_images_between_two_points():
+    assert run.due(0, 16, 0.016) and not run.due(16, 24, 0.016) and run.due(24, 40, 0.016)
+
+
+class _Launched(Exception):
+    pass
+
+
+@pytest.mark.parametrize("launched, expected", [("fp16", "fp16"), ("bf16", "bf16"), (None, "no")])
+def test_the_launched_precision_reaches_both_loops(monkeypatch, tmp_path, launched, expected):
+    """`accelerate launch --mixed_precision fp16` sets ACCELERATE_MIXED_PRECISION; precision=auto takes it, in
+    both trainers (on this CPU we check the choice, not the arithmetic)."""
+    if launched:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launched)
+    else:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    chosen = []
+
+    def fake_accelerator(mixed_precision):
+        chosen.append(mixed_precision)
+        raise _Launched
+
+    monkeypatch.setattr(run, "Accelerator", fake_accelerator)
+    assert run.mixed_precision("auto") == expected and run.mixed_precision("fp16") == "fp16"
+    with pytest.raises(_Launched):
+        train.training_loop(TrainConfig(data="builtin:spiral"), tmp_path / "train", log=None)
+    data = tmp_path / "data"  # classify checks its dataset first: a minimal index is enough
+    data.mkdir()
+    (data / "index.json").write_text(json.dumps({"format_version": 1, "image_size": 32, "channels": 3, "splits": {}}))
+    with pytest.raises(_Launched):
+        classify.train_classifier(ClassifyConfig(data=str(data)), tmp_path / "classify", log=None)
+    assert chosen == [expected, expected]
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state: start from none, and let later tests choose their own precision."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_fp16_scales_the_loss_and_an_overflow_is_no_divergence(tmp_path, monkeypatch, fresh_accelerate_state):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    r = run.Run(TrainConfig(max_nonfinite=2), tmp_path / "r", run.LoopState(), log=None)
+    r.resume({}, {})  # no state: from scratch, at the initial loss scale
+    assert r.fp16 and r.state.loss_scale == run.FP16_INITIAL_SCALE
+    for _ in range(3):  # overflows halve the scale and never stop the run
+        r.count_step("grad")
+    assert r.state.loss_scale == run.FP16_INITIAL_SCALE / 8 and r.state.nonfinite == 0
+    r.count_step("loss")
+    with pytest.raises(ValueError, match=r"2 non-finite losses in a row .*max_nonfinite=2"):
+        r.count_step("loss")
+
+
+def test_atomic_writes_and_json_errors_name_the_file(tmp_path):
+    path = tmp_path / "config.json"
+    checkpoint.write_text_atomic(path, '{"a": 1}\n')
+    assert json.loads(path.read_text()) == {"a": 1} and not list(tmp_path.glob("*.tmp"))
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(OSError):  # the rename onto a directory fails: the tmp file is removed
+        checkpoint.write_text_atomic(tmp_path / "dir", "x")
+    assert not list(tmp_path.glob("*.tmp"))
+    path.write_text('{"lr": 0.0')  # a config.json truncated by a crash
+    (tmp_path / f"state-{checkpoint.kimg_tag(16)}").mkdir()
+    (tmp_path / f"state-{checkpoint.kimg_tag(16)}" / checkpoint.STATE_MARKER).write_text("{}")
+    with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
+        run.check_resume_config(TrainConfig(), tmp_path)
+
+
+def test_trim_stats_keeps_the_rows_up_to_the_state(tmp_path):
+    path = tmp_path / "stats.jsonl"
+    path.write_text("".join(json.dumps({"kimg": n / 1000, "nimg": n}) + "\n" for n in (16, 32, 48)) + '{"kimg": 0.0')
+    run.trim_stats(path, 32)
+    assert [json.loads(line)["nimg"] for line in path.read_text().splitlines()] == [16, 32]
+    run.trim_stats(path, 0)
+    assert path.read_text() == ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad command lines: one line on stderr, exit 2, no traceback.
+
+
+def one_line_error(capsys, *needles: str) -> None:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_outdir_naming_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["train", "--preset", "spiral-mixup", "--outdir", str(tmp_path / "file")]) == 2
+    one_line_error(capsys, "is a file")
+
+
+def test_overrides_after_options_are_accepted(capsys):
+    assert cli.main(["train", "--preset", "demo", "lamb=3", "--outdir", "O", "total_kimg=2", "--dry-run"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["lamb"] == 3.0 and cfg["total_kimg"] == 2.0
+    assert cli.main(["classify", "--dry-run", "--outdir", "O", "width=0.25", "--data", "D", "mix_layers=0,1"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["width"] == 0.25 and cfg["mix_layers"] == [0, 1] and cfg["data"] == "D"
+
+
+@pytest.fixture(scope="module")
+def snapshots(tmp_path_factory):
+    """An autoencoder snapshot of `amr-fast train` and a classifier snapshot of `amr-fast classify`."""
+    tmp = tmp_path_factory.mktemp("snaps")
+    cfg = TrainConfig(arch="amr32", img_size=16, width=4, code_channels=2, num_classes=3).validate()
+    ae = tmp / "ae.safetensors"
+    checkpoint.save_snapshot(ae, build_networks(cfg), json.loads(to_json(cfg)), 1.0)
+    ccfg = ClassifyConfig(channels=1, width=1 / 16).validate()
+    clf = tmp / "classifier.safetensors"
+    checkpoint.save_snapshot(clf, {"classifier": build_classifier(ccfg)}, dataclasses.asdict(ccfg), 1.0)
+    img = tmp / "a.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(img)
+    return ae, clf, img
+
+
+def test_mix_out_naming_a_directory_leaves_no_tmp_file(snapshots, tmp_path, capsys):
+    ae, _, img = snapshots
+    assert cli.main(["mix", str(ae), str(img), str(img), "--out", str(tmp_path)]) == 2
+    one_line_error(capsys, "is a directory")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_classifier_snapshot_given_to_mix_or_eval(snapshots, tmp_path, capsys):
+    _, clf, img = snapshots
+    assert cli.main(["mix", str(clf), str(img), str(img), "--out", str(tmp_path / "m.png")]) == 2
+    one_line_error(capsys, "classifier snapshot", "amr-fast train")
+    assert cli.main(["eval", str(clf), "--metrics", "recon"]) == 2
+    one_line_error(capsys, "classifier snapshot")
+    ae, _, _ = snapshots
+    with pytest.raises(ValueError, match="not a classifier"):
+        classify.load_classifier(ae)
