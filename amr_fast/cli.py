@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=_HelpFormatter,
     )
     module.configure_parser(parser)
-    args = parser.parse_intermixed_args(rest)  # field=value overrides may follow options: `--outdir O lr=1e-3`
+    # field=value overrides may follow options (`--outdir O lr=1e-3`); a parser of subcommands (bench) cannot intermix
+    intermixed = not any(action.nargs == argparse.PARSER for action in parser._actions)
+    args = parser.parse_intermixed_args(rest) if intermixed else parser.parse_args(rest)
     try:
         return int(module.main(args) or 0)
     except (ValueError, FileNotFoundError) as err:

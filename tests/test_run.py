@@ -164,3 +164,9 @@ def test_a_classifier_snapshot_given_to_mix_or_eval(snapshots, tmp_path, capsys)
     ae, _, _ = snapshots
     with pytest.raises(ValueError, match="not a classifier"):
         classify.load_classifier(ae)
+
+
+def test_a_command_with_subcommands_still_parses(capsys):
+    with pytest.raises(SystemExit) as stop:  # `amr-fast bench` has subcommands, which argparse cannot intermix
+        cli.main(["bench", "--help"])
+    assert stop.value.code == 0 and "kernels" in capsys.readouterr().out
