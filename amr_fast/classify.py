@@ -52,6 +52,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from amr_fast import kernels, mixing
+from amr_fast.config import check_skip_limits
 
 # ---------------------------------------------------------------------------------------------------------------
 # Configuration and presets.
@@ -104,6 +105,8 @@ class ClassifyConfig:
     precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16"
     impl: str = "auto"  # mixing kernel impl (amr_fast.kernels)
     max_nonfinite: int = 10  # non-finite losses/gradients in a row (each step skipped) before the run stops
+    max_skipped: float = 0.01  # stop if more than this fraction of skip_window samples were unreadable (damage)
+    skip_window: int = 10_000  # samples: the window max_skipped counts over
 
     def validate(self) -> ClassifyConfig:
         """Raise ValueError naming the field and the fix; returns self."""
@@ -125,6 +128,7 @@ class ClassifyConfig:
             raise ValueError(f"max_nonfinite must be >= 1 (got {self.max_nonfinite})")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (got {self.num_classes})")
+        check_skip_limits(self)
         if any(e < 0 for e in self.fgsm_eps):
             raise ValueError(f"fgsm_eps must be >= 0 (pixel units in [0, 1]); got {self.fgsm_eps}")
         if self.mode == "cutout" and not 0 < self.cutout_size <= self.img_size:
@@ -430,7 +434,7 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
     if not cfg.data:
         raise ValueError("no dataset: pass --data DIR (a dir made by `amr-fast shard`, holding index.json)")
     index = data.load_index(cfg.data)
-    data.check_index(index, cfg.img_size, cfg.channels)
+    data.check_index(index, cfg.img_size, cfg.channels, cfg.num_classes)
     cuda = torch.cuda.is_available()
     precision = ("bf16" if cuda else "fp32") if cfg.precision == "auto" else cfg.precision
     accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
@@ -446,7 +450,8 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
     run = Path(outdir)
     config_json = json.dumps(dataclasses.asdict(cfg), indent=2)
     old = run / "config.json"
-    if old.exists() and config_from_dict(json.loads(old.read_text())) != cfg:  # every rank: none waits alone
+    guard = {"max_skipped": cfg.max_skipped, "skip_window": cfg.skip_window}  # may change on resume
+    if old.exists() and dataclasses.replace(config_from_dict(json.loads(old.read_text())), **guard) != cfg:
         raise ValueError(f"{run} holds a run with another config; use a new --outdir (or the same settings)")
     if accelerator.is_main_process:
         run.mkdir(parents=True, exist_ok=True)
@@ -488,6 +493,7 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
         checkpoint.save_state(accelerator, run, nimg, loop, {"generator": generator.get_state()})
 
     batch_gpu = cfg.batch // world
+    data_stats, data_base = {}, {k: loop.get(k, 0) for k in ("data/seen", "data/skipped")}  # the loader's counts
     batches = data.train_loader(
         cfg.data,
         batch_gpu,
@@ -496,6 +502,9 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
         seed=cfg.seed,
         workers=cfg.workers,
         start_batch=nimg // cfg.batch,
+        stats=data_stats,
+        max_skipped=cfg.max_skipped,
+        window=cfg.skip_window,
     )
     stats.reset()
     collector = stats.Collector(
@@ -504,7 +513,7 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
         rank,
         world,
         log=say,
-        status_keys=["kimg", "loss/cls", "train/error", "eval/test_error", "lr", "img/s", "nonfinite"],
+        status_keys=["kimg", "loss/cls", "train/error", "eval/test_error", "lr", "img/s", "nonfinite", "data/skipped"],
     )
     n_params = sum(p.numel() for p in model.parameters())
     say(f"{cfg.arch} width {cfg.width:g} ({n_params / 1e6:.2f} M params), mode {cfg.mode}, {world} process(es)")
@@ -565,6 +574,7 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
                 stats.report("time/eval", time.time() - t_eval)
             if done or _due(nimg_before, nimg, cfg.tick_kimg):
                 now = time.time()
+                loop.update(data.stream_counts(data_stats, data_base, device, world))  # samples read / skipped
                 row = collector.tick(
                     {
                         "kimg": nimg / 1000,
@@ -572,6 +582,8 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
                         "img/s": (nimg - nimg_tick) / max(now - t_tick, 1e-9),
                         "lr": lr,
                         "nonfinite": loop["nonfinite_total"],
+                        "data/seen": loop["data/seen"],
+                        "data/skipped": loop["data/skipped"],
                     }
                 )
                 t_tick, nimg_tick = time.time(), nimg

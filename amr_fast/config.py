@@ -88,6 +88,8 @@ class TrainConfig:
     channels_last: bool = False
     impl: str = "auto"  # mixing kernel impl (amr_fast.kernels)
     max_nonfinite: int = 10  # consecutive non-finite losses before the run stops
+    max_skipped: float = 0.01  # stop if more than this fraction of skip_window samples were unreadable (damage)
+    skip_window: int = 10_000  # samples: the window max_skipped counts over
 
     # -----------------------------------------------------------------------------------------------------------
     def validate(self) -> TrainConfig:
@@ -120,6 +122,7 @@ class TrainConfig:
             raise ValueError(f"k must lie in 2..8 (got {self.k}); the paper mixes k = 2 to 8 examples")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (got {self.num_classes}); set num_classes=<labels in data>")
+        check_skip_limits(self)
         if self.batch_gpu and self.batch % self.batch_gpu:
             raise ValueError(
                 f"batch ({self.batch}) must be a multiple of batch_gpu ({self.batch_gpu}); "
@@ -155,6 +158,14 @@ class TrainConfig:
         if self.disc_mix == "hidden" and self.disc_mix_layer < 1:
             raise ValueError(f"disc_mix_layer must be >= 1 (got {self.disc_mix_layer}): mix after that many D blocks")
         return self
+
+
+def check_skip_limits(cfg) -> None:
+    """Validate the data-damage guard of either trainer (`max_skipped`, `skip_window`; amr_fast.data.loader)."""
+    if not (math.isfinite(cfg.max_skipped) and 0 <= cfg.max_skipped <= 1):
+        raise ValueError(f"max_skipped must be a fraction in [0, 1] (got {cfg.max_skipped}), e.g. max_skipped=0.05")
+    if cfg.skip_window < 1:
+        raise ValueError(f"skip_window must be >= 1 samples (got {cfg.skip_window}), e.g. skip_window=10000")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
