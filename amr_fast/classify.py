@@ -686,7 +686,12 @@ def classify_table(runs: list) -> str:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="fashion-mnist-manifold", help="starting configuration (--list-presets)")
     parser.add_argument("--outdir", default=None, help="run directory (default runs/<preset>); re-run to resume")
-    parser.add_argument("--data", default=None, help="dataset dir made by `amr-fast shard` (same as data=DIR)")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="dataset made by `amr-fast shard`: a directory, an http(s):// directory URL or 'pipe:CMD {}' ({} = each "
+        "file's name, e.g. 'pipe:aws s3 cp s3://bucket/fm32/{} -'); same as data=...",
+    )
     fields = ", ".join(f.name for f in dataclasses.fields(ClassifyConfig))
     parser.add_argument(
         "overrides",

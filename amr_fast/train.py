@@ -617,7 +617,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="demo", help="starting configuration (see --list-presets)")
     parser.add_argument("--outdir", default=None, help="run directory; re-running the same command resumes it "
                         "(default: runs/<preset>)")  # fmt: skip
-    parser.add_argument("--data", default=None, help="dataset directory made by `amr-fast shard` (same as data=DIR)")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="dataset made by `amr-fast shard`: a directory, an http(s):// directory URL or 'pipe:CMD {}' ({} = each "
+        "file's name, e.g. 'pipe:aws s3 cp s3://bucket/fm32/{} -'); same as data=...",
+    )
     parser.add_argument(
         "overrides", nargs="*", metavar="field=value", help="config overrides, e.g. total_kimg=50 lamb=20 k=3"
     )
