@@ -23,7 +23,8 @@ and puts back the BatchNorm statistics of that forward pass; `max_nonfinite` suc
 an error. Neither a snapshot nor a resume state is ever written with non-finite weights.
 
 stats.jsonl keys: kimg, time (s), img/s, lr, loss/cls, train/error (% vs the first source's label), nonfinite
-(skipped steps since the start of the run) per tick;
+(skipped steps since the start of the run), data/seen and data/skipped (samples the loaders delivered / skipped
+as damaged since the start of the run, all ranks) per tick;
 eval/test_error and eval/fgsm_error@<eps> (%, e.g. eval/fgsm_error@0.03) and time/eval (s) on ticks where an
 evaluation ran. `amr-fast report RUN...` shows them (`classify_table`).
 
