@@ -119,7 +119,17 @@ class TrainConfig:
         for name in ("disc_width", "batch_gpu", "subset", "workers", "seed", "max_nonfinite"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (got {getattr(self, name)})")
-        for name in ("lr", "probe_lr", "alpha", "disc_mix_alpha", "total_kimg", "tick_kimg", "snapshot_kimg", "state_kimg", "probe_kimg"):
+        for name in (
+            "lr",
+            "probe_lr",
+            "alpha",
+            "disc_mix_alpha",
+            "total_kimg",
+            "tick_kimg",
+            "snapshot_kimg",
+            "state_kimg",
+            "probe_kimg",
+        ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0 (got {value})")

@@ -143,7 +143,11 @@ def test_samplers_are_reproducible_with_a_seeded_generator():
 # The authors' AMR code beside the checkout (../shared/public-amr from /work/main or a worktree /work/wt/iN).
 _ROOT = Path(__file__).resolve().parents[1]
 PUBLIC_AMR = next(
-    (p / "shared" / "public-amr" for p in (_ROOT.parent, _ROOT.parent.parent) if (p / "shared" / "public-amr").exists()),
+    (
+        p / "shared" / "public-amr"
+        for p in (_ROOT.parent, _ROOT.parent.parent)
+        if (p / "shared" / "public-amr").exists()
+    ),
     _ROOT.parent / "shared" / "public-amr",
 )
 
@@ -204,7 +208,10 @@ print(json.dumps(draws.argmax(axis=2).tolist()))
     # per-batch share of a source: same sd (within sampling error of an sd over n batches, ~4%)
     assert abs(_share_sd(ours) / _share_sd(public) - 1) < 0.25, (_share_sd(ours), _share_sd(public))
     # per-example count of channels from source 0: same Binomial(C, 1/k) histogram
-    hist = [torch.bincount(m[:, :, 0].sum(dim=2).flatten().long(), minlength=C + 1).double() / (n * B) for m in (ours, public)]
+    hist = [
+        torch.bincount(m[:, :, 0].sum(dim=2).flatten().long(), minlength=C + 1).double() / (n * B)
+        for m in (ours, public)
+    ]
     assert (hist[0] - hist[1]).abs().max() < 0.02, (hist[0], hist[1])
     # channels independent within an example: same-source rate of two channels is 1/k in both
     for m in (ours, public):
