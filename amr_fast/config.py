@@ -476,5 +476,5 @@ def preset_line(name: str) -> str:
     )
 
 
-__all__ = ["TrainConfig", "PRESETS", "PRESET_ROWS", "PresetRow", "preset_line", "probe_adam_args", "resolve", "parse_overrides",
-           "parse_value", "to_json", "from_dict"]  # fmt: skip
+__all__ = ["TrainConfig", "PRESETS", "PRESET_ROWS", "PresetRow", "preset_line", "probe_adam_args", "resolve",
+           "parse_overrides", "parse_value", "to_json", "from_dict"]  # fmt: skip

@@ -214,7 +214,7 @@ def test_every_preset_names_an_existing_public_script():
         assert f"--epochs={row.epochs} " in script, (name, row.script)
         if not name.startswith("dsprites-betavae"):
             assert f"--lamb={PRESETS[name].lamb:.1f} " in script, (name, row.script)
-        if f"--k=" in script or "gan3f" in row.script:
+        if "--k=" in script or "gan3f" in row.script:
             assert PRESETS[name].k == int(row.script.split("gan")[1][0]), name
 
 
