@@ -1,14 +1,16 @@
 """Training configuration: one frozen dataclass, the paper's presets, and validation with actionable errors.
 
 `TrainConfig` holds every knob of `amr-fast train` (field names are shared with amr_fast.train). `PRESETS` has
-one entry per row of the AMR paper's tables 1-4 (Beckham et al., NeurIPS 2019) with the hyperparameters of the
-public code's experiment scripts (Adam lr 1e-4, betas (0.5, 0.99), weight decay 1e-5, batch 64, the tables'
-lambda), plus small `fashion-mnist-*`, `spiral-*` and `demo` presets for this machine. `resolve(preset,
-overrides)` builds a validated config from a preset and "field=value" strings, parsed by the field's type.
+one entry per row of the AMR paper's tables 1-4 (Beckham et al., NeurIPS 2019), each equal to the public code's
+experiment script of that row (`PRESET_ROWS`: the row, the script, its epochs; the table's lambda; total_kimg =
+epochs x the public training split), plus small `fashion-mnist-*`, `spiral-*` and `demo` presets for this machine.
+`resolve(preset, overrides)` builds a validated config from a preset and "field=value" strings, parsed by the
+field's type.
 
 Preset names: `<dataset>[-<code dims>][-<subset>]-<method>[-k<k>]`, e.g. `mnist-mixup`, `svhn32-5k-bernoulli`,
 `cifar10-1024-mixup-k4`, `dsprites-bernoulli-k3`. Methods: `aegan` (AE+GAN, no mixing), `mixup` (a ~ U(0, 1)
-per example, k = 2; Dirichlet(1) for k > 2), `bernoulli` (per-channel masks, p ~ U(0, 1) per batch), `acai`
+per example, k = 2; Dirichlet(1) for k > 2), `bernoulli` (per-channel masks, p ~ U(0, 1) per batch; k > 2: a
+uniform source per (example, channel)), `acai`
 (ACAI, D regresses the folded mixing coefficient), `class` (supervised class-conditional mixer), `betavae`.
 
 Presets that train on a user's dataset have `data=""`: pass `data=DIR` (a directory made by `amr-fast shard`),
