@@ -291,7 +291,7 @@ def training_loop(
     from accelerate import Accelerator
 
     from amr_fast import data as amr_data
-    from amr_fast.config import to_json
+    from amr_fast.config import probe_adam_args, to_json
     from amr_fast.losses import AMRLoss
     from amr_fast.models import build_networks
 
@@ -347,7 +347,7 @@ def training_loop(
     adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     opt_ae = torch.optim.Adam([p for m in ae_modules for p in m.parameters()], **adam)
     opt_disc = torch.optim.Adam(disc.parameters(), **adam)
-    opt_probe = torch.optim.Adam(probe.parameters(), lr=cfg.probe_lr)
+    opt_probe = torch.optim.Adam(probe.parameters(), **probe_adam_args(cfg))
     loss = AMRLoss(cfg, nets, device)
     if cfg.compile:  # compile the methods the loss calls; instance attributes keep the state_dict keys unchanged
         for net, names in ((ae, ("encode", "decode", "decode_with_logits", "encode_stats")), (disc, ("run",))):
@@ -635,12 +635,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from amr_fast.config import PRESETS, parse_overrides, resolve, to_json
+    from amr_fast.config import PRESETS, parse_overrides, preset_line, resolve, to_json
 
     if args.list_presets:
-        for name, preset in PRESETS.items():
-            kind = f"{preset.arch:<10} {preset.method:<8} mixer={preset.mixer:<9} k={preset.k}"
-            print(f"{name:<28} {kind} data={preset.data or '(pass data=DIR)'}")
+        print("\n".join(preset_line(name) for name in PRESETS))  # table row, lambda, budget in kimg and epochs
         return 0
     overrides = parse_overrides(args.overrides)
     if args.data is not None:
