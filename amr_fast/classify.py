@@ -26,7 +26,8 @@ Neither a snapshot nor a resume state is ever written with non-finite weights. p
 `accelerate launch`) scales the loss dynamically, as `amr-fast train`.
 
 stats.jsonl keys: kimg, nimg, lr, time, seconds, sec/tick, img/s, loss/cls, train/error (% vs the first source's
-label), nonfinite (skipped steps since the start of the run) per tick;
+label), nonfinite (skipped steps since the start of the run), data/seen and data/skipped (samples the loaders
+delivered / skipped as damaged since the start of the run, all ranks) per tick;
 eval/test_error and eval/fgsm_error@<eps> (%, e.g. eval/fgsm_error@0.03) and time/eval (s) on ticks where an
 evaluation ran. `amr-fast report RUN...` shows them (`amr_fast.eval.report.classify_table`).
 
@@ -55,7 +56,14 @@ from amr_fast.config import CLASSIFY_PRESETS, ClassifyConfig, from_dict
 from amr_fast.models import build_classifier
 from amr_fast.run import LoopState, Run, config_from_args, configure_run_parser, due, step_status, sum_over_ranks
 
-STATUS_KEYS = ("kimg", "loss/cls", "train/error", "eval/test_error", "lr", "img/s", "nonfinite")
+STATUS_KEYS = ("kimg", "loss/cls", "train/error", "eval/test_error", "lr", "img/s", "nonfinite", "data/skipped")
+
+
+@dataclasses.dataclass
+class ClassifyState(LoopState):
+    """The classifier loop's state: LoopState and the best test error over the evaluations so far."""
+
+    best_test_error: float | None = None  # the figure the Manifold Mixup code reports (the best epoch)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -80,13 +88,15 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Gen
     return x
 
 
-def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator, per_batch: bool = False) -> torch.Tensor:
     """Cutout (DeVries & Taylor 2017): a size x size square around a uniform random centre (clipped at the
-    border) set to 0 (the mid-grey of [-1, 1]) in every example."""
+    border) set to 0 (the mid-grey of [-1, 1]) in every example; per_batch: one square for the whole batch (the
+    Manifold Mixup code applies its Cutout to the batch tensor), else one per example."""
     B, _, H, W = x.shape
+    n = 1 if per_batch else B
     centre = torch.stack(
-        [torch.randint(0, H, (B,), generator=generator), torch.randint(0, W, (B,), generator=generator)]
-    )
+        [torch.randint(0, H, (n,), generator=generator), torch.randint(0, W, (n,), generator=generator)]
+    ).expand(2, B)
     centre = centre.to(x.device)  # [2, B]
     lo = centre - size // 2
     ys = torch.arange(H, device=x.device)
@@ -203,7 +213,7 @@ class Step:
         y = batch["y"].to(run.device, non_blocking=True)
         x = random_crop_flip(x, cfg.crop_pad, cfg.flip, self.generator)
         if cfg.mode == "cutout":
-            x = cutout(x, cfg.cutout_size, self.generator)
+            x = cutout(x, cfg.cutout_size, self.generator, per_batch=cfg.cutout_per_batch)
         for group in self.opt.param_groups:
             group["lr"] = lr
         if self.bn_stats:
@@ -244,8 +254,8 @@ def train_classifier(
     """Train (or resume) the classifier of `cfg` in `outdir`; returns the run directory."""
     cfg = cfg.validate()
     root = data.resolve_data_root(cfg.data)
-    data.check_index(data.load_index(root), cfg.img_size, cfg.channels)
-    run = Run(cfg, outdir, LoopState(), log, STATUS_KEYS, tensorboard)
+    data.check_index(data.load_index(root), cfg.img_size, cfg.channels, cfg.num_classes)
+    run = Run(cfg, outdir, ClassifyState(), log, STATUS_KEYS, tensorboard)
     if cfg.batch % run.world:
         raise ValueError(f"batch={cfg.batch} must be a multiple of the number of processes ({run.world})")
     s, batch_gpu = run.state, cfg.batch // run.world
@@ -269,7 +279,7 @@ def train_classifier(
         return run.save_state({"classifier": net}, {"opt": opt}, {"generator": generator.get_state()})
 
     batches = data.train_loader(root, batch_gpu, rank=run.rank, world_size=run.world, seed=cfg.seed,
-                                workers=cfg.workers, start_batch=s.nimg // cfg.batch)  # fmt: skip
+                                workers=cfg.workers, start_batch=s.nimg // cfg.batch, **run.loader_args())  # fmt: skip
     step = Step(model, opt, cfg, generator, run)
     n_params = sum(p.numel() for p in net.parameters())
     run.say(f"{cfg.arch} width {cfg.width:g} ({n_params / 1e6:.2f} M params), mode {cfg.mode}, {run.world} process(es)")
@@ -285,6 +295,8 @@ def train_classifier(
                 _evaluate(net, root, cfg, batch_gpu, run)
             if run.finished or due(prev, s.nimg, cfg.tick_kimg):
                 row = run.tick({"lr": lr})
+                if isinstance(row.get("eval/test_error"), (int, float)):  # the public code reports the best epoch
+                    s.best_test_error = min(row["eval/test_error"], s.best_test_error or 100.0)
             if (run.finished or due(prev, s.nimg, cfg.snapshot_kimg)) and run.is_main:
                 path = run.outdir / f"snapshot-{checkpoint.kimg_tag(s.nimg)}.safetensors"
                 checkpoint.save_snapshot(path, {"classifier": net}, dataclasses.asdict(cfg), s.nimg / 1000)
@@ -296,6 +308,8 @@ def train_classifier(
             run.stop(save_state)
             return run.outdir
     figures = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith("eval/"))
+    if s.best_test_error is not None:
+        figures += f"; best eval/test_error over the evaluations {s.best_test_error:.2f}"
     run.say(
         f"done: {s.nimg / 1000:g} kimg in {run.outdir}" + (f"; {figures}" if figures else " (nothing left to train)")
     )

@@ -40,10 +40,14 @@ from accelerate import Accelerator
 
 from amr_fast import checkpoint, stats
 from amr_fast.config import from_dict, parse_overrides, resolve, to_json
+from amr_fast.data import stream_counts
 from amr_fast.eval import tensorboard as eval_tensorboard
 
 # Fields that may differ when a run is resumed (the schedule and runtime knobs); every other field must match.
-RESUMABLE_FIELDS = ("total_kimg", "tick_kimg", "snapshot_kimg", "state_kimg", "probe_kimg", "eval_kimg", "compile")
+RESUMABLE_FIELDS = (
+    "total_kimg", "tick_kimg", "snapshot_kimg", "state_kimg", "probe_kimg", "eval_kimg", "compile", "max_skipped",
+    "skip_window",
+)  # fmt: skip
 FP16_INITIAL_SCALE = 2.0**15  # fp16 dynamic loss scaling: the first scale,
 FP16_MAX_SCALE = 2.0**24  # its ceiling,
 FP16_SCALE_GROWTH = 2000  # and doubled after this many good steps in a row (halved on an overflow)
@@ -143,6 +147,8 @@ class LoopState:
     nonfinite_total: int = 0  # skipped steps since the start of the run
     loss_scale: float = 1.0  # fp16: the dynamic loss scale (1 otherwise)
     scale_ok: int = 0  # good steps since the loss scale last changed
+    data_seen: int = 0  # samples the training loaders delivered, all ranks, since the start of the run
+    data_skipped: int = 0  # samples they skipped as damaged (unreadable, bad checksum, label out of range)
 
 
 class Run:
@@ -181,6 +187,12 @@ class Run:
         )
         self.stop_requested = False
         self._handlers: dict = {}
+        self.data_stats: dict = {}  # the training loader's counts (`loader_args`), since this process started
+        self._data_base: dict = {}
+
+    def loader_args(self) -> dict:
+        """Keyword arguments of `data.train_loader` every run passes: its counts and the damage limit."""
+        return dict(stats=self.data_stats, max_skipped=self.cfg.max_skipped, window=self.cfg.skip_window)
 
     def say(self, line: str) -> None:
         """Rank 0: append to log.txt and echo to `log`. Other ranks: silent."""
@@ -219,6 +231,7 @@ class Run:
             if self.finished:
                 self.say(f"{self.outdir} already finished {self.state.nimg / 1000:.3f} kimg (raise total_kimg=... "
                          "to train longer)")  # fmt: skip
+        self._data_base = {"data/seen": self.state.data_seen, "data/skipped": self.state.data_skipped}
         stats.reset()
         self.start_time, self.tick_time, self.tick_start_nimg = (
             time.time() - self.state.time,
@@ -253,10 +266,12 @@ class Run:
         since the last tick (reduced over ranks); rank 0 appends it to stats.jsonl and prints the status line."""
         s, now = self.state, time.time()
         s.time = now - self.start_time
+        counts = stream_counts(self.data_stats, self._data_base, self.device, self.world)  # samples read / skipped
+        s.data_seen, s.data_skipped = counts["data/seen"], counts["data/skipped"]
         row = {"kimg": s.nimg / 1000, "nimg": s.nimg, **extra}
         row.update({"time": fmt_time(s.time), "seconds": round(s.time, 3), "sec/tick": round(now - self.tick_time, 3),
                     "img/s": round((s.nimg - self.tick_start_nimg) / max(now - self.tick_time, 1e-9), 2),
-                    "nonfinite": s.nonfinite_total})  # fmt: skip
+                    "nonfinite": s.nonfinite_total, **counts})  # fmt: skip
         row = self.collector.tick(row)
         if self.tb is not None:
             self.tb.scalars(row, s.nimg / 1000)
@@ -310,7 +325,12 @@ def configure_run_parser(parser: argparse.ArgumentParser, default_preset: str, o
     parser.add_argument("--preset", default=default_preset, help="starting configuration (see --list-presets)")
     parser.add_argument("--outdir", default=None, help="run directory; re-running the same command resumes it "
                         "(default: runs/<preset>)")  # fmt: skip
-    parser.add_argument("--data", default=None, help="dataset directory made by `amr-fast shard` (same as data=DIR)")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="dataset made by `amr-fast shard`: a directory, an http(s):// directory URL or 'pipe:CMD {}' ({} = each "
+        "file's name, e.g. 'pipe:aws s3 cp s3://bucket/fm32/{} -'); same as data=...",
+    )
     parser.add_argument("overrides", nargs="*", metavar="field=value", help=overrides_help)
     parser.add_argument("--list-presets", action="store_true", help="list the presets and exit")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")

@@ -52,14 +52,16 @@ import torch.distributed as dist
 
 from amr_fast import checkpoint, models, stats
 from amr_fast import data as amr_data
-from amr_fast.config import PRESETS, TrainConfig
+from amr_fast.config import PRESETS, TrainConfig, preset_line, probe_adam_args
 from amr_fast.data import procedural
 from amr_fast.eval import grids
 from amr_fast.eval.disentangle import DSPRITES_SIZES, ProductFactors, factorvae_score
 from amr_fast.losses import AMRLoss
 from amr_fast.run import LoopState, Run, config_from_args, configure_run_parser, due, step_status
 
-STATUS_KEYS = ("kimg", "time", "sec/tick", "img/s", "loss/ae", "loss/recon", "loss/disc", "probe/acc", "nonfinite")
+STATUS_KEYS = (
+    "kimg", "time", "sec/tick", "img/s", "loss/ae", "loss/recon", "loss/disc", "probe/acc", "nonfinite", "data/skipped"
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -96,7 +98,7 @@ class Parts:
         adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
         opt_ae = torch.optim.Adam([p for m in ae_modules for p in m.parameters()], **adam)
         opt_disc = torch.optim.Adam(disc.parameters(), **adam)
-        opt_probe = torch.optim.Adam(probe.parameters(), lr=cfg.probe_lr)
+        opt_probe = torch.optim.Adam(probe.parameters(), **probe_adam_args(cfg))
         device = next(ae.parameters()).device
         loss = AMRLoss(cfg, nets, device)
         if cfg.compile:  # compile the methods the loss calls; instance attributes keep the state_dict keys unchanged
@@ -214,7 +216,8 @@ def training_loop(
         return run.save_state(nets, parts.optimizers, {"generator": generator.get_state()})
 
     data_iter = iter(amr_data.train_loader(root, batch_gpu, rank=run.rank, world_size=run.world, seed=cfg.seed,
-                                           workers=cfg.workers, start_batch=s.it * accum))  # fmt: skip
+                                           workers=cfg.workers, start_batch=s.it * accum,
+                                           **run.loader_args()))  # fmt: skip
     grid = _grid_batch(root, splits, run)
     run.say(
         f"{run.world} process(es) on {run.device}, batch {cfg.batch} = {run.world} x {batch_gpu} x {accum} "
@@ -266,7 +269,7 @@ def _dataset(cfg: TrainConfig, run: Run) -> tuple[Path, dict, str | None]:
     """(dataset directory, its splits, the probe's split or None) after checking the index against the config."""
     root = amr_data.resolve_data_root(cfg.data, cfg.subset, run.is_main, run.accelerator.wait_for_everyone)
     index = amr_data.load_index(root)
-    amr_data.check_index(index, cfg.img_size, cfg.channels)
+    amr_data.check_index(index, cfg.img_size, cfg.channels, cfg.num_classes)
     if cfg.subset and not cfg.data.startswith("builtin:") and index.get("subset") != cfg.subset:
         raise ValueError(
             f"subset={cfg.subset} but the dataset at {root} was sharded with subset={index.get('subset')}; shard the "
@@ -435,9 +438,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.list_presets:
-        for name, preset in PRESETS.items():
-            kind = f"{preset.arch:<10} {preset.method:<8} mixer={preset.mixer:<9} k={preset.k}"
-            print(f"{name:<28} {kind} data={preset.data or '(pass data=DIR)'}")
+        print("\n".join(preset_line(name) for name in PRESETS))  # table row, lambda, budget in kimg and epochs
         return 0
     cfg = config_from_args(args, PRESETS)
     if cfg is not None:

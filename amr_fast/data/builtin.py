@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from amr_fast.data.remote import local_path
 from amr_fast.data.write import make_shards
 
 # Training-set size when the config's subset is 0 (the full dSprites grid is 737k images, far more than a CPU
@@ -25,13 +26,14 @@ def cache_dir() -> Path:
 
 def resolve_data_root(
     data: str, subset: int = 0, is_main: bool = True, wait: Callable[[], None] = lambda: None
-) -> Path:
-    """The dataset directory of `data`: a directory, or for "builtin:NAME" a set generated once into the cache
-    directory by the main process (`is_main`) while the other ranks wait (`wait`, a barrier every rank calls)."""
+) -> Path | str:
+    """The dataset directory of `data`: a directory (or a URL / `pipe:` command, amr_fast.data.remote), or for
+    "builtin:NAME" a set generated once into the cache directory by the main process (`is_main`) while the other
+    ranks wait (`wait`, a barrier every rank calls)."""
     if not data:
         raise ValueError("no dataset: pass data=DIR (a directory made by `amr-fast shard`) or use the demo preset")
     if not data.startswith("builtin:"):
-        return Path(data)
+        return local_path(data) or data  # a URL / pipe: command stays a string (Path would fold its "//")
     name = data.split(":", 1)[1]
     if name not in BUILTIN_TRAIN_SIZE:
         raise ValueError(f"unknown builtin dataset {name!r}; choose from {', '.join(BUILTIN_TRAIN_SIZE)}")

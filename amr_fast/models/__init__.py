@@ -63,7 +63,9 @@ def build_classifier(cfg: ClassifyConfig) -> nn.Module:
         model = wrn28_10(cfg.channels, cfg.num_classes, cfg.width, cfg.dropout)
     else:
         build = {"preactresnet18": preact_resnet18, "preactresnet34": preact_resnet34}[cfg.arch]
-        model = build(cfg.channels, cfg.num_classes, cfg.width)
+        model = build(cfg.channels, cfg.num_classes, cfg.width, cfg.head_bn)
+    if cfg.norm_mean or cfg.norm_std:
+        model.set_input_norm(cfg.norm_mean, cfg.norm_std)
     if cfg.mode == "manifold" and max(cfg.mix_layers) >= model.num_mix_layers:
         raise ValueError(
             f"mix_layers={cfg.mix_layers} goes past {cfg.arch}'s {model.num_mix_layers} mixable positions; "
