@@ -40,9 +40,9 @@ gpu-check:
 	PYTHON="$${PYTHON:-$(if $(wildcard $(BIN)/python),$(BIN)/python,python3)}" bash scripts/gpu-check.sh "$(OUT)"
 
 # wheels/ for a GPU machine without a registry (git-ignored; the device tool's `carry` takes it along): the
-# pure-Python dependencies it may lack, setuptools + wheel for the editable install, and Pillow (binary: one wheel
+# pure-Python dependencies it may lack, setuptools + wheel (+ packaging) for the editable install, and Pillow (binary: one wheel
 # per Python version in WHEEL_PYS, Linux x86_64). scripts/gpu-check.sh installs the ones that machine lacks.
-WHEEL_DISTS ?= webdataset braceexpand einops pytest-timeout setuptools wheel
+WHEEL_DISTS ?= webdataset braceexpand einops pytest-timeout setuptools wheel packaging
 WHEEL_PYS   ?= 3.10 3.11 3.12 3.13
 wheels: $(BIN)/amr-fast
 	rm -rf wheels && mkdir -p wheels

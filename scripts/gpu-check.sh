@@ -23,7 +23,8 @@
 #
 # Environment: PYTHON (python3), WHEELS (./wheels), GPU_CHECK_STEPS ("1 2 3 4" on CUDA, "1 2" without),
 # GPU_CHECK_BUDGET (450), GPU_CHECK_TRAIN_S (30), GPU_CHECK_TICK_KIMG (4), GPU_CHECK_BIG_MIB (1024),
-# GPU_CHECK_WORK (scratch folder for the data and the runs; default: a new folder under /tmp).
+# GPU_CHECK_WORK (scratch folder for the data and the runs; default: a new folder under /tmp), GPU_CHECK_INSTALL=copy
+# (skip pip: a copy of the tree on PYTHONPATH), GPU_CHECK_CPU_TESTS (-k of the CPU form's tests).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -32,6 +33,7 @@ OUTDIR=${1:-${OUT:-runs/gpu-check}}
 mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
 PY=${PYTHON:-python3}
+case "$PY" in */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac # absolute: we cd later
 WHEELS=${WHEELS:-$ROOT/wheels}
 BUDGET=${GPU_CHECK_BUDGET:-450}
 TRAIN_S=${GPU_CHECK_TRAIN_S:-30}
@@ -98,21 +100,23 @@ step_install() {
     missing=$("$PY" "$HELPER" missing-wheels "$WHEELS") || return 1
     if [ -n "$missing" ]; then # pip picks the wheel that fits this python
         # shellcheck disable=SC2086
-        "$PY" -m pip install --no-index --no-deps --find-links "$WHEELS" $missing ||
-            "$PY" -m pip install --no-index --no-deps --find-links "$WHEELS" --break-system-packages $missing ||
+        "$PY" -m pip install --upgrade --no-index --no-deps --find-links "$WHEELS" $missing ||
+            "$PY" -m pip install --upgrade --no-index --no-deps --find-links "$WHEELS" --break-system-packages $missing ||
             echo "could not install the wheels of: $missing"
     fi
-    if ! { "$PY" -m pip install --no-index --no-deps --no-build-isolation -e . ||
-        "$PY" -m pip install --no-index --no-deps --no-build-isolation --break-system-packages -e .; }; then
+    if [ "${GPU_CHECK_INSTALL:-pip}" = copy ] ||
+        ! { "$PY" -m pip install --no-index --no-deps --no-build-isolation -e . ||
+            "$PY" -m pip install --no-index --no-deps --no-build-isolation --break-system-packages -e .; }; then
         # No pip, no setuptools, a read-only site-packages: a copy of the tree laid out as pyproject.toml installs
         # it (kernels/ as amr_fast.kernels) on PYTHONPATH; every command runs as `python -m`.
-        echo "pip could not install the tree: using a copy of it on PYTHONPATH"
+        echo "pip could not install the tree (or GPU_CHECK_INSTALL=copy): using a copy of it on PYTHONPATH"
         rm -rf "$WORK/shim" && mkdir -p "$WORK/shim" || return 1
         cp -r amr_fast "$WORK/shim/amr_fast" && cp -r kernels "$WORK/shim/amr_fast/kernels" || return 1
         echo "$WORK/shim" >"$WORK/pythonpath"
     fi
     set +x
     [ -f "$WORK/pythonpath" ] && pp=$(cat "$WORK/pythonpath")
+    cd "$WORK" || return 1 # not the tree's root, where ./amr_fast (without kernels/) would shadow the copy
     PYTHONPATH="$pp${PYTHONPATH:+:$PYTHONPATH}" "$PY" "$HELPER" env --out "$OUTDIR/env.json" || return 1
     PYTHONPATH="$pp${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c '
 import sys
@@ -136,12 +140,14 @@ if [ -f "$OUTDIR/env.json" ]; then
 else
     tail -n 20 "$OUTDIR/install.log"
 fi
+# Every later command runs in $WORK: in the tree's root `python -m` would put ./amr_fast (no kernels/ in it) first.
+cd "$WORK" || exit 1
 HAS_CUDA=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 if [ "$HAS_CUDA" = 1 ]; then
     STEPS=${GPU_CHECK_STEPS:-1 2 3 4}
 else
     STEPS=${GPU_CHECK_STEPS:-1 2}
-    say "no CUDA GPU: the CPU form (steps $STEPS); steps 3 and 4 need CUDA and are skipped"
+    say "no CUDA GPU: the CPU form (steps $STEPS; on a GPU machine: 1 2 3 4)"
 fi
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 
@@ -157,11 +163,13 @@ if want 2 && [ "$HAS_CUDA" = 1 ]; then
     # use dominates, and the processes share Triton's on-disk cache.
     pids=()
     for t in "${BIG_TESTS[@]}"; do
-        timeout -k 15 "$limit" "${PYTEST[@]}" "tests/kernels/test_cuda.py::$t" --junitxml="$OUTDIR/pytest-$t.xml" \
+        timeout -k 15 "$limit" "${PYTEST[@]}" "$ROOT/tests/kernels/test_cuda.py::$t" --junitxml="$OUTDIR/pytest-$t.xml" \
             >"$OUTDIR/cuda-tests-$t.log" 2>&1 &
         pids+=($!)
     done
-    timeout -k 15 "$limit" "${PYTEST[@]}" -m cuda tests -k "not ${BIG_TESTS[0]} and not ${BIG_TESTS[1]}" \
+    # Only the files that hold `cuda` tests: a test module elsewhere may import what this machine lacks (scipy).
+    mapfile -t cuda_files < <(grep -rl --include="test_*.py" "pytest.mark.cuda" "$ROOT/tests" | sort)
+    timeout -k 15 "$limit" "${PYTEST[@]}" -m cuda "${cuda_files[@]}" -k "not ${BIG_TESTS[0]} and not ${BIG_TESTS[1]}" \
         --junitxml="$OUTDIR/pytest-other-cuda-tests.xml" >"$OUTDIR/cuda-tests-other.log" 2>&1 &
     pids+=($!)
     status=ok rcs=""
@@ -177,7 +185,7 @@ if want 2 && [ "$HAS_CUDA" = 1 ]; then
 elif want 2; then
     # The CPU form: the CUDA test file's small cases with the Triton kernels in the interpreter (TRITON_INTERPRET=1
     # is read when triton is imported: a fresh process). The GPU-only cases skip and say so.
-    run_step 2 cuda-tests-cpu-interpreter 200 env TRITON_INTERPRET=1 "${PYTEST[@]}" tests/kernels/test_cuda.py \
+    run_step 2 cuda-tests-cpu-interpreter 200 env TRITON_INTERPRET=1 "${PYTEST[@]}" "$ROOT/tests/kernels/test_cuda.py" \
         -k "${GPU_CHECK_CPU_TESTS:-not dtypes_layouts}" --junitxml="$OUTDIR/pytest-cpu-interpreter.xml"
 else
     record 2 cuda-tests skipped null 0 "not in GPU_CHECK_STEPS"

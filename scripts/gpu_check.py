@@ -120,14 +120,22 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+MIN_VERSIONS = {"setuptools": (68,)}  # pyproject.toml's build-system: an older one is replaced from the wheels
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
 def cmd_missing_wheels(args) -> int:
-    """Print (one per line) the distributions that have a wheel in DIR and are not installed here; pip then picks
-    the wheel that fits this python from `--find-links DIR`."""
+    """Print (one per line) the distributions that have a wheel in DIR and are not installed here (or older than
+    MIN_VERSIONS); pip then picks the wheel that fits this python from `--find-links DIR`."""
     folder = Path(args.dir)
     names = sorted({_normalise(p.name.split("-")[0]) for p in folder.glob("*.whl")}) if folder.is_dir() else []
     for name in names:
         try:
-            importlib.metadata.version(name)
+            if _release(importlib.metadata.version(name)) < MIN_VERSIONS.get(name, ()):
+                print(name)
         except importlib.metadata.PackageNotFoundError:
             print(name)
     return 0
@@ -237,9 +245,10 @@ def run_summary(run: Path) -> dict:
     if not rows:
         return s
     first, last = rows[0], rows[-1]
-    loss_keys = sorted({k for r in rows for k in r if k.startswith("loss/")})
+    # Losses, and the figures that show learning: the classifier's train error, the AMR probe's accuracy.
+    loss_keys = sorted({k for r in rows for k in r if k.startswith("loss/") or k in ("train/error", "probe/acc")})
     s["kimg"] = last.get("kimg")
-    s["seconds"] = last.get("seconds")
+    s["seconds"] = next((last[k] for k in ("seconds", "time") if _finite(last.get(k))), None)  # train / classify
     speeds = [r["img/s"] for r in rows[1:] if _finite(r.get("img/s"))]  # the first tick holds the start-up
     s["img_per_s"] = round(statistics.median(speeds), 1) if speeds else None
     s["loss_first"] = {k: first.get(k) for k in loss_keys}
@@ -393,12 +402,12 @@ def report_text(summary: dict) -> str:
                          f"{r['ms']:>9.3f}{r['gbps']:>8.0f}{r['copy_gbps']:>8.0f}{r['ratio']:>7.2f}")  # fmt: skip
     if summary.get("train"):
         lines.append("")
-        lines.append("training (step 4): img/s = median over ticks after the first; loss at the first / last tick")
+        lines.append("training (step 4): img/s = median over the ticks after the first; figures at the first / last tick")
         for name, r in summary["train"].items():
             if r["status"] == "skipped" or not r.get("ticks"):
                 lines.append(f"  {name:<16} {r['status']} (rc {r.get('rc')}), {r.get('ticks', 0)} ticks")
                 continue
-            lines.append(f"  {name:<16} {r['status']}, {r['kimg']:.1f} kimg in {r['seconds']:.0f} s, "
+            lines.append(f"  {name:<16} {r['status']}, {r['kimg']} kimg in {r['seconds']} s, {r['ticks']} ticks, "
                          f"{r['img_per_s']} img/s, non-finite steps {r['nonfinite_steps']}")  # fmt: skip
             lines.append(f"  {'':<16} first: {_fmt_loss(r['loss_first'])}")
             lines.append(f"  {'':<16} last:  {_fmt_loss(r['loss_last'])}")
@@ -436,7 +445,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log", required=True)
     p.add_argument("--startup", type=float, default=120.0, help="longest wait for the first stats row, s")
     p.add_argument("--grace", type=float, default=45.0, help="wait after SIGTERM before SIGKILL, s")
-    p.add_argument("cmd", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_train_for)
     p = sub.add_parser("run-summary")
     p.add_argument("run")
@@ -444,9 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report")
     p.add_argument("out")
     p.set_defaults(fn=cmd_report)
-    args = parser.parse_args(argv)
-    if getattr(args, "cmd", None) and args.cmd[0] == "--":
-        args.cmd = args.cmd[1:]
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = argv[argv.index("--") + 1 :] if "--" in argv else []  # train-for: the command after "--"
+    args = parser.parse_args(argv[: len(argv) - len(cmd) - (1 if cmd else 0)])
+    args.cmd = cmd
+    if args.command == "train-for" and not cmd:
+        parser.error("train-for needs the command after --")
     return args.fn(args)
 
 
