@@ -402,7 +402,9 @@ def report_text(summary: dict) -> str:
                          f"{r['ms']:>9.3f}{r['gbps']:>8.0f}{r['copy_gbps']:>8.0f}{r['ratio']:>7.2f}")  # fmt: skip
     if summary.get("train"):
         lines.append("")
-        lines.append("training (step 4): img/s = median over the ticks after the first; figures at the first / last tick")
+        lines.append(
+            "training (step 4): img/s = median over the ticks after the first; figures at the first / last tick"
+        )
         for name, r in summary["train"].items():
             if r["status"] == "skipped" or not r.get("ticks"):
                 lines.append(f"  {name:<16} {r['status']} (rc {r.get('rc')}), {r.get('ticks', 0)} ticks")
