@@ -306,7 +306,9 @@ def _bench(path: Path) -> dict:
             }
         )  # fmt: skip
     big = max((r["h_mib"] for r in table), default=0)
-    return {"meta": data.get("meta", {}), "rows": table, "largest_mib": big}
+    # The headline: each impl's ratio at the largest size (the goal for "triton" is >= 0.85).
+    largest = {f"{r['op']}:{r['impl']}": r["ratio"] for r in table if r["h_mib"] == big}
+    return {"meta": data.get("meta", {}), "rows": table, "largest_mib": big, "largest": largest}
 
 
 def _fmt_loss(d: dict | None) -> str:
@@ -393,6 +395,9 @@ def report_text(summary: dict) -> str:
         lines.append("")
         lines.append(f"kernels (step 3): bandwidth / copy bandwidth of the same run (goal for triton >= 0.85 at large "
                      f"sizes); device {bench['meta'].get('gpu') or bench['meta'].get('device')}")  # fmt: skip
+        for op in ("simplex_mix", "mask_mix"):
+            ratios = ", ".join(f"{k.split(':')[1]} {v:.2f}" for k, v in bench["largest"].items() if k.startswith(op))
+            lines.append(f"  at {bench['largest_mib']:.0f} MiB, {op}: {ratios}")
         lines.append(f"  {'op':<12}{'B':>6} {'C x S':>8}{'K':>3}{'MiB':>8}  {'impl':<12}{'ms':>9}{'GB/s':>8}{'copy':>8}"
                      f"{'ratio':>7}")  # fmt: skip
         for r in bench["rows"]:
