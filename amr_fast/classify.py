@@ -23,7 +23,8 @@ and puts back the BatchNorm statistics of that forward pass; `max_nonfinite` suc
 an error. Neither a snapshot nor a resume state is ever written with non-finite weights.
 
 stats.jsonl keys: kimg, time (s), img/s, lr, loss/cls, train/error (% vs the first source's label), nonfinite
-(skipped steps since the start of the run) per tick;
+(skipped steps since the start of the run), data/seen and data/skipped (samples the loaders delivered / skipped
+as damaged since the start of the run, all ranks) per tick;
 eval/test_error and eval/fgsm_error@<eps> (%, e.g. eval/fgsm_error@0.03) and time/eval (s) on ticks where an
 evaluation ran. `amr-fast report RUN...` shows them (`classify_table`).
 
@@ -52,6 +53,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from amr_fast import kernels, mixing
+from amr_fast.config import check_skip_limits
 
 # ---------------------------------------------------------------------------------------------------------------
 # Configuration and presets.
@@ -72,6 +74,9 @@ class ClassifyConfig:
     # model
     arch: str = "preactresnet18"  # "preactresnet18", "preactresnet34", "wrn28_10"
     width: float = 1.0  # channel multiplier (1 = the paper's network)
+    head_bn: bool = False  # PreActResNet: BN-ReLU before the pool (False = the public code: layer4 -> pool -> linear)
+    norm_mean: tuple[float, ...] = ()  # per-channel input standardisation (pixel - mean) / std, pixels in [0, 1],
+    norm_std: tuple[float, ...] = ()  # inside the network; () = [-1, 1] (the public code's SVHN: 0.5 / 0.5)
     dropout: float = 0.0  # WRN only
     # objective
     mode: str = "manifold"  # "erm", "mixup" (input), "manifold" (hidden states), "cutout"
@@ -80,7 +85,8 @@ class ClassifyConfig:
     per_example: bool = False  # one lam per example instead of one per batch (the paper)
     loss: str = "bce"  # "bce": BCE(softmax, y_mix) as the paper's code; "ce": soft-target cross-entropy
     cutout_size: int = 16  # cutout square side in pixels
-    crop_pad: int = 4  # random crop after padding by this many pixels (0 = off)
+    cutout_per_batch: bool = True  # one cutout square for the whole batch (the public code) or one per example
+    crop_pad: int = 2  # random crop after padding by this many pixels (0 = off; the public load_data_subset: 2)
     flip: bool = True  # random horizontal flips
     # optimisation
     lr: float = 0.1
@@ -104,6 +110,8 @@ class ClassifyConfig:
     precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16"
     impl: str = "auto"  # mixing kernel impl (amr_fast.kernels)
     max_nonfinite: int = 10  # non-finite losses/gradients in a row (each step skipped) before the run stops
+    max_skipped: float = 0.01  # stop if more than this fraction of skip_window samples were unreadable (damage)
+    skip_window: int = 10_000  # samples: the window max_skipped counts over
 
     def validate(self) -> ClassifyConfig:
         """Raise ValueError naming the field and the fix; returns self."""
@@ -125,18 +133,25 @@ class ClassifyConfig:
             raise ValueError(f"max_nonfinite must be >= 1 (got {self.max_nonfinite})")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (got {self.num_classes})")
+        check_skip_limits(self)
         if any(e < 0 for e in self.fgsm_eps):
             raise ValueError(f"fgsm_eps must be >= 0 (pixel units in [0, 1]); got {self.fgsm_eps}")
+        if (self.norm_mean or self.norm_std) and not len(self.norm_mean) == len(self.norm_std) == self.channels:
+            raise ValueError(f"norm_mean and norm_std need {self.channels} values each (one per channel) or none")
         if self.mode == "cutout" and not 0 < self.cutout_size <= self.img_size:
             raise ValueError(f"cutout_size must lie in (0, img_size={self.img_size}]; got {self.cutout_size}")
         return self
 
 
 def _paper_preset(dataset: str, mode: str, train_kimg: float, num_classes: int, flip: bool) -> ClassifyConfig:
-    """The paper's CIFAR/SVHN setting: PreActResNet18, batch 100, 2000 epochs, lr 0.1 / 10 at 500/1000/1500
-    epochs, weight decay 1e-4, Nesterov momentum 0.9; mixup alpha = 1, manifold alpha = 2."""
+    """The paper's CIFAR/SVHN setting (the public supervised/README.md commands): PreActResNet18, batch 100, 2000
+    epochs, lr 0.1 / 10 at 500/1000/1500 epochs, weight decay 1e-4, Nesterov momentum 0.9; mixup alpha = 1,
+    manifold alpha = 2; random crops with 2-pixel padding (+ flips on CIFAR); CIFAR inputs standardised per channel."""
     epoch = train_kimg
+    norm = NORMALISATION.get(dataset, ((), ()))
     return ClassifyConfig(
+        norm_mean=norm[0],
+        norm_std=norm[1],
         channels=3,
         num_classes=num_classes,
         arch="preactresnet18",
@@ -150,6 +165,13 @@ def _paper_preset(dataset: str, mode: str, train_kimg: float, num_classes: int, 
         state_kimg=10 * epoch,
         eval_kimg=10 * epoch,
     )
+
+
+# The public code's transforms.Normalize(mean, std) on [0, 1] pixels (SVHN: 0.5 / 0.5, i.e. our [-1, 1]).
+NORMALISATION = {
+    "cifar10": ((125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255)),
+    "cifar100": ((129.3 / 255, 124.1 / 255, 112.4 / 255), (68.2 / 255, 65.4 / 255, 70.4 / 255)),
+}
 
 
 def _fashion_preset(mode: str) -> ClassifyConfig:
@@ -174,11 +196,12 @@ def _fashion_preset(mode: str) -> ClassifyConfig:
     )
 
 
-# Training set sizes (images per epoch, in thousands): CIFAR-10/100 50000; SVHN 73257 (train split without extra).
+# Images per epoch, in thousands, of the public code (load_data_subset with the README's --labels_per_class):
+# CIFAR-10/100 50000 (5000 / 500 per class, valid 0); SVHN 62156 (at most 7325 per class of the 73257 train images).
 CLASSIFY_PRESETS: dict[str, ClassifyConfig] = {
     **{f"cifar10-{m}": _paper_preset("cifar10", m, 50.0, 10, True) for m in MODES},
     **{f"cifar100-{m}": _paper_preset("cifar100", m, 50.0, 100, True) for m in MODES},
-    **{f"svhn-{m}": _paper_preset("svhn", m, 73.257, 10, False) for m in MODES},
+    **{f"svhn-{m}": _paper_preset("svhn", m, 62.156, 10, False) for m in MODES},
     **{f"fashion-mnist-{m}": _fashion_preset(m) for m in MODES},
 }
 
@@ -214,6 +237,7 @@ def resolve_classify(preset: str, overrides: dict[str, str]) -> ClassifyConfig:
 def config_from_dict(d: dict) -> ClassifyConfig:
     """Inverse of dataclasses.asdict (JSON lists back to tuples)."""
     fields = {f.name for f in dataclasses.fields(ClassifyConfig)}
+    d = {"head_bn": True, **d}  # configs written before head_bn existed: their PreActResNets had the BN-ReLU head
     return ClassifyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields})
 
 
@@ -230,7 +254,9 @@ def build_classifier(cfg: ClassifyConfig) -> nn.Module:
         model = wrn28_10(cfg.channels, cfg.num_classes, cfg.width, cfg.dropout)
     else:
         build = {"preactresnet18": preact_resnet18, "preactresnet34": preact_resnet34}[cfg.arch]
-        model = build(cfg.channels, cfg.num_classes, cfg.width)
+        model = build(cfg.channels, cfg.num_classes, cfg.width, cfg.head_bn)
+    if cfg.norm_mean or cfg.norm_std:
+        model.set_input_norm(cfg.norm_mean, cfg.norm_std)
     if cfg.mode == "manifold" and max(cfg.mix_layers) >= model.num_mix_layers:
         raise ValueError(
             f"mix_layers={cfg.mix_layers} goes past {cfg.arch}'s {model.num_mix_layers} mixable positions; "
@@ -261,13 +287,15 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Gen
     return x
 
 
-def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator, per_batch: bool = False) -> torch.Tensor:
     """Cutout (DeVries & Taylor 2017): a size x size square around a uniform random centre (clipped at the
-    border) set to 0 (the mid-grey of [-1, 1]) in every example."""
+    border) set to 0 (the mid-grey of [-1, 1]) in every example; per_batch: one square for the whole batch (the
+    Manifold Mixup code applies its Cutout to the batch tensor), else one per example."""
     B, _, H, W = x.shape
+    n = 1 if per_batch else B
     centre = torch.stack(
-        [torch.randint(0, H, (B,), generator=generator), torch.randint(0, W, (B,), generator=generator)]
-    )
+        [torch.randint(0, H, (n,), generator=generator), torch.randint(0, W, (n,), generator=generator)]
+    ).expand(2, B)
     centre = centre.to(x.device)  # [2, B]
     lo = centre - size // 2
     ys = torch.arange(H, device=x.device)
@@ -430,7 +458,7 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
     if not cfg.data:
         raise ValueError("no dataset: pass --data DIR (a dir made by `amr-fast shard`, holding index.json)")
     index = data.load_index(cfg.data)
-    data.check_index(index, cfg.img_size, cfg.channels)
+    data.check_index(index, cfg.img_size, cfg.channels, cfg.num_classes)
     cuda = torch.cuda.is_available()
     precision = ("bf16" if cuda else "fp32") if cfg.precision == "auto" else cfg.precision
     accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
@@ -446,7 +474,8 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
     run = Path(outdir)
     config_json = json.dumps(dataclasses.asdict(cfg), indent=2)
     old = run / "config.json"
-    if old.exists() and config_from_dict(json.loads(old.read_text())) != cfg:  # every rank: none waits alone
+    guard = {"max_skipped": cfg.max_skipped, "skip_window": cfg.skip_window}  # may change on resume
+    if old.exists() and dataclasses.replace(config_from_dict(json.loads(old.read_text())), **guard) != cfg:
         raise ValueError(f"{run} holds a run with another config; use a new --outdir (or the same settings)")
     if accelerator.is_main_process:
         run.mkdir(parents=True, exist_ok=True)
@@ -488,6 +517,7 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
         checkpoint.save_state(accelerator, run, nimg, loop, {"generator": generator.get_state()})
 
     batch_gpu = cfg.batch // world
+    data_stats, data_base = {}, {k: loop.get(k, 0) for k in ("data/seen", "data/skipped")}  # the loader's counts
     batches = data.train_loader(
         cfg.data,
         batch_gpu,
@@ -496,6 +526,9 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
         seed=cfg.seed,
         workers=cfg.workers,
         start_batch=nimg // cfg.batch,
+        stats=data_stats,
+        max_skipped=cfg.max_skipped,
+        window=cfg.skip_window,
     )
     stats.reset()
     collector = stats.Collector(
@@ -504,7 +537,7 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
         rank,
         world,
         log=say,
-        status_keys=["kimg", "loss/cls", "train/error", "eval/test_error", "lr", "img/s", "nonfinite"],
+        status_keys=["kimg", "loss/cls", "train/error", "eval/test_error", "lr", "img/s", "nonfinite", "data/skipped"],
     )
     n_params = sum(p.numel() for p in model.parameters())
     say(f"{cfg.arch} width {cfg.width:g} ({n_params / 1e6:.2f} M params), mode {cfg.mode}, {world} process(es)")
@@ -525,7 +558,7 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
             y = batch["y"].to(device, non_blocking=True)
             x = random_crop_flip(x, cfg.crop_pad, cfg.flip, generator)
             if cfg.mode == "cutout":
-                x = cutout(x, cfg.cutout_size, generator)
+                x = cutout(x, cfg.cutout_size, generator, per_batch=cfg.cutout_per_batch)
             lr = lr_at(cfg, nimg)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -565,6 +598,7 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
                 stats.report("time/eval", time.time() - t_eval)
             if done or _due(nimg_before, nimg, cfg.tick_kimg):
                 now = time.time()
+                loop.update(data.stream_counts(data_stats, data_base, device, world))  # samples read / skipped
                 row = collector.tick(
                     {
                         "kimg": nimg / 1000,
@@ -572,9 +606,13 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
                         "img/s": (nimg - nimg_tick) / max(now - t_tick, 1e-9),
                         "lr": lr,
                         "nonfinite": loop["nonfinite_total"],
+                        "data/seen": loop["data/seen"],
+                        "data/skipped": loop["data/skipped"],
                     }
                 )
                 t_tick, nimg_tick = time.time(), nimg
+                if isinstance(row.get("eval/test_error"), (int, float)):  # the public code reports the best epoch
+                    loop["best_test_error"] = min(row["eval/test_error"], loop.get("best_test_error") or 100.0)
             if done or _due(nimg_before, nimg, cfg.snapshot_kimg):
                 if accelerator.is_main_process:
                     path = run / f"snapshot-{checkpoint.kimg_tag(nimg)}.safetensors"
@@ -596,6 +634,8 @@ def train_classifier(cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str
     if stopped:
         return run
     figures = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith("eval/"))
+    if loop.get("best_test_error") is not None:
+        figures += f"; best eval/test_error over the evaluations {loop['best_test_error']:.2f}"
     say(f"done: {nimg / 1000:g} kimg in {run}" + (f"; {figures}" if figures else " (nothing left to train)"))
     return run
 
@@ -635,9 +675,11 @@ def classify_table(runs: list) -> str:
     last evaluation of each run (%), followed by one line saying what the cells are."""
     from amr_fast.eval.report import _fmt
 
-    def last(run, key: str) -> float | None:
-        vals = [r[key] for r in run.rows if isinstance(r.get(key), (int, float))]
-        return vals[-1] if vals else None
+    def last(run, key: str) -> float | None:  # "best:<key>": the lowest over the run's evaluations
+        vals = [
+            r[key.removeprefix("best:")] for r in run.rows if isinstance(r.get(key.removeprefix("best:")), (int, float))
+        ]
+        return (min(vals) if key.startswith("best:") else vals[-1]) if vals else None
 
     def kimg(run) -> str:
         return f"{run.rows[-1]['kimg']:g}" if run.rows else "0"
@@ -648,8 +690,10 @@ def classify_table(runs: list) -> str:
         key = (MODE_ORDER.get(run.cfg.get("mode"), 9), _mode_label(run.cfg), arch, kimg(run))
         groups.setdefault(key, []).append(run)
     datasets = list(dict.fromkeys(r.dataset for r in runs))
-    metrics = ["eval/test_error"] + sorted({k for r in runs for row in r.rows for k in row if "fgsm_error" in k})
-    names = {"eval/test_error": "test error"} | {m: f"FGSM eps={m.split('@')[1]} error" for m in metrics[1:]}
+    fgsm_keys = sorted({k for r in runs for row in r.rows for k in row if "fgsm_error" in k})
+    metrics = ["eval/test_error", "best:eval/test_error"] + fgsm_keys
+    names = {"eval/test_error": "test error", "best:eval/test_error": "best test error"}
+    names |= {m: f"FGSM eps={m.split('@')[1]} error" for m in fgsm_keys}
     columns = [(ds, m) for ds in datasets for m in metrics]
     n_all = max(len(g) for g in groups.values())
     head = ["mode", "arch", "kimg"] + [f"{ds} {names[m]}" for ds, m in columns]
@@ -662,7 +706,8 @@ def classify_table(runs: list) -> str:
         lines.append("| " + " | ".join([label, str(arch), k] + cells) + " |")
     note = (
         f"\nCells: classification error (%) on the test split, clean and under white-box FGSM (eps in [0, 1] pixel "
-        f"units), at the end of training; mean ± std over seeds (n = {n_all}; [n] when fewer).\n"
+        f"units), at the end of training; best test error: the lowest over the run's evaluations (the figure the "
+        f"Manifold Mixup code reports); mean ± std over seeds (n = {n_all}; [n] when fewer).\n"
     )
     return "\n".join(lines) + "\n" + note
 
@@ -674,7 +719,12 @@ def classify_table(runs: list) -> str:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="fashion-mnist-manifold", help="starting configuration (--list-presets)")
     parser.add_argument("--outdir", default=None, help="run directory (default runs/<preset>); re-run to resume")
-    parser.add_argument("--data", default=None, help="dataset dir made by `amr-fast shard` (same as data=DIR)")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="dataset made by `amr-fast shard`: a directory, an http(s):// directory URL or 'pipe:CMD {}' ({} = each "
+        "file's name, e.g. 'pipe:aws s3 cp s3://bucket/fm32/{} -'); same as data=...",
+    )
     fields = ", ".join(f.name for f in dataclasses.fields(ClassifyConfig))
     parser.add_argument(
         "overrides",

@@ -1,14 +1,16 @@
 """Training configuration: one frozen dataclass, the paper's presets, and validation with actionable errors.
 
 `TrainConfig` holds every knob of `amr-fast train` (field names are shared with amr_fast.train). `PRESETS` has
-one entry per row of the AMR paper's tables 1-4 (Beckham et al., NeurIPS 2019) with the hyperparameters of the
-public code's experiment scripts (Adam lr 1e-4, betas (0.5, 0.99), weight decay 1e-5, batch 64, the tables'
-lambda), plus small `fashion-mnist-*`, `spiral-*` and `demo` presets for this machine. `resolve(preset,
-overrides)` builds a validated config from a preset and "field=value" strings, parsed by the field's type.
+one entry per row of the AMR paper's tables 1-4 (Beckham et al., NeurIPS 2019), each equal to the public code's
+experiment script of that row (`PRESET_ROWS`: the row, the script, its epochs; the table's lambda; total_kimg =
+epochs x the public training split), plus small `fashion-mnist-*`, `spiral-*` and `demo` presets for this machine.
+`resolve(preset, overrides)` builds a validated config from a preset and "field=value" strings, parsed by the
+field's type.
 
 Preset names: `<dataset>[-<code dims>][-<subset>]-<method>[-k<k>]`, e.g. `mnist-mixup`, `svhn32-5k-bernoulli`,
 `cifar10-1024-mixup-k4`, `dsprites-bernoulli-k3`. Methods: `aegan` (AE+GAN, no mixing), `mixup` (a ~ U(0, 1)
-per example, k = 2; Dirichlet(1) for k > 2), `bernoulli` (per-channel masks, p ~ U(0, 1) per batch), `acai`
+per example, k = 2; Dirichlet(1) for k > 2), `bernoulli` (per-channel masks, p ~ U(0, 1) per batch; k > 2: a
+uniform source per (example, channel)), `acai`
 (ACAI, D regresses the folded mixing coefficient), `class` (supervised class-conditional mixer), `betavae`.
 
 Presets that train on a user's dataset have `data=""`: pass `data=DIR` (a directory made by `amr-fast shard`),
@@ -29,6 +31,8 @@ METHODS = ("amr", "acai", "betavae")
 MIXERS = ("none", "mixup", "bernoulli", "class")
 RECONS = ("l1", "l2", "bce")
 DISC_MIXES = ("none", "pixel", "hidden")
+KWAY_SOURCES = ("uniform", "dirichlet")  # amr_fast.mixing.KWAY_SOURCES
+CLASS_UNSUP_MIXERS = ("bernoulli", "mixup", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 IMPLS = ("auto", "ref", "torch", "triton")  # amr_fast.kernels.IMPLS (not imported: config must stay torch-free)
 
@@ -56,7 +60,11 @@ class TrainConfig:
     mixer: str = "mixup"  # "none", "mixup", "bernoulli", "class" (supervised class-conditional mixer)
     k: int = 2  # number of mixed examples (2..8)
     alpha: float = 1.0  # Dirichlet(alpha) concentration for k-way mixup (k = 2 uses U(0, 1), i.e. alpha = 1)
-    per_example_mask: bool = False  # Bernoulli p per example instead of per batch
+    per_example_mask: bool = False  # Bernoulli p per example instead of per batch (k = 2, or kway_sources=dirichlet)
+    kway_sources: str = "uniform"  # k-way Bernoulli (k >= 3): "uniform" source per (example, channel) as the public
+    #                                code's gan3fm; "dirichlet": p ~ Dirichlet(1_K) per batch, source ~ p per channel
+    class_unsup_mixer: str = "bernoulli"  # mixer=class: the unsupervised mix of eq. 3 that the class terms of eq. 7
+    #                                      are added to ("bernoulli", "mixup"; "none" = class terms only)
     recon: str = "l1"  # "l1", "l2" (means over pixels), "bce" (sum over pixels, mean over batch)
     lamb: float = 10.0  # reconstruction weight (the tables' lambda)
     gan_weight: float = 1.0  # weight of the autoencoder's adversarial terms
@@ -64,13 +72,19 @@ class TrainConfig:
     cls_weight: float = 1.0  # supervised mixer: classification terms
     vae_beta: float = 1.0  # beta-VAE: KL weight (KL summed over code dims, mean over batch)
     disc_mix: str = "none"  # issue 6 item 4: "none", "pixel", "hidden" mixup of real/fake inside D
-    disc_mix_layer: int = 1  # disc_mix "hidden": mix after this many D blocks (amr32 32x32: 1..4, dsprites64: 1..5)
+    disc_mix_layer: int = 1  # disc_mix "hidden": each step mixes at a layer drawn uniformly from {pixels, after D
+    #                          block 1, ..., after block disc_mix_layer} (the public mugan's vh1 / vh2 = 1 / 2)
+    disc_mix_alpha: float = 0.2  # disc_mix: lam ~ Beta(alpha, alpha) per example, folded to min(lam, 1 - lam) <= 0.5
+    #                              on the real (the public mugan)
     # optimisation
     lr: float = 1e-4
     beta1: float = 0.5
     beta2: float = 0.99
     weight_decay: float = 1e-5
     probe_lr: float = 1e-3
+    probe_beta1: float = 0.9  # the online probe's Adam (the paper presets: the networks' 0.5 / 0.99 / 1e-5, as the
+    probe_beta2: float = 0.999  # public code's cls_opt_args = opt_args)
+    probe_weight_decay: float = 0.0
     batch: int = 64  # global batch (all ranks, all accumulation steps)
     batch_gpu: int = 0  # per-device micro-batch; 0 = batch / world_size (accumulation derived from it)
     ae_every: int = 5  # autoencoder updated every ae_every-th iteration; D and probe every iteration
@@ -88,6 +102,8 @@ class TrainConfig:
     channels_last: bool = False
     impl: str = "auto"  # mixing kernel impl (amr_fast.kernels)
     max_nonfinite: int = 10  # consecutive non-finite losses before the run stops
+    max_skipped: float = 0.01  # stop if more than this fraction of skip_window samples were unreadable (damage)
+    skip_window: int = 10_000  # samples: the window max_skipped counts over
 
     # -----------------------------------------------------------------------------------------------------------
     def validate(self) -> TrainConfig:
@@ -97,6 +113,8 @@ class TrainConfig:
         _check_choice("mixer", self.mixer, MIXERS)
         _check_choice("recon", self.recon, RECONS)
         _check_choice("disc_mix", self.disc_mix, DISC_MIXES)
+        _check_choice("kway_sources", self.kway_sources, KWAY_SOURCES)
+        _check_choice("class_unsup_mixer", self.class_unsup_mixer, CLASS_UNSUP_MIXERS)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("impl", self.impl, IMPLS)
         for name in ("channels", "width", "code_channels", "code_dim", "mixer_hidden", "batch", "ae_every"):
@@ -105,21 +123,32 @@ class TrainConfig:
         for name in ("disc_width", "batch_gpu", "subset", "workers", "seed", "max_nonfinite"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (got {getattr(self, name)})")
-        for name in ("lr", "probe_lr", "alpha", "total_kimg", "tick_kimg", "snapshot_kimg", "state_kimg", "probe_kimg"):
+        for name in (
+            "lr",
+            "probe_lr",
+            "alpha",
+            "disc_mix_alpha",
+            "total_kimg",
+            "tick_kimg",
+            "snapshot_kimg",
+            "state_kimg",
+            "probe_kimg",
+        ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0 (got {value})")
-        for name in ("lamb", "gan_weight", "beta", "cls_weight", "vae_beta", "weight_decay"):
+        for name in ("lamb", "gan_weight", "beta", "cls_weight", "vae_beta", "weight_decay", "probe_weight_decay"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0 (got {value})")
-        for name in ("beta1", "beta2"):
+        for name in ("beta1", "beta2", "probe_beta1", "probe_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must lie in [0, 1) (got {getattr(self, name)}); Adam's betas, e.g. 0.5/0.99")
         if not 2 <= self.k <= 8:
             raise ValueError(f"k must lie in 2..8 (got {self.k}); the paper mixes k = 2 to 8 examples")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (got {self.num_classes}); set num_classes=<labels in data>")
+        check_skip_limits(self)
         if self.batch_gpu and self.batch % self.batch_gpu:
             raise ValueError(
                 f"batch ({self.batch}) must be a multiple of batch_gpu ({self.batch_gpu}); "
@@ -155,6 +184,14 @@ class TrainConfig:
         if self.disc_mix == "hidden" and self.disc_mix_layer < 1:
             raise ValueError(f"disc_mix_layer must be >= 1 (got {self.disc_mix_layer}): mix after that many D blocks")
         return self
+
+
+def check_skip_limits(cfg) -> None:
+    """Validate the data-damage guard of either trainer (`max_skipped`, `skip_window`; amr_fast.data.loader)."""
+    if not (math.isfinite(cfg.max_skipped) and 0 <= cfg.max_skipped <= 1):
+        raise ValueError(f"max_skipped must be a fraction in [0, 1] (got {cfg.max_skipped}), e.g. max_skipped=0.05")
+    if cfg.skip_window < 1:
+        raise ValueError(f"skip_window must be >= 1 samples (got {cfg.skip_window}), e.g. skip_window=10000")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -259,12 +296,32 @@ def from_dict(d: dict) -> TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Presets. Sources: the public AMR code's exps/*/*.sh (Adam 1e-4, betas 0.5/0.99, weight decay 1e-5, batch 64,
-# ae updated every 5th iteration; exps/README.md maps its folders to the tables) and the paper's tables: 1 (32-dim
-# codes: MNIST, KMNIST, SVHN-32), 2 (SVHN-32 trained on 1k/5k/10k/20k examples), 3 (SVHN-256, CIFAR-10-256,
-# CIFAR-10-1024, k = 2..8), 4 (dSprites). Script names there: baseline = AE+GAN, mixup = mixup k=2, mixupfm2 =
-# Bernoulli k=2, ganXf = mixup k=X, ganXfm = Bernoulli k=X, acaif3 = ACAI. Where a folder holds a lambda sweep
-# we took the value shared by most of its scripts (listed below); the paper reports the best of its sweep.
+# Presets: one per row of the AMR paper's tables (Beckham et al., NeurIPS 2019), each equal to the public code's
+# experiment script of that row (christopher-beckham/amr exps/<folder>/<script>.sh; exps/README.md maps folders to
+# tables: 1 = mnist, kmnist, svhn32 (32-dim code); 2 = svhn32_{1k,5k,10k,20k}; 3 = svhn256, cifar10 (256-dim),
+# cifar10_1024; 4 = dsprite). Script names: baseline = AE+GAN, mixup = mixup k=2, mixupfm2 = Bernoulli k=2, ganXf =
+# mixup k=X, ganXfm = Bernoulli k=X, acaif3 = ACAI, bvae = beta-VAE. Every script: Adam lr 1e-4, betas (0.5, 0.99),
+# batch 64, the autoencoder updated every 5th iteration; the 32x32 scripts add weight decay 1e-5 (also on the probe).
+# lambda: the value the table prints in parentheses for that row, and the script of that lambda (a folder holds a
+# sweep); table 4 prints none: every exps/dsprite script uses lambda 1.
+# total_kimg = the script's epochs x the training split the public code really trains on (task_launcher.py):
+# MNIST / KMNIST 50,000 (60k minus a 10k validation split), SVHN 65,931 (90% of the 73,257 train images),
+# CIFAR-10 40,000, the SVHN subsets their size, dSprites all 737,280 images.
+
+
+@dataclass(frozen=True)
+class PresetRow:
+    """Where a paper preset comes from: its table row, the public script it equals, and its budget in epochs."""
+
+    row: str  # e.g. "table 1, MNIST: AMR mixup k=2" (or "not in the tables: ...")
+    script: str  # the public code's script, e.g. "exps/mnist/mixup_lamb10.sh"
+    epochs: int  # the script's --epochs
+    epoch_images: int  # images per epoch of the split the public code trains on
+
+    @property
+    def total_kimg(self) -> float:
+        return self.epochs * self.epoch_images / 1000
+
 
 _METHODS: dict[str, dict[str, Any]] = {
     "aegan": dict(method="amr", mixer="none"),
@@ -274,75 +331,163 @@ _METHODS: dict[str, dict[str, Any]] = {
     "class": dict(method="amr", mixer="class"),
     "betavae": dict(method="betavae", mixer="none"),
 }
+_ROW_NAMES = {"aegan": "AE+GAN", "mixup": "AMR mixup", "bernoulli": "AMR Bern", "acai": "ACAI", "betavae": "beta-VAE"}
+_METHODS_K = ("mixup", "bernoulli", "acai")  # rows of the tables that print k
+_SCRIPT_NAMES = {"aegan": "baseline", "mixup": "mixup", "bernoulli": "mixupfm2", "acai": "acaif3"}
+
+# Paper rows: (preset prefix, table, dataset in the table, public folder, images per epoch) -> rows of
+# (method, k, lambda, epochs). The lambda is the table's; the epochs are those of that lambda's script.
+# (exps/kmnist/acaif3_lamb2.sh holds --lamb=10 and acaif3_lamb10.sh --lamb=2: we name the script by its content.)
+_PAPER: list[tuple[str, int, str, str, int, list[tuple[str, int, float, int]]]] = [
+    ("mnist", 1, "MNIST", "mnist", 50_000,
+     [("aegan", 2, 5, 2000), ("mixup", 2, 10, 2000), ("bernoulli", 2, 10, 2000), ("mixup", 3, 20, 2000),
+      ("acai", 2, 2, 2000)]),
+    ("kmnist", 1, "KMNIST", "kmnist", 50_000,
+     [("aegan", 2, 10, 5000), ("mixup", 2, 10, 6000), ("bernoulli", 2, 10, 6000), ("mixup", 3, 10, 6000),
+      ("acai", 2, 10, 6000)]),
+    ("svhn32", 1, "SVHN", "svhn32", 65_931,
+     [("aegan", 2, 5, 4500), ("mixup", 2, 10, 6000), ("bernoulli", 2, 10, 4500), ("mixup", 3, 10, 6000),
+      ("acai", 2, 2, 6000)]),
+    ("svhn32-1k", 2, "SVHN(1k)", "svhn32_1k", 1_000,
+     [("aegan", 2, 10, 6000), ("mixup", 2, 10, 6000), ("bernoulli", 2, 20, 6000), ("mixup", 3, 10, 6000),
+      ("acai", 2, 10, 6000)]),
+    ("svhn32-5k", 2, "SVHN(5k)", "svhn32_5k", 5_000,
+     [("aegan", 2, 10, 6000), ("mixup", 2, 20, 6000), ("bernoulli", 2, 20, 6000), ("mixup", 3, 10, 7000),
+      ("acai", 2, 10, 7000)]),
+    ("svhn32-10k", 2, "SVHN(10k)", "svhn32_10k", 10_000,
+     [("aegan", 2, 10, 6000), ("mixup", 2, 10, 6000), ("bernoulli", 2, 10, 6000), ("mixup", 3, 10, 6000),
+      ("acai", 2, 2, 6000)]),
+    ("svhn32-20k", 2, "SVHN(20k)", "svhn32_20k", 20_000,
+     [("aegan", 2, 20, 4000), ("mixup", 2, 10, 4000), ("bernoulli", 2, 10, 4000), ("mixup", 3, 10, 4000),
+      ("acai", 2, 5, 4000)]),
+    ("svhn256", 3, "SVHN (256)", "svhn256", 65_931,
+     [("aegan", 2, 5, 6000), ("mixup", 2, 5, 6000), ("bernoulli", 2, 10, 4500), ("mixup", 3, 5, 4500),
+      ("mixup", 4, 5, 4500), ("mixup", 6, 5, 6000), ("mixup", 8, 5, 4500), ("acai", 2, 2, 4500)]),
+    ("cifar10-256", 3, "CIFAR10 (256)", "cifar10", 40_000,
+     [("aegan", 2, 50, 3000), ("mixup", 2, 50, 3000), ("bernoulli", 2, 50, 3000), ("mixup", 3, 50, 3000),
+      ("mixup", 4, 50, 3000), ("mixup", 6, 50, 3000), ("mixup", 8, 50, 3000), ("acai", 2, 20, 3000)]),
+    ("cifar10-1024", 3, "CIFAR10 (1024)", "cifar10_1024", 40_000,
+     [("aegan", 2, 50, 8000), ("mixup", 2, 50, 8000), ("bernoulli", 2, 50, 8000), ("mixup", 3, 50, 8000),
+      ("mixup", 4, 50, 8000), ("mixup", 6, 50, 8000), ("mixup", 8, 50, 8000), ("acai", 2, 20, 8000)]),
+    ("dsprites", 4, "dSprites", "dsprite", 737_280,
+     [("betavae", 2, 1, 500), ("aegan", 2, 1, 500), ("mixup", 2, 1, 500), ("bernoulli", 2, 1, 500),
+      ("mixup", 3, 1, 1000), ("bernoulli", 3, 1, 500)]),
+]  # fmt: skip
+# Presets that are no row of the tables, kept as extensions: (name, lambda, script whose lambda and epochs they
+# take, epochs, images per epoch, why).
+_EXTRA: list[tuple[str, float, str, int, int, str]] = [
+    ("mnist-bernoulli-k3", 10, "exps/mnist/mixupfm2_lamb10.sh", 2000, 50_000, "table 1 has no Bern k=3 row"),
+    ("kmnist-bernoulli-k3", 10, "exps/kmnist/mixupfm2_lamb10.sh", 6000, 50_000, "table 1 has no Bern k=3 row"),
+    ("svhn32-bernoulli-k3", 10, "exps/svhn32/mixupfm2_lamb10.sh", 4500, 65_931, "table 1 has no Bern k=3 row"),
+    ("svhn32-mixup-k4", 10, "exps/svhn32/gan4f_lamb10.sh", 6000, 65_931, "table 1 has no mixup k=4 row"),
+]  # fmt: skip
 
 
-def _rows(prefix: str, base: TrainConfig, rows: list[tuple[str, int, dict[str, Any]]]) -> dict[str, TrainConfig]:
-    """rows: (method, k, extra fields) -> {"<prefix>-<method>[-k<k>]": config}."""
-    out = {}
-    for method, k, extra in rows:
-        name = f"{prefix}-{method}" + (f"-k{k}" if k > 2 else "")
-        out[name] = replace(base, k=k, **_METHODS[method], **extra)
-    return out
+def _script(folder: str, method: str, k: int, lamb: float) -> str:
+    if folder == "dsprite":
+        name = {"betavae": "bvae_beta100", "aegan": "baseline_lamb1"}.get(method)
+        if name is None:
+            kind = "mixup" if method == "mixup" else "mixupfm2"
+            name = f"{kind}_lamb1" if k == 2 else f"gan{k}f{'m' if method == 'bernoulli' else ''}_lamb1"
+        return f"exps/dsprite/{name}.sh"
+    if folder == "kmnist" and method == "acai":  # its file names swap lambda 2 and 10
+        return "exps/kmnist/acaif3_lamb2.sh"
+    name = _SCRIPT_NAMES[method] if k == 2 else f"gan{k}f"
+    return f"exps/{folder}/{name}_lamb{lamb:g}.sh"
 
 
-def _build_presets() -> dict[str, TrainConfig]:
+def _build_presets() -> tuple[dict[str, TrainConfig], dict[str, PresetRow]]:
     p: dict[str, TrainConfig] = {}
-    # The public code's 32x32 model: depth 16 for the autoencoder and D ("arch_acai_kyle*.py"), 2000 epochs of
-    # 60k images = 120000 kimg for MNIST / KMNIST (SVHN: 73k images).
-    # The probe shares the public code's optimiser settings (cls_opt_args = opt_args: Adam lr 1e-4).
+    rows: dict[str, PresetRow] = {}
+    # The public code's 32x32 model: depth 16 for the autoencoder and D ("arch_acai_kyle*.py"); the probe shares
+    # the networks' optimiser (cls_opt_args = opt_args: Adam lr 1e-4, betas (0.5, 0.99), weight decay 1e-5).
     amr32 = TrainConfig(arch="amr32", img_size=32, width=16, code_channels=2, batch=64, lr=1e-4, beta1=0.5, beta2=0.99,
-                        weight_decay=1e-5, probe_lr=1e-4, ae_every=5, recon="l1", tick_kimg=10, snapshot_kimg=1000,
-                        state_kimg=1000, probe_kimg=100)  # fmt: skip
-    table1 = [("aegan", 2, {}), ("acai", 2, {}), ("mixup", 2, {}), ("bernoulli", 2, {}),
-              ("mixup", 3, {}), ("bernoulli", 3, {})]  # fmt: skip
-    # Table 1: lambda 10 (exps/{mnist,kmnist,svhn32}/*_lamb10.sh; svhn32 also has gan4f = mixup k=4).
-    p.update(_rows("mnist", replace(amr32, channels=1, lamb=10.0, total_kimg=120_000), table1))
-    p.update(_rows("kmnist", replace(amr32, channels=1, lamb=10.0, total_kimg=120_000), table1))
-    svhn32 = replace(amr32, channels=3, lamb=10.0, total_kimg=146_000)
-    p.update(_rows("svhn32", svhn32, table1 + [("mixup", 4, {})]))
-    # Table 2: SVHN-32 with 1k / 5k / 10k / 20k labelled training examples (same model and lambda).
-    for n in (1, 5, 10, 20):
-        rows = [("aegan", 2, {}), ("acai", 2, {}), ("mixup", 2, {}), ("bernoulli", 2, {})]
-        p.update(_rows(f"svhn32-{n}k", replace(svhn32, subset=n * 1000), rows))
-    # Table 3: 256- and 1024-dim codes, k-way mixup; lambda 5 (SVHN-256) and 50 (CIFAR-10), ACAI lambda 2 / 10
-    # (exps/svhn256/acaif3_lamb2.sh; exps/cifar10*/acaif3_lamb{5,10,20,50}.sh: 10). CIFAR-10: 3000 epochs (256-dim)
-    # and 8000 epochs (1024-dim) of 50k images.
-    table3 = [("aegan", 2, {}), ("mixup", 2, {}), ("bernoulli", 2, {})] + [("mixup", k, {}) for k in (3, 4, 6, 8)]
-    p.update(_rows("svhn256", replace(svhn32, code_channels=16, lamb=5.0), table3))
-    p["svhn256-acai"] = replace(svhn32, code_channels=16, lamb=2.0, **_METHODS["acai"])
-    for dims, L, kimg in ((256, 16, 150_000), (1024, 64, 400_000)):
-        cifar = replace(amr32, channels=3, code_channels=L, lamb=50.0, total_kimg=kimg)
-        p.update(_rows(f"cifar10-{dims}", cifar, table3))
-        p[f"cifar10-{dims}-acai"] = replace(cifar, lamb=10.0, **_METHODS["acai"])
-    # Table 4: dSprites, Burgess et al. autoencoder, 10-dim code, BCE-sum reconstruction, lambda 1, D width 32
-    # (exps/dsprite/*.sh); 500 epochs of 737k images. beta-VAE: beta 100 with the public code's KL *mean* over the
-    # 10 code dims, i.e. vae_beta = 10 with our KL summed over dims; Adam beta1 0.9 as its script.
+                        weight_decay=1e-5, probe_lr=1e-4, probe_beta1=0.5, probe_beta2=0.99, probe_weight_decay=1e-5,
+                        ae_every=5, recon="l1", tick_kimg=10, snapshot_kimg=1000, state_kimg=1000,
+                        probe_kimg=100)  # fmt: skip
+    # Table 4: dSprites, Burgess et al. autoencoder, 10-dim code, BCE-sum reconstruction, D width 32 (--ndf=32; the
+    # AE+GAN script passes none: task_launcher's default 64), no weight decay. beta-VAE: exps/dsprite/bvae_beta100.sh,
+    # beta 100 with the public code's KL *mean* over the 10 code dims, i.e. vae_beta = 10 with our KL summed over
+    # dims; Adam beta1 0.9 as its script, and no D.
     dsprites = TrainConfig(arch="dsprites64", img_size=64, channels=1, width=32, disc_width=32, code_dim=10,
                            num_classes=3, recon="bce", lamb=1.0, batch=64, lr=1e-4, beta1=0.5, beta2=0.99,
-                           weight_decay=0.0, probe_lr=1e-4, ae_every=5, total_kimg=368_640, tick_kimg=10,
-                           snapshot_kimg=1000, state_kimg=1000, probe_kimg=100)  # fmt: skip
-    table4 = [("aegan", 2, {}), ("mixup", 2, {}), ("mixup", 3, {}), ("bernoulli", 2, {}), ("bernoulli", 3, {}),
-              ("betavae", 2, dict(vae_beta=10.0, beta1=0.9, ae_every=1))]  # fmt: skip
-    p.update(_rows("dsprites", dsprites, table4))
-    # This machine: Fashion-MNIST resized to 32x32 (`amr-fast shard`), 32-dim code; pass data=DIR.
-    fmnist = replace(amr32, channels=1, lamb=10.0, probe_lr=1e-3, total_kimg=600, tick_kimg=4, snapshot_kimg=100,
-                     state_kimg=50, probe_kimg=20)  # fmt: skip
-    p.update(_rows("fashion-mnist", fmnist, [("aegan", 2, {}), ("mixup", 2, {}), ("bernoulli", 2, {}),
-                                             ("mixup", 3, {}), ("class", 2, {})]))  # fmt: skip
+                           weight_decay=0.0, probe_lr=1e-4, probe_beta1=0.5, probe_beta2=0.99, ae_every=5,
+                           tick_kimg=10, snapshot_kimg=1000, state_kimg=1000, probe_kimg=100)  # fmt: skip
+    bases = {
+        "mnist": replace(amr32, channels=1),
+        "kmnist": replace(amr32, channels=1),
+        "svhn32": replace(amr32, channels=3),
+        "svhn256": replace(amr32, channels=3, code_channels=16),
+        "cifar10-256": replace(amr32, channels=3, code_channels=16),
+        "cifar10-1024": replace(amr32, channels=3, code_channels=64),
+        "dsprites": dsprites,
+    }
+    method_extra = {
+        ("dsprites", "aegan"): dict(disc_width=64),
+        ("dsprites", "betavae"): dict(vae_beta=10.0, beta1=0.9, probe_beta1=0.9, ae_every=1),
+    }
+    for prefix, table, dataset, folder, epoch_images, table_rows in _PAPER:
+        base = bases.get(prefix) or replace(bases["svhn32"], subset=int(prefix.split("-")[1][:-1]) * 1000)
+        for method, k, lamb, epochs in table_rows:
+            name = f"{prefix}-{method}" + (f"-k{k}" if k > 2 else "")
+            extra = method_extra.get((prefix, method), {})
+            row = PresetRow(
+                row=f"table {table}, {dataset}: {_ROW_NAMES[method]}" + (f" k={k}" if method in _METHODS_K else ""),
+                script=_script(folder, method, k, lamb),
+                epochs=epochs,
+                epoch_images=epoch_images,
+            )
+            p[name] = replace(base, k=k, lamb=float(lamb), total_kimg=row.total_kimg, **_METHODS[method], **extra)
+            rows[name] = row
+    for name, lamb, script, epochs, epoch_images, why in _EXTRA:
+        prefix, method, k = name.rsplit("-", 2)[0], name.split("-")[-2], int(name[-1])
+        row = PresetRow(row=f"not in the tables ({why})", script=script, epochs=epochs, epoch_images=epoch_images)
+        p[name] = replace(bases[prefix], k=k, lamb=float(lamb), total_kimg=row.total_kimg, **_METHODS[method])
+        rows[name] = row
+    # This machine: Fashion-MNIST resized to 32x32 (`amr-fast shard`), 32-dim code; pass data=DIR. A short budget,
+    # so the probe learns faster than the paper's (lr 1e-3, Adam's default betas, no weight decay).
+    fmnist = replace(amr32, channels=1, lamb=10.0, probe_lr=1e-3, probe_beta1=0.9, probe_beta2=0.999,
+                     probe_weight_decay=0.0, total_kimg=600, tick_kimg=4, snapshot_kimg=100, state_kimg=50,
+                     probe_kimg=20)  # fmt: skip
+    for method, k in (("aegan", 2), ("mixup", 2), ("bernoulli", 2), ("mixup", 3), ("class", 2)):
+        p[f"fashion-mnist-{method}" + (f"-k{k}" if k > 2 else "")] = replace(fmnist, k=k, **_METHODS[method])
     # The 2-D spiral toy (the AMR supplement): points [B, 2] (channels=2, img_size=1), MLP autoencoder, 2-dim code;
     # "consistency" adds beta |enc(x_mix) - h_mix|_1.
     spiral = TrainConfig(data="builtin:spiral", arch="mlp", img_size=1, channels=2, width=128, code_dim=2,
                          num_classes=2, recon="l2", lamb=10.0, batch=64, weight_decay=0.0, ae_every=1,
                          total_kimg=200, tick_kimg=4, snapshot_kimg=50, state_kimg=50, probe_kimg=20)  # fmt: skip
-    p.update(_rows("spiral", spiral, [("aegan", 2, {}), ("mixup", 2, {})]))
+    p["spiral-aegan"] = replace(spiral, **_METHODS["aegan"])
+    p["spiral-mixup"] = replace(spiral, **_METHODS["mixup"])
     p["spiral-mixup-consistency"] = replace(p["spiral-mixup"], beta=1.0)
     # The README's demo: procedural dSprites, AMR with k = 3 Bernoulli mixing, a few minutes on a 2-core CPU.
     p["demo"] = replace(dsprites, data="builtin:dsprites-procedural", mixer="bernoulli", k=3, probe_lr=1e-3,
                         total_kimg=40, tick_kimg=4, snapshot_kimg=20, state_kimg=20, probe_kimg=20, ae_every=1,
                         lr=2e-4)  # fmt: skip
-    return {name: cfg.validate() for name, cfg in p.items()}
+    return {name: cfg.validate() for name, cfg in p.items()}, rows
 
 
-PRESETS: dict[str, TrainConfig] = _build_presets()
+PRESETS, PRESET_ROWS = _build_presets()
+PRESETS: dict[str, TrainConfig]  # name -> config
+PRESET_ROWS: dict[str, PresetRow]  # paper presets (and the extensions) -> their table row, script and budget
 
-__all__ = ["TrainConfig", "PRESETS", "resolve", "parse_overrides", "parse_value", "to_json", "from_dict"]
+
+def probe_adam_args(cfg: TrainConfig) -> dict[str, Any]:
+    """Keyword arguments of the online probe's torch.optim.Adam (the public code: the networks' own settings)."""
+    return dict(lr=cfg.probe_lr, betas=(cfg.probe_beta1, cfg.probe_beta2), weight_decay=cfg.probe_weight_decay)
+
+
+def preset_line(name: str) -> str:
+    """One line of `amr-fast train --list-presets`: name, table row, lambda, budget in kimg and in epochs."""
+    cfg, row = PRESETS[name], PRESET_ROWS.get(name)
+    what = f"{cfg.arch}, {cfg.method}, mixer={cfg.mixer}, k={cfg.k}"
+    if row is None:
+        where = "builtin data" if cfg.data else "pass data=DIR"
+        return f"{name:<24} {'this machine: ' + what:<52} lambda {cfg.lamb:<4g} {cfg.total_kimg:>9g} kimg ({where})"
+    return (
+        f"{name:<24} {row.row:<52} lambda {cfg.lamb:<4g} {cfg.total_kimg:>9g} kimg = {row.epochs} epochs x "
+        f"{row.epoch_images:,} ({row.script})"
+    )
+
+
+__all__ = ["TrainConfig", "PRESETS", "PRESET_ROWS", "PresetRow", "preset_line", "probe_adam_args", "resolve",
+           "parse_overrides", "parse_value", "to_json", "from_dict"]  # fmt: skip

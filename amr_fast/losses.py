@@ -6,9 +6,13 @@
 
 The mixing function Mix is picked by `cfg.mixer` in ONE place (`AMRLoss.__init__`): mixup (k = 2: a ~ U(0, 1)
 per example; k > 2: w ~ Dirichlet(alpha)), Bernoulli (a 0/1 mask per channel, p ~ U(0, 1) per batch; k-way: each
-channel from one of k sources), the supervised class-conditional mixer (an MLP maps a mixed label vector to
-per-channel masks; D gets an ACGAN head that classifies real x by y, and the decoded mix must be classified as
-its mixed labels), or none (the AE+GAN baseline). Every mix goes through
+channel from one of k sources, uniform per (example, channel) as the public code, `kway_sources`), or none (the
+AE+GAN baseline). The supervised class-conditional mixer (section 2.2, eq. 7) is added to eq. 3, as the paper:
+with mixer=class the unsupervised mix of `cfg.class_unsup_mixer` (Bernoulli by default) keeps its terms above,
+and a second, class-conditional mix h_cmix = Mix_sup(h, y_mix) (an MLP maps a mixed label vector y_mix to
+per-channel masks) adds
+    L_ae   += BCE(D(x_cmix), 1) + cls_weight * BCE(C(x_cmix), y_mix)        L_disc += BCE(D(x_cmix), 0) + BCE(C(x), y)
+with C the ACGAN head of D. Every mix goes through
 `amr_fast.kernels.simplex_mix` / `mask_mix` (impl = cfg.impl) with partners and weights drawn by the
 `amr_fast.mixing` samplers from the caller's generator.
 
@@ -18,9 +22,12 @@ beta-VAE (Higgins et al. 2017): lamb * rec(dec(mu + sigma eps), x) + vae_beta * 
 Reconstruction: "l1" / "l2" means over pixels, "bce" summed over pixels and averaged over the batch (the public
 code's `bce_sum`), from the decoder's logits. GAN terms: `binary_cross_entropy_with_logits` (safe under autocast).
 
-disc_mix (Manifold Mixup's GAN experiments, Verma et al. ICML 2019; issue 6 item 4): D also sees
-`lam f(x) + (1 - lam) f(x_fake)` (x_fake = x_mix, or x_rec without a mixer) with lam ~ U(0, 1) per example, mixed
-in pixels ("pixel") or after block `disc_mix_layer` of D ("hidden"), and must call it fake.
+disc_mix (Manifold Mixup's GAN experiments, Verma et al. ICML 2019, the public gan/mugan.py): D also sees
+`lam f(x) + (1 - lam) f(x_fake)` (x_fake = the last fake group: x_mix, else x_cmix, else x_rec) with lam ~
+Beta(disc_mix_alpha, disc_mix_alpha) per example folded to min(lam, 1 - lam) <= 1/2, mixed in pixels ("pixel") or,
+"hidden", at a layer drawn uniformly per step from {pixels, after D block 1, ..., after block disc_mix_layer}
+(mugan's vh1 / vh2), and must call it fake. Drawing the layer reads one integer from the generator on the host
+(a device sync per step on a GPU, only with disc_mix=hidden).
 
 Protocol (the loop, amr_fast.train): per micro-batch `begin(x, y, update_ae, generator)` runs the autoencoder
 ONCE (with autograd only if update_ae; x_rec and x_mix are decoded in one batched pass), then
@@ -79,11 +86,13 @@ class _Forward:
     perm: Tensor | None = None  # [K, B]
     h_mix: Tensor | None = None  # [B, *code]
     x_mix: Tensor | None = None  # [B, C, H, W]
+    x_cmix: Tensor | None = None  # [B, C, H, W] decoded class-conditional mix (mixer=class)
     w: Tensor | None = None  # [B, K] mixup weights (ACAI's alpha = w[:, 0])
     m: Tensor | None = None  # [B, K, C] masks of the class mixer (its prior)
     y_mix: Tensor | None = None  # [B, num_classes] mixed labels (class mixer)
     kl: Tensor | None = None  # beta-VAE KL, scalar
     w_dm: Tensor | None = None  # [2B, 2] disc_mix weights: lam per example for mix(real, fake)
+    dm_layer: int = 0  # disc_mix: the layer of D where real and fake are mixed this step (0 = pixels)
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
@@ -105,13 +114,14 @@ class AMRLoss:
                 f"disc_mix_layer must lie in 1..{self.disc.num_blocks} for arch={cfg.arch} (D's blocks); "
                 f"got {cfg.disc_mix_layer}"
             )
-        # THE place where cfg.mixer picks the mixing function.
+        # THE place where cfg.mixer picks the (unsupervised) mixing function; mixer=class adds the class mix to it.
+        unsup = cfg.class_unsup_mixer if cfg.mixer == "class" else cfg.mixer
         self.mix_codes: Callable[[Tensor, Tensor, Tensor, torch.Generator, dict], Tensor] | None = {
             "none": None,
             "mixup": self._mix_mixup,
             "bernoulli": self._mix_bernoulli,
-            "class": self._mix_class,
-        }[cfg.mixer]
+        }[unsup]
+        self.class_mix = cfg.mixer == "class"
         self.passes = {"enc": 0, "dec": 0, "disc": 0}  # network calls (a batched call counts once): bench
         self._fwd: _Forward | None = None
 
@@ -139,7 +149,9 @@ class AMRLoss:
         k, per_example = self.cfg.k, self.cfg.per_example_mask
         if k == 2:
             return mixing.sample_bernoulli_masks(batch, channels, g, per_example=per_example, device=device)
-        return mixing.sample_kway_bernoulli_masks(batch, k, channels, g, per_example=per_example, device=device)
+        return mixing.sample_kway_bernoulli_masks(
+            batch, k, channels, g, per_example=per_example, device=device, sources=self.cfg.kway_sources
+        )
 
     def _mix_mixup(self, h: Tensor, perm: Tensor, y: Tensor, g: torch.Generator, rec: dict) -> Tensor:
         """h_mix = sum_j w_j h[perm_j]; k = 2: a ~ U(0, 1) per example, w = (a, 1 - a); k > 2: w ~ Dir(alpha)."""
@@ -193,19 +205,28 @@ class AMRLoss:
                 self._fwd = _Forward(x=x, y=y, update_ae=update_ae, h=mu, x_rec=x_rec, logits=logits, kl=kl)
                 return
             h = self._encode(x)  # [B, *code]
-            perm, h_mix, rec = None, None, {}
-            if self.mix_codes is not None:
+            perm, h_mix, h_cmix, rec = None, None, None, {}
+            if self.mix_codes is not None or self.class_mix:
                 perm = mixing.sample_perm(cfg.k, B, g, device=x.device)  # [K, B], row 0 = identity
-                h_mix = self.mix_codes(h, perm, y, g, rec)  # [B, *code]
-            codes = h if h_mix is None else torch.cat([h, h_mix])  # one decoder pass for x_rec and x_mix
-            x_dec, logits = self._decode(codes)
-            w_dm = None
+            if self.class_mix:
+                h_cmix = self._mix_class(h, perm, y, g, rec)  # [B, *code], eq. 7: consistent with y_mix
+            if self.mix_codes is not None:
+                h_mix = self.mix_codes(h, perm, y, g, rec)  # [B, *code], eq. 3 (same partners as the class mix)
+            codes = {"x_rec": h, "x_cmix": h_cmix, "x_mix": h_mix}
+            codes = {name: code for name, code in codes.items() if code is not None}
+            x_dec, logits = self._decode(torch.cat(list(codes.values())))  # one decoder pass for all of them
+            x_parts = dict(zip(codes, x_dec.split(B)))
+            w_dm, dm_layer = None, 0
             if cfg.disc_mix != "none":
-                w_dm = mixing.sample_uniform_weights(2 * B, g, device=x.device)  # lam ~ U(0, 1) per example
+                w = mixing.sample_beta_weights(2 * B, cfg.disc_mix_alpha, g, per_example=True, device=x.device)
+                lam = torch.minimum(w[:, 0], w[:, 1])  # folded: the real's share is at most 1/2 (mugan)
+                w_dm = torch.stack([lam, 1 - lam], dim=1)  # [2B, 2]
+                if cfg.disc_mix == "hidden":  # uniform over {pixels, after block 1, ..., after block L}
+                    dm_layer = int(torch.randint(0, cfg.disc_mix_layer + 1, (1,), generator=g, device=g.device))
         self._fwd = _Forward(
-            x=x, y=y, update_ae=update_ae, h=h, x_rec=x_dec[:B], logits=logits[:B], perm=perm, h_mix=h_mix,
-            x_mix=None if h_mix is None else x_dec[B:], w=rec.get("w"), m=rec.get("m"), y_mix=rec.get("y_mix"),
-            w_dm=w_dm,
+            x=x, y=y, update_ae=update_ae, h=h, x_rec=x_parts["x_rec"], logits=logits[:B], perm=perm, h_mix=h_mix,
+            x_mix=x_parts.get("x_mix"), x_cmix=x_parts.get("x_cmix"), w=rec.get("w"), m=rec.get("m"),
+            y_mix=rec.get("y_mix"), w_dm=w_dm, dm_layer=dm_layer,
         )  # fmt: skip
 
     def accumulate_gradients(self, phase: str, gain: float = 1.0) -> dict[str, Tensor]:
@@ -239,22 +260,21 @@ class AMRLoss:
             loss = loss + cfg.gan_weight * gan_mix
             stats["loss/gan_mix"] = gan_mix
         else:
-            fakes = fwd.x_rec if fwd.x_mix is None else torch.cat([fwd.x_rec, fwd.x_mix])
-            if cfg.mixer == "class":
-                d_fake, c_fake = self.disc.outputs(self._disc_run(fakes), aux=True)
+            groups = {"rec": fwd.x_rec, "cmix": fwd.x_cmix, "mix": fwd.x_mix}  # eq. 3 (rec, mix), eq. 7 (cmix)
+            groups = {name: images for name, images in groups.items() if images is not None}
+            if self.class_mix:
+                d_fake, c_fake = self.disc.outputs(self._disc_run(torch.cat(list(groups.values()))), aux=True)
             else:
-                d_fake = self.disc.outputs(self._disc_run(fakes))
-            gan_rec = gan_loss(d_fake[:B], 1.0)
-            loss = loss + cfg.gan_weight * gan_rec
-            stats["loss/gan_rec"] = gan_rec
-            if fwd.x_mix is not None:
-                gan_mix = gan_loss(d_fake[B:], 1.0)
-                loss = loss + cfg.gan_weight * gan_mix
-                stats["loss/gan_mix"] = gan_mix
-            if cfg.mixer == "class":
-                # The decoded mix must carry its mixed labels (rows whose k sources are all labelled).
+                d_fake = self.disc.outputs(self._disc_run(torch.cat(list(groups.values()))))
+            for i, name in enumerate(groups):
+                term = gan_loss(d_fake[i * B : (i + 1) * B], 1.0)
+                loss = loss + cfg.gan_weight * term
+                stats[f"loss/gan_{name}"] = term
+            if self.class_mix:
+                # The decoded class mix must carry its mixed labels (rows whose k sources are all labelled).
                 known = (fwd.y >= 0)[fwd.perm].all(dim=0).float()  # [B]
-                bce = F.binary_cross_entropy_with_logits(c_fake[B:].float(), fwd.y_mix.float(), reduction="none")
+                c_cmix = c_fake[B : 2 * B]  # the "cmix" group follows "rec"
+                bce = F.binary_cross_entropy_with_logits(c_cmix.float(), fwd.y_mix.float(), reduction="none")
                 cls_mix = (bce.mean(dim=1) * known).sum() / known.sum().clamp_min(1)
                 K, C = fwd.m.shape[1], fwd.m.shape[2]
                 prior = (fwd.m.float().sum(dim=2) - C / K).square().mean()
@@ -273,27 +293,28 @@ class AMRLoss:
             return None, {}
         # Real, reconstructions, mixes (detached: D's phase never reaches the autoencoder) in one D pass.
         groups = {"real": fwd.x, "rec": fwd.x_rec.detach()}
-        if fwd.x_mix is not None:
-            groups["mix"] = fwd.x_mix.detach()
+        for name, images in (("cmix", fwd.x_cmix), ("mix", fwd.x_mix)):
+            if images is not None:
+                groups[name] = images.detach()
         if cfg.method == "acai":
             alpha = fwd.w[:, 0]
             targets = {"real": 0.0, "rec": 0.0, "mix": 2 * torch.minimum(alpha, 1 - alpha)}  # folded, in [0, 1]
         else:
-            targets = {"real": 1.0, "rec": 0.0, "mix": 0.0}
+            targets = {"real": 1.0, "rec": 0.0, "cmix": 0.0, "mix": 0.0}
         images = torch.cat(list(groups.values()))  # [G * B, C, H, W]
         if cfg.disc_mix == "none":
             f = self._disc_run(images)
         else:
             # lam f(x) + (1 - lam) f(x_fake) after `layer` blocks (0 = pixels), then the rest of D; target fake.
-            layer = 0 if cfg.disc_mix == "pixel" else cfg.disc_mix_layer
+            layer = fwd.dm_layer
             f = self._disc_run(images, 0, layer)
-            pair = torch.cat([f[:B], f[-B:]])  # [2B, ...]: real, then the last fake group (x_mix, else x_rec)
+            pair = torch.cat([f[:B], f[-B:]])  # [2B, ...]: real, then the last fake group (x_mix, x_cmix or x_rec)
             swap = torch.arange(2 * B, device=f.device).roll(B)  # partner of real i is fake i
             perm = torch.stack([torch.arange(2 * B, device=f.device), swap])  # [2, 2B]
             f_dm = kernels.simplex_mix(pair, perm, fwd.w_dm.to(pair.device), impl=cfg.impl)[:B]
             f = self.disc.run(torch.cat([f, f_dm]), layer)
             groups["dm"], targets["dm"] = f_dm, 0.0
-        if cfg.mixer == "class":
+        if self.class_mix:
             d_out, c_out = self.disc.outputs(f, aux=True)
         else:
             d_out = self.disc.outputs(f)
@@ -303,7 +324,7 @@ class AMRLoss:
             term = gan_loss(d_out[i * B : (i + 1) * B], targets[name])
             loss = loss + term
             stats[f"loss/disc_{name}"] = term
-        if cfg.mixer == "class":  # ACGAN: D's aux head classifies real x by its label
+        if self.class_mix:  # ACGAN: D's aux head classifies real x by its label
             known = (fwd.y >= 0).float()
             y_onehot = F.one_hot(fwd.y.clamp_min(0), cfg.num_classes).float()
             bce = F.binary_cross_entropy_with_logits(c_out[:B].float(), y_onehot, reduction="none").mean(dim=1)

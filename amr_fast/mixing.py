@@ -9,7 +9,7 @@ here. Both papers' mixes are one operation over k partners of each example b in 
 - AMR (Beckham et al., NeurIPS 2019, section 2): mixup `a h1 + (1 - a) h2`, a ~ U(0, 1) per example;
   Bernoulli mixup `m h1 + (1 - m) h2` with a 0/1 mask per feature map, m ~ Bern(p), p ~ U(0, 1) per batch
   (as the public code); k-way mixup with w ~ Dirichlet(1, ..., 1); k-way Bernoulli, each feature map from one
-  of k sources.
+  of k sources, uniform and independent per (example, feature map) as the public code (a Dirichlet variant too).
 - Manifold Mixup (Verma et al., ICML 2019, eq. 2): `lam h + (1 - lam) h[perm]`, lam ~ Beta(alpha, alpha) per
   batch; labels are mixed by the same call on one-hot targets `[B, num_classes]`.
 
@@ -171,20 +171,39 @@ def sample_bernoulli_masks(
     return torch.stack([m, 1 - m], dim=1).to(_dev(generator, device))
 
 
+KWAY_SOURCES = ("uniform", "dirichlet")  # how k-way Bernoulli (k >= 3) picks the source of each channel
+
+
 def sample_kway_bernoulli_masks(
-    batch: int, k: int, channels: int, generator: torch.Generator, per_example: bool = False, device=None
+    batch: int,
+    k: int,
+    channels: int,
+    generator: torch.Generator,
+    per_example: bool = False,
+    device=None,
+    sources: str = "uniform",
 ) -> torch.Tensor:
-    """k-way Bernoulli: each channel taken from one of K sources, as a one-hot [B, K, C]. Source probabilities
-    p ~ Dirichlet(1_K) per batch (or per example), then source ~ Categorical(p) per channel; for K = 2 this is
-    exactly `sample_bernoulli_masks` (Dirichlet(1, 1) is U(0, 1))."""
+    """k-way Bernoulli: each channel taken from one of K sources, as a one-hot [B, K, C].
+
+    sources (K >= 3): "uniform" (default; the public AMR code's `threegan` / `kgan` with mixer=fm, table 4's
+    "Bern, k=3"): the source of every (example, channel) is uniform over the K sources and independent, so each
+    source's share of a batch is 1/K +- sqrt((K - 1) / (B C)) / K. "dirichlet": source probabilities p ~
+    Dirichlet(1_K) per batch (or per example), then source ~ Categorical(p) per channel: the shares vary far more
+    from batch to batch. K = 2 is Bernoulli mixup whatever `sources` says: p ~ U(0, 1) per batch (or per example),
+    m ~ Bern(p) per channel (the public code's fm2; Dirichlet(1, 1) is U(0, 1)), as `sample_bernoulli_masks`."""
     if k < 2:
         raise ValueError(f"k must be >= 2 to mix (got k = {k})")
+    if sources not in KWAY_SOURCES:
+        raise ValueError(f"sources must be one of {', '.join(KWAY_SOURCES)}; got {sources!r}")
     dev = generator.device
-    n = batch if per_example else 1
-    p = sample_gamma(1.0, (n, k), generator).to(dev)
-    p = (p / p.sum(dim=1, keepdim=True)).expand(batch, k)
-    cdf = p.cumsum(dim=1)  # [B, K]
-    u = torch.rand(batch, channels, 1, generator=generator, device=dev)
-    src = (u > cdf[:, None, :]).sum(dim=2).clamp_max(k - 1)  # [B, C] index of the source of each channel
+    if k >= 3 and sources == "uniform":
+        src = torch.randint(0, k, (batch, channels), generator=generator, device=dev)  # [B, C]
+    else:
+        n = batch if per_example else 1
+        p = sample_gamma(1.0, (n, k), generator).to(dev)
+        p = (p / p.sum(dim=1, keepdim=True)).expand(batch, k)
+        cdf = p.cumsum(dim=1)  # [B, K]
+        u = torch.rand(batch, channels, 1, generator=generator, device=dev)
+        src = (u > cdf[:, None, :]).sum(dim=2).clamp_max(k - 1)  # [B, C] index of the source of each channel
     onehot = torch.nn.functional.one_hot(src, k).float()  # [B, C, K]
     return onehot.transpose(1, 2).contiguous().to(_dev(generator, device))  # [B, K, C]

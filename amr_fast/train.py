@@ -52,9 +52,13 @@ import torch.distributed as dist
 from amr_fast import checkpoint, stats
 
 # Fields that may differ when a run is resumed (schedule and runtime knobs); every other field must match.
-RESUMABLE_FIELDS = ("total_kimg", "tick_kimg", "snapshot_kimg", "state_kimg", "probe_kimg", "compile")
+RESUMABLE_FIELDS = (
+    "total_kimg", "tick_kimg", "snapshot_kimg", "state_kimg", "probe_kimg", "compile", "max_skipped", "skip_window"
+)  # fmt: skip
 FP16_SCALE_GROWTH = 2000  # fp16 dynamic loss scaling: double the scale after this many good steps in a row
-STATUS_KEYS = ("kimg", "time", "sec/tick", "img/s", "loss/ae", "loss/recon", "loss/disc", "probe/acc", "nonfinite")
+STATUS_KEYS = (
+    "kimg", "time", "sec/tick", "img/s", "loss/ae", "loss/recon", "loss/disc", "probe/acc", "nonfinite", "data/skipped"
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,13 +217,16 @@ def _fmt_time(seconds: float) -> str:
 BUILTIN_TRAIN_SIZE = {"dsprites-procedural": 20_000, "spiral": None}
 
 
-def resolve_data_root(cfg, is_main: bool, wait: Callable[[], None]) -> Path:
-    """The dataset directory: cfg.data, or for "builtin:NAME" a set generated once into the cache directory
-    ($AMR_FAST_CACHE, default ~/.cache/amr_fast) by rank 0 while the other ranks wait."""
+def resolve_data_root(cfg, is_main: bool, wait: Callable[[], None]) -> Path | str:
+    """The dataset directory: cfg.data (a path, or a URL: amr_fast.data.remote), or for "builtin:NAME" a set
+    generated once into the cache directory ($AMR_FAST_CACHE, default ~/.cache/amr_fast)
+    by rank 0 while the other ranks wait."""
     if not cfg.data:
         raise ValueError("no dataset: pass data=DIR (a directory made by `amr-fast shard`) or use the demo preset")
     if not cfg.data.startswith("builtin:"):
-        return Path(cfg.data)
+        from amr_fast.data.remote import local_path
+
+        return local_path(cfg.data) or cfg.data  # a URL / pipe: command stays a string
     name = cfg.data.split(":", 1)[1]
     if name not in BUILTIN_TRAIN_SIZE:
         raise ValueError(f"unknown builtin dataset {name!r}; choose from {', '.join(BUILTIN_TRAIN_SIZE)}")
@@ -284,7 +291,7 @@ def training_loop(
     from accelerate import Accelerator
 
     from amr_fast import data as amr_data
-    from amr_fast.config import to_json
+    from amr_fast.config import probe_adam_args, to_json
     from amr_fast.losses import AMRLoss
     from amr_fast.models import build_networks
 
@@ -316,7 +323,7 @@ def training_loop(
 
     root = resolve_data_root(cfg, is_main, accelerator.wait_for_everyone)
     index = amr_data.load_index(root)
-    amr_data.check_index(index, cfg.img_size, cfg.channels)
+    amr_data.check_index(index, cfg.img_size, cfg.channels, cfg.num_classes)
     if cfg.subset and not cfg.data.startswith("builtin:") and index.get("subset") != cfg.subset:
         raise ValueError(
             f"subset={cfg.subset} but the dataset at {root} was sharded with subset={index.get('subset')}; shard the "
@@ -340,7 +347,7 @@ def training_loop(
     adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     opt_ae = torch.optim.Adam([p for m in ae_modules for p in m.parameters()], **adam)
     opt_disc = torch.optim.Adam(disc.parameters(), **adam)
-    opt_probe = torch.optim.Adam(probe.parameters(), lr=cfg.probe_lr)
+    opt_probe = torch.optim.Adam(probe.parameters(), **probe_adam_args(cfg))
     loss = AMRLoss(cfg, nets, device)
     if cfg.compile:  # compile the methods the loss calls; instance attributes keep the state_dict keys unchanged
         for net, names in ((ae, ("encode", "decode", "decode_with_logits", "encode_stats")), (disc, ("run",))):
@@ -373,10 +380,11 @@ def training_loop(
         ae, disc, probe, ae_modules, opt_ae, opt_disc, opt_probe, loss, generator, device, world,
         cfg.channels_last, accelerator.autocast, loop["loss_scale"],
     )  # fmt: skip
+    data_stats, data_base = {}, {k: loop.get(k, 0) for k in ("data/seen", "data/skipped")}  # the loader's counts
     data_iter = iter(
         amr_data.train_loader(
             root, batch_gpu, rank=rank, world_size=world, seed=cfg.seed, workers=cfg.workers,
-            start_batch=loop["it"] * accum,
+            start_batch=loop["it"] * accum, stats=data_stats, max_skipped=cfg.max_skipped, window=cfg.skip_window,
         )
     )  # fmt: skip
     grid_x = grid_y = None
@@ -473,6 +481,8 @@ def training_loop(
                     "nonfinite": loop["nonfinite_total"],
                 }
             )
+            loop.update(amr_data.stream_counts(data_stats, data_base, device, world))  # samples read / skipped
+            row.update({k: loop[k] for k in ("data/seen", "data/skipped")})
             row = collector.tick(row)
             if tb is not None:
                 tb.scalars(row, nimg / 1000)
@@ -607,7 +617,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="demo", help="starting configuration (see --list-presets)")
     parser.add_argument("--outdir", default=None, help="run directory; re-running the same command resumes it "
                         "(default: runs/<preset>)")  # fmt: skip
-    parser.add_argument("--data", default=None, help="dataset directory made by `amr-fast shard` (same as data=DIR)")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="dataset made by `amr-fast shard`: a directory, an http(s):// directory URL or 'pipe:CMD {}' ({} = each "
+        "file's name, e.g. 'pipe:aws s3 cp s3://bucket/fm32/{} -'); same as data=...",
+    )
     parser.add_argument(
         "overrides", nargs="*", metavar="field=value", help="config overrides, e.g. total_kimg=50 lamb=20 k=3"
     )
@@ -620,12 +635,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from amr_fast.config import PRESETS, parse_overrides, resolve, to_json
+    from amr_fast.config import PRESETS, parse_overrides, preset_line, resolve, to_json
 
     if args.list_presets:
-        for name, preset in PRESETS.items():
-            kind = f"{preset.arch:<10} {preset.method:<8} mixer={preset.mixer:<9} k={preset.k}"
-            print(f"{name:<28} {kind} data={preset.data or '(pass data=DIR)'}")
+        print("\n".join(preset_line(name) for name in PRESETS))  # table row, lambda, budget in kimg and epochs
         return 0
     overrides = parse_overrides(args.overrides)
     if args.data is not None:

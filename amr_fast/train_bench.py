@@ -33,7 +33,7 @@ import torch
 from torch.nn import functional as F
 
 from amr_fast import mixing
-from amr_fast.config import PRESETS, TrainConfig
+from amr_fast.config import PRESETS, TrainConfig, probe_adam_args
 from amr_fast.losses import AMRLoss, gan_loss, recon_loss
 from amr_fast.models import build_networks
 from amr_fast.train import Parts, train_iteration
@@ -49,7 +49,7 @@ def _optimisers(cfg: TrainConfig, nets: dict) -> tuple[torch.optim.Optimizer, ..
     return (
         torch.optim.Adam(nets["ae"].parameters(), **adam),
         torch.optim.Adam(nets["disc"].parameters(), **adam),
-        torch.optim.Adam(nets["probe"].parameters(), lr=cfg.probe_lr),
+        torch.optim.Adam(nets["probe"].parameters(), **probe_adam_args(cfg)),
     )
 
 

@@ -6,7 +6,17 @@ import re
 
 import pytest
 
-from amr_fast.config import PRESETS, TrainConfig, from_dict, parse_overrides, resolve, to_json
+from amr_fast.config import (
+    PRESET_ROWS,
+    PRESETS,
+    TrainConfig,
+    from_dict,
+    parse_overrides,
+    preset_line,
+    probe_adam_args,
+    resolve,
+    to_json,
+)
 
 PAPER_DATASETS = ("mnist", "kmnist", "svhn32", "svhn256", "cifar10-256", "cifar10-1024", "dsprites")
 
@@ -31,7 +41,7 @@ def test_paper_presets_cover_the_tables_with_the_papers_hyperparameters():
         for method in ("aegan", "acai", "mixup", "bernoulli", "mixup-k3", "bernoulli-k3"):
             assert f"{data}-{method}" in PRESETS
     for n in (1, 5, 10, 20):  # table 2
-        for method in ("aegan", "acai", "mixup", "bernoulli"):
+        for method in ("aegan", "acai", "mixup", "bernoulli", "mixup-k3"):
             assert PRESETS[f"svhn32-{n}k-{method}"].subset == n * 1000
     for data in ("svhn256", "cifar10-256", "cifar10-1024"):  # table 3
         for method in ("aegan", "acai", "mixup", "bernoulli", "mixup-k3", "mixup-k4", "mixup-k6", "mixup-k8"):
@@ -132,3 +142,95 @@ def test_json_round_trip_and_strict_from_dict():
         from_dict({**d, "widht": 3})
     with pytest.raises(ValueError, match="k expects type int"):
         from_dict({**d, "k": "3"})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# THE expected table, written once: preset -> (lambda printed by the paper's table for that row, total_kimg =
+# the public script's epochs x the images of the split the public code trains on). Splits (public task_launcher.py):
+# MNIST / KMNIST 50,000; SVHN 65,931 (90% of 73,257); CIFAR-10 40,000; SVHN subsets their size; dSprites 737,280.
+# Table 4 prints no lambda: every exps/dsprite script uses 1. Epochs: the script of that lambda (exps/<folder>/).
+MN, SV, CI, DS = 50_000, 65_931, 40_000, 737_280
+EXPECTED = {
+    # table 1                        lambda, kimg
+    "mnist-aegan": (5, 2000 * MN), "mnist-mixup": (10, 2000 * MN), "mnist-bernoulli": (10, 2000 * MN),
+    "mnist-mixup-k3": (20, 2000 * MN), "mnist-acai": (2, 2000 * MN),
+    "kmnist-aegan": (10, 5000 * MN), "kmnist-mixup": (10, 6000 * MN), "kmnist-bernoulli": (10, 6000 * MN),
+    "kmnist-mixup-k3": (10, 6000 * MN), "kmnist-acai": (10, 6000 * MN),
+    "svhn32-aegan": (5, 4500 * SV), "svhn32-mixup": (10, 6000 * SV), "svhn32-bernoulli": (10, 4500 * SV),
+    "svhn32-mixup-k3": (10, 6000 * SV), "svhn32-acai": (2, 6000 * SV),
+    # table 2
+    "svhn32-1k-aegan": (10, 6000 * 1000), "svhn32-1k-mixup": (10, 6000 * 1000),
+    "svhn32-1k-bernoulli": (20, 6000 * 1000), "svhn32-1k-mixup-k3": (10, 6000 * 1000),
+    "svhn32-1k-acai": (10, 6000 * 1000),
+    "svhn32-5k-aegan": (10, 6000 * 5000), "svhn32-5k-mixup": (20, 6000 * 5000),
+    "svhn32-5k-bernoulli": (20, 6000 * 5000), "svhn32-5k-mixup-k3": (10, 7000 * 5000),
+    "svhn32-5k-acai": (10, 7000 * 5000),
+    "svhn32-10k-aegan": (10, 6000 * 10_000), "svhn32-10k-mixup": (10, 6000 * 10_000),
+    "svhn32-10k-bernoulli": (10, 6000 * 10_000), "svhn32-10k-mixup-k3": (10, 6000 * 10_000),
+    "svhn32-10k-acai": (2, 6000 * 10_000),
+    "svhn32-20k-aegan": (20, 4000 * 20_000), "svhn32-20k-mixup": (10, 4000 * 20_000),
+    "svhn32-20k-bernoulli": (10, 4000 * 20_000), "svhn32-20k-mixup-k3": (10, 4000 * 20_000),
+    "svhn32-20k-acai": (5, 4000 * 20_000),
+    # table 3
+    "svhn256-aegan": (5, 6000 * SV), "svhn256-mixup": (5, 6000 * SV), "svhn256-bernoulli": (10, 4500 * SV),
+    "svhn256-mixup-k3": (5, 4500 * SV), "svhn256-mixup-k4": (5, 4500 * SV), "svhn256-mixup-k6": (5, 6000 * SV),
+    "svhn256-mixup-k8": (5, 4500 * SV), "svhn256-acai": (2, 4500 * SV),
+    **{f"cifar10-256-{m}": (50, 3000 * CI) for m in
+       ("aegan", "mixup", "bernoulli", "mixup-k3", "mixup-k4", "mixup-k6", "mixup-k8")},
+    "cifar10-256-acai": (20, 3000 * CI),
+    **{f"cifar10-1024-{m}": (50, 8000 * CI) for m in
+       ("aegan", "mixup", "bernoulli", "mixup-k3", "mixup-k4", "mixup-k6", "mixup-k8")},
+    "cifar10-1024-acai": (20, 8000 * CI),
+    # table 4
+    "dsprites-betavae": (1, 500 * DS), "dsprites-aegan": (1, 500 * DS), "dsprites-mixup": (1, 500 * DS),
+    "dsprites-bernoulli": (1, 500 * DS), "dsprites-mixup-k3": (1, 1000 * DS), "dsprites-bernoulli-k3": (1, 500 * DS),
+    # not rows of the tables (extensions): the lambda and epochs of the script named in their PRESET_ROWS entry
+    "mnist-bernoulli-k3": (10, 2000 * MN), "kmnist-bernoulli-k3": (10, 6000 * MN),
+    "svhn32-bernoulli-k3": (10, 4500 * SV), "svhn32-mixup-k4": (10, 6000 * SV),
+}  # fmt: skip
+
+
+def test_every_paper_preset_has_its_tables_lambda_and_the_public_budget():
+    paper = {name for name in PRESETS if name.startswith(PAPER_DATASETS)}
+    assert paper == set(EXPECTED) == set(PRESET_ROWS)
+    for name, (lamb, nimg) in EXPECTED.items():
+        cfg, row = PRESETS[name], PRESET_ROWS[name]
+        assert (cfg.lamb, cfg.total_kimg) == (lamb, nimg / 1000), name
+        assert row.epochs * row.epoch_images == nimg, name
+        assert f"lamb{lamb:g}" in row.script or name.startswith(("dsprites", "kmnist-acai")), (name, row.script)
+        if cfg.subset:
+            assert row.epoch_images == cfg.subset, name  # an epoch of a subset is the subset
+    assert PRESETS["dsprites-aegan"].disc_width == 64  # exps/dsprite/baseline_lamb1.sh passes no --ndf: 64
+    assert all(PRESETS[f"dsprites-{m}"].disc_width == 32 for m in ("mixup", "bernoulli-k3"))  # --ndf=32
+
+
+def test_every_preset_names_an_existing_public_script():
+    from tests.test_mixing import PUBLIC_AMR
+
+    if not (PUBLIC_AMR / "amr" / "exps").exists():
+        pytest.skip("public AMR code not here")
+    for name, row in PRESET_ROWS.items():
+        script = (PUBLIC_AMR / "amr" / row.script).read_text()
+        assert f"--epochs={row.epochs} " in script, (name, row.script)
+        if not name.startswith("dsprites-betavae"):
+            assert f"--lamb={PRESETS[name].lamb:.1f} " in script, (name, row.script)
+        if "--k=" in script or "gan3f" in row.script:
+            assert PRESETS[name].k == int(row.script.split("gan")[1][0]), name
+
+
+def test_paper_presets_train_the_probe_with_the_networks_optimiser():
+    """The public code's probe optimiser copies the networks' opt_args: Adam lr 1e-4, betas (0.5, 0.99), wd 1e-5."""
+    for name in PRESET_ROWS:
+        cfg = PRESETS[name]
+        want = (cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay)
+        args = probe_adam_args(cfg)
+        assert (args["lr"], args["betas"], args["weight_decay"]) == want, name
+    assert probe_adam_args(PRESETS["mnist-mixup"]) == dict(lr=1e-4, betas=(0.5, 0.99), weight_decay=1e-5)
+
+
+def test_list_presets_line_shows_row_lambda_and_budget():
+    line = preset_line("mnist-aegan")
+    assert "table 1, MNIST: AE+GAN" in line and "lambda 5 " in line and "100000 kimg = 2000 epochs x 50,000" in line
+    assert "exps/mnist/baseline_lamb5.sh" in line
+    assert "not in the tables" in preset_line("mnist-bernoulli-k3")
+    assert "this machine" in preset_line("demo")

@@ -197,8 +197,10 @@ def test_disc_mix_shows_d_mixed_real_and_fake_as_fake(mode, monkeypatch):
         h = ae.encode(x)
         _, _, h_mix = _reference_mix(cfg, h, g)
         x_mix = ae.decode(h_mix)
-        lam = mixing.sample_uniform_weights(2 * B, g)[:B, 0]
-        layer = 0 if mode == "pixel" else 2
+        w = mixing.sample_beta_weights(2 * B, 0.2, g, per_example=True)  # mugan: Beta(0.2, 0.2), folded
+        lam = torch.minimum(w[:, 0], w[:, 1])[:B]
+        layer = 0 if mode == "pixel" else int(torch.randint(0, 3, (1,), generator=g))  # {pixels, block 1, 2}
+        assert loss._fwd.dm_layer == layer
         f_real, f_fake = D.run(x, 0, layer), D.run(x_mix, 0, layer)
         lam_ = lam.reshape(B, *[1] * (f_real.dim() - 1))
         f_dm = lam_ * f_real + (1 - lam_) * f_fake
@@ -209,11 +211,74 @@ def test_disc_mix_shows_d_mixed_real_and_fake_as_fake(mode, monkeypatch):
     assert calls[1][0][0] == 2 * B
 
 
+def test_disc_mix_draws_folded_beta_weights_and_a_layer_per_step_as_mugan():
+    """The public gan/mugan.py (sample_lambda; vh2): lam ~ Beta(0.2, 0.2) per example, min(lam, 1 - lam) on the
+    real; the layer uniform over {pixels, hidden 1, hidden 2} per step. Compared with numpy's Beta by many draws."""
+    import numpy as np
+
+    cfg = tiny("mnist-mixup", disc_mix="hidden", disc_mix_layer=2, impl="ref")
+    nets, loss = setup(cfg)
+    x, y = batch(cfg)
+    g = torch.Generator().manual_seed(0)
+    lams, layers = [], []
+    with torch.no_grad():
+        for _ in range(300):
+            loss.begin(x, y, False, g)
+            lams.append(loss._fwd.w_dm[:, 0])
+            layers.append(loss._fwd.dm_layer)
+    ours = torch.cat(lams).double().numpy()
+    public = np.random.default_rng(0).beta(0.2, 0.2, size=ours.size)
+    public = np.minimum(public, 1 - public)
+    assert ours.max() <= 0.5
+    grid = np.linspace(0, 0.5, 11)  # Kolmogorov-Smirnov distance of the two samples
+    ks = np.abs((ours[:, None] <= grid).mean(0) - (public[:, None] <= grid).mean(0)).max()
+    assert ks < 0.03, ks
+    counts = np.bincount(layers, minlength=3)
+    assert set(layers) == {0, 1, 2} and counts.min() > 300 / 3 - 4 * (300 * 2 / 9) ** 0.5, counts
+
+
 def test_disc_mix_layer_must_exist():
     cfg = tiny("spiral-mixup", disc_mix="hidden", disc_mix_layer=4)
     with pytest.raises(ValueError, match=r"disc_mix_layer must lie in 1..3 for arch=mlp"):
         setup(cfg)
     setup(replace(cfg, disc_mix_layer=3))  # mixing D's last features, right before its heads
+
+
+@pytest.mark.parametrize("unsup", ["bernoulli", "mixup", "none"])
+def test_class_mixer_terms_are_added_to_the_unsupervised_eq3(unsup):
+    """Paper section 2.2: the supervised terms (eq. 7) come in addition to the unsupervised losses of eq. 3."""
+    cfg = tiny("fashion-mnist-class", class_unsup_mixer=unsup, impl="ref")
+    nets, loss = setup(cfg, eval_disc=True)
+    ae, D, mixer = nets["ae"], nets["disc"], nets["mixer"]
+    x, y = batch(cfg)
+    loss.begin(x, y, True, torch.Generator().manual_seed(4))
+    got_ae, got_d = loss.accumulate_gradients("ae"), loss.accumulate_gradients("disc")
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(4)
+        h = ae.encode(x)
+        perm = mixing.sample_perm(2, B, g)
+        onehot = F.one_hot(y, cfg.num_classes).float()
+        y_mix = mixing.mask_mix(onehot, perm, mixing.sample_bernoulli_masks(B, cfg.num_classes, g))
+        m = mixer(y_mix)
+        h_cmix = mixing.mask_mix(h, perm, m)  # eq. 7's class-conditional mix
+        x_rec, x_cmix = ae.decode(h), ae.decode(h_cmix)
+        d_cmix, c_cmix = D.forward_aux(x_cmix)
+        _, c_real = D.forward_aux(x)
+        cls_mix = F.binary_cross_entropy_with_logits(c_cmix, y_mix)
+        prior = (m.sum(dim=2) - m.shape[2] / 2).square().mean()
+        want_ae = cfg.lamb * (x_rec - x).abs().mean() + bce(D(x_rec), 1) + bce(d_cmix, 1) + cls_mix + 1e-4 * prior
+        want_d = bce(D(x), 1) + bce(D(x_rec), 0) + bce(d_cmix, 0) + F.binary_cross_entropy_with_logits(c_real, onehot)
+        if unsup != "none":  # eq. 3's unsupervised mix, with the same partners
+            if unsup == "bernoulli":
+                h_mix = mixing.mask_mix(h, perm, mixing.sample_bernoulli_masks(B, h.shape[1], g))
+            else:
+                h_mix = mixing.simplex_mix(h, perm, mixing.sample_uniform_weights(B, g))
+            x_mix = ae.decode(h_mix)
+            want_ae, want_d = want_ae + bce(D(x_mix), 1), want_d + bce(D(x_mix), 0)
+    assert ("loss/gan_mix" in got_ae) == (unsup != "none") and "loss/gan_cmix" in got_ae
+    torch.testing.assert_close(got_ae["loss/cls_mix"], cls_mix, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got_ae["loss/ae"], want_ae, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got_d["loss/disc"], want_d, atol=1e-5, rtol=1e-4)
 
 
 def test_class_mixer_mixes_labels_and_trains_the_aux_head():

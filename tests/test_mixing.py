@@ -5,6 +5,7 @@ reproducibility)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +138,82 @@ def test_samplers_are_reproducible_with_a_seeded_generator():
     for draw in draws:
         assert torch.equal(draw(gen(1)), draw(gen(1)))
         assert not torch.equal(draw(gen(1)), draw(gen(2)))
+
+
+# The authors' AMR code beside the checkout (../shared/public-amr from /work/main or a worktree /work/wt/iN).
+_ROOT = Path(__file__).resolve().parents[1]
+PUBLIC_AMR = next(
+    (
+        p / "shared" / "public-amr"
+        for p in (_ROOT.parent, _ROOT.parent.parent)
+        if (p / "shared" / "public-amr").exists()
+    ),
+    _ROOT.parent / "shared" / "public-amr",
+)
+
+
+def _share_sd(m: torch.Tensor) -> float:
+    """m [batches, B, K, C] one-hot -> sd over batches of the share of source 0 in a batch."""
+    return m[:, :, 0].float().mean(dim=(1, 2)).std().item()
+
+
+def test_kway_bernoulli_source_share_per_batch_is_the_public_codes():
+    """k >= 3 default: a uniform, independent source per (example, channel), as the public gan3fm: the share of a
+    source in a batch of B x C channels has sd sqrt((1/K)(1 - 1/K) / (B C)); the Dirichlet variant varies ~10x more."""
+    n, B, K, C = 400, 64, 3, 10
+    g = gen(3)
+    uniform = torch.stack([mixing.sample_kway_bernoulli_masks(B, K, C, g) for _ in range(n)])
+    dirichlet = torch.stack([mixing.sample_kway_bernoulli_masks(B, K, C, g, sources="dirichlet") for _ in range(n)])
+    want = math.sqrt((1 / K) * (1 - 1 / K) / (B * C))  # 0.0186
+    assert abs(_share_sd(uniform) / want - 1) < 0.2, (_share_sd(uniform), want)
+    assert _share_sd(dirichlet) > 0.15  # Var p_0 = 2 / 36 under Dirichlet(1, 1, 1): sd 0.24
+    assert_mean(uniform[:, :, 0].float(), 1 / K, (1 / K) * (1 - 1 / K))
+    # k = 2 is Bernoulli mixup whatever `sources` says: p ~ U(0, 1) per batch (the public fm2)
+    two = torch.stack([mixing.sample_kway_bernoulli_masks(B, 2, C, g) for _ in range(n)])
+    assert _share_sd(two) > 0.2  # sd of U(0, 1) is 0.29
+    with pytest.raises(ValueError, match="sources must be one of uniform, dirichlet"):
+        mixing.sample_kway_bernoulli_masks(B, 3, C, g, sources="dirichlett")
+
+
+@pytest.mark.skipif(not (PUBLIC_AMR / "amr" / "models" / "threegan.py").exists(), reason="public AMR code not here")
+@pytest.mark.parametrize("k", [3, 4])
+def test_kway_bernoulli_matches_the_public_sampler_by_many_draws(k, tmp_path):
+    """Run the authors' own sampler (models/threegan.py for k = 3, models/kgan.py otherwise, mixer=fm) in a
+    subprocess (its shims stay out of this process) and compare the statistics of many draws with ours."""
+    import json
+    import subprocess
+    import sys
+
+    n, B, C = 300, 64, 10
+    code = f"""
+import json, sys
+import numpy as np
+sys.path[:0] = [{str(PUBLIC_AMR / "amr")!r}, {str(PUBLIC_AMR / "shims")!r}]
+from models.threegan import ThreeGAN
+from models.kgan import KGAN
+s = (ThreeGAN if {k} == 3 else KGAN).__new__(ThreeGAN if {k} == 3 else KGAN)
+s.mixer, s.use_cuda, s.k = "fm", False, {k}
+np.random.seed(0)
+draws = np.stack([s.sampler({B}, {C}, True).numpy() for _ in range({n})])  # [n, B, K, C]
+print(json.dumps(draws.argmax(axis=2).tolist()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    public = torch.nn.functional.one_hot(torch.tensor(json.loads(out.stdout.splitlines()[-1])), k)  # [n, B, C, K]
+    public = public.transpose(2, 3)  # [n, B, K, C]
+    g = gen(11)
+    ours = torch.stack([mixing.sample_kway_bernoulli_masks(B, k, C, g) for _ in range(n)])
+    assert ours.shape == public.shape
+    for m in (ours, public):
+        assert ((m.sum(dim=2)) == 1).all()
+    # per-batch share of a source: same sd (within sampling error of an sd over n batches, ~4%)
+    assert abs(_share_sd(ours) / _share_sd(public) - 1) < 0.25, (_share_sd(ours), _share_sd(public))
+    # per-example count of channels from source 0: same Binomial(C, 1/k) histogram
+    hist = [
+        torch.bincount(m[:, :, 0].sum(dim=2).flatten().long(), minlength=C + 1).double() / (n * B)
+        for m in (ours, public)
+    ]
+    assert (hist[0] - hist[1]).abs().max() < 0.02, (hist[0], hist[1])
+    # channels independent within an example: same-source rate of two channels is 1/k in both
+    for m in (ours, public):
+        same = (m[:, :, :, 0] == m[:, :, :, 1]).all(dim=2).double().mean().item()
+        assert abs(same - 1 / k) < 0.02, same

@@ -359,3 +359,20 @@ def test_tensorboard_without_the_package_is_a_one_line_error(shards, tmp_path, m
                      f"data={shards}"])  # fmt: skip
     assert code == 2
     assert "pip install" in capsys.readouterr().err
+
+
+def test_the_probe_optimiser_takes_its_config_fields(shards, tmp_path, monkeypatch):
+    """The online probe's Adam gets probe_lr, probe_beta1/2 and probe_weight_decay (the paper presets: the
+    networks' 1e-4, (0.5, 0.99), 1e-5, as the public code's cls_opt_args), not Adam's defaults."""
+    made = []
+    adam = torch.optim.Adam
+
+    class Recording(adam):
+        def __init__(self, params, **kw):
+            super().__init__(params, **kw)
+            made.append(kw)
+
+    monkeypatch.setattr(torch.optim, "Adam", Recording)
+    cfg = tiny(shards, total_kimg=0.016, probe_lr=3e-4, probe_beta1=0.5, probe_beta2=0.99, probe_weight_decay=1e-5)
+    train.training_loop(cfg, tmp_path / "run", log=None)
+    assert dict(lr=3e-4, betas=(0.5, 0.99), weight_decay=1e-5) in made, made

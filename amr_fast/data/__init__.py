@@ -2,11 +2,12 @@
 
 Write once (`make_shards`, or `amr-fast shard SOURCE --src PATH --out DIR`), then stream: `train_loader` (infinite,
 per rank, equal batch counts, resumable) and `eval_loader` (one exact pass). `load_index` / `check_index` read and
-validate a dataset's `index.json` against the model config before training. Layout: DESIGN.md "Layout".
+validate a dataset's `index.json` against the model config before training. A dataset may live in a local
+directory, behind an http(s):// URL or a `pipe:COMMAND {}` (`amr_fast.data.remote`). Layout: DESIGN.md "Layout".
 """
 
 from amr_fast.data.index import check_index, load_index
-from amr_fast.data.loader import eval_loader, train_loader
+from amr_fast.data.loader import eval_loader, stream_counts, train_loader
 from amr_fast.data.write import make_shards
 
-__all__ = ["check_index", "eval_loader", "load_index", "make_shards", "train_loader"]
+__all__ = ["check_index", "eval_loader", "load_index", "make_shards", "stream_counts", "train_loader"]

@@ -7,14 +7,24 @@ number of worker processes and batch size: ours through `train_loader`, the base
 (workers started, files in the page cache), then is timed over the next `--batches` batches. The images are
 smooth random fields plus noise (deterministic), so PNG compresses them about as well as real photographs.
 Figures are ratios measured side by side; other processes on the machine add noise.
+
+The same shards are also read over HTTP in the same run (`python -m http.server` on 127.0.0.1, started and stopped
+by the bench; `--data http://...` in the trainers): the "http" rows give what streaming through WebDataset's
+opener (curl) costs next to local files, without a network's bandwidth limit.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +93,29 @@ def _rate(batches, warmup: int, timed: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+@contextmanager
+def http_server(root: Path) -> Iterator[str]:
+    """`python -m http.server` serving `root` on 127.0.0.1 (a free port) for the duration; yields its base URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):  # up to 10 s for the server to listen
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"`{' '.join(cmd)}` exited with status {proc.returncode}") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def _cycle(loader: DataLoader):
     while True:
         yield from loader
@@ -107,30 +140,38 @@ def run_case(work: Path, channels: int, size: int, args: argparse.Namespace) -> 
     for enc in encodings:
         root = write_source(source, work / f"shards-{channels}x{size}-{enc}", encoding=enc, shard_size=1024)
         chosen = json.loads((root / "index.json").read_text())["encoding"]
-        stream = train_loader(root, args.batch_size, workers=args.workers)
-        ours = _rate(stream, args.warmup, args.batches)
-        rows.append(
-            {
-                "case": f"{size}x{size}x{channels}",
-                "encoding": chosen,
-                "ours_samples_per_s": round(ours),
-                "png_folder_samples_per_s": round(png_rate),
-                "ratio_vs_png": round(ours / png_rate, 2),
-                "ratio_vs_trainer": round(ours / args.trainer_rate, 1),
-            }
-        )
+        with http_server(root) as url:
+            for where, data in (("local", root), ("http", url)):
+                stream = train_loader(data, args.batch_size, workers=args.workers)
+                ours = _rate(stream, args.warmup, args.batches)
+                del stream  # stop its workers before the next reader starts
+                rows.append(
+                    {
+                        "case": f"{size}x{size}x{channels}",
+                        "encoding": chosen,
+                        "from": where,
+                        "ours_samples_per_s": round(ours),
+                        "png_folder_samples_per_s": round(png_rate),
+                        "ratio_vs_png": round(ours / png_rate, 2),
+                        "ratio_vs_trainer": round(ours / args.trainer_rate, 1),
+                    }
+                )
     return rows
 
 
 def main(args: argparse.Namespace) -> int:
+    os.environ.setdefault("no_proxy", "127.0.0.1")  # the HTTP rows talk to this machine only
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         rows = [row for c, s in [(1, 32), (3, 64)] for row in run_case(Path(tmp), c, s, args)]
-    head = f"{'case':<10} {'shards':>6} {'ours img/s':>11} {'PNG img/s':>10} {'vs PNG':>7} {'vs trainer':>10}"
+    head = (
+        f"{'case':<10} {'shards':>6} {'from':>5} {'ours img/s':>11} {'PNG img/s':>10} {'vs PNG':>7} {'vs trainer':>10}"
+    )
     print(f"data stream, {args.workers} workers, batch {args.batch_size}, {args.num_images} images per case")
     print(head)
     for r in rows:
         print(
-            f"{r['case']:<10} {r['encoding']:>6} {r['ours_samples_per_s']:>11} {r['png_folder_samples_per_s']:>10} "
+            f"{r['case']:<10} {r['encoding']:>6} {r['from']:>5} {r['ours_samples_per_s']:>11} "
+            f"{r['png_folder_samples_per_s']:>10} "
             f"{r['ratio_vs_png']:>6}x {r['ratio_vs_trainer']:>9}x"
         )
     if args.out:

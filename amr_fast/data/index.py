@@ -13,12 +13,16 @@ size, channels, classes) and, under "fields", how each tensor of a batch is stor
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from amr_fast.data.remote import fetch, join, local_path
 
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
@@ -26,45 +30,98 @@ SPLITS = ("train", "valid", "test")
 
 
 def load_index(root: str | Path) -> dict:
-    """Read `root/index.json` (or `root` itself if it is the index file); add "root", check the shards exist."""
-    path = Path(root)
-    if path.is_dir():
-        path = path / INDEX_NAME
-    if not path.is_file():
-        hint = (
-            " (shards without an index are an unfinished write: re-run `amr-fast shard`)"
-            if path.parent.is_dir() and any(path.parent.glob("*.tar"))
-            else ""
-        )
-        raise FileNotFoundError(
-            f"no dataset index at {path}{hint}; create the dataset with `amr-fast shard SOURCE --src ... "
-            f"--out {path.parent}`"
-        )
-    index = json.loads(path.read_text())
-    version = index.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ValueError(
-            f"{path} has format_version {version!r} but this amr_fast reads version {FORMAT_VERSION}: "
-            "re-create the dataset with `amr-fast shard`"
-        )
-    index["root"] = str(path.parent)
-    for split, info in index["splits"].items():
-        missing = [name for name in info["shards"] if not (path.parent / name).is_file()]
-        if missing:
+    """Read a dataset's `index.json`; add "root" (where its shards are) and "digest"; check local shards exist.
+
+    root: the dataset directory (or its index.json), a file:// / http(s):// directory URL or a `pipe:...{}`
+    command (see `amr_fast.data.remote`). Every way this can go wrong ends in one ValueError or FileNotFoundError
+    that names the file and says what was expected.
+    """
+    path = local_path(root)
+    if path is None:
+        url = str(root)
+        if re.search(r"\.tar/?$", url.replace("{}", "")):
+            raise ValueError(f"data={url!r} names a shard; pass the dataset directory URL that holds index.json")
+        index_url = join(url, INDEX_NAME) if not url.rstrip("/").endswith(INDEX_NAME) else url
+        raw, error = fetch(index_url)
+        if error is not None:
             raise FileNotFoundError(
-                f"split {split!r} of {path} lists {len(missing)} shard(s) that do not exist, e.g. "
-                f"{path.parent / missing[0]}; copy the whole dataset directory or re-create it with `amr-fast shard`"
+                f"cannot read the dataset index {index_url}: {error}; pass the URL of the directory holding the "
+                "shards and index.json written by `amr-fast shard` (e.g. http://host/fm32 or 'pipe:cat /mnt/fm32/{}')"
             )
+        where, base = index_url, url.rstrip("/").removesuffix("/" + INDEX_NAME) if "{}" not in url else url
+    else:
+        if path.is_dir():
+            path = path / INDEX_NAME
+        if path.suffix == ".tar" or path.name.endswith(".tar.partial"):
+            raise ValueError(
+                f"{path} is a shard, not a dataset: pass its directory {path.parent} (the one holding index.json)"
+            )
+        if not path.is_file():
+            hint = (
+                " (shards without an index are an unfinished write: re-run `amr-fast shard`)"
+                if path.parent.is_dir() and any(path.parent.glob("*.tar"))
+                else ""
+            )
+            raise FileNotFoundError(
+                f"no dataset index at {path}{hint}; create the dataset with `amr-fast shard SOURCE --src ... "
+                f"--out {path.parent}`"
+            )
+        raw, where, base = path.read_bytes(), str(path), str(path.parent)
+    index = _parse_index(raw, where)
+    index["root"] = base
+    index["digest"] = hashlib.sha1(raw).hexdigest()
+    if path is not None:
+        for split, info in index["splits"].items():
+            missing = [name for name in info["shards"] if not (path.parent / name).is_file()]
+            if missing:
+                raise FileNotFoundError(
+                    f"split {split!r} of {path} lists {len(missing)} shard(s) that do not exist, e.g. "
+                    f"{path.parent / missing[0]}; copy the whole dataset directory or re-create it with `amr-fast "
+                    "shard`"
+                )
     return index
 
 
-def check_index(index: dict, img_size: int, channels: int) -> None:
+def _parse_index(raw: bytes, where: str) -> dict:
+    expected = f"a dataset index (JSON written by `amr-fast shard`, format_version {FORMAT_VERSION})"
+    if raw[:512].startswith(b"\0") or raw[257:262] == b"ustar":
+        raise ValueError(f"{where} is a tar shard, not {expected}: pass the dataset directory that holds index.json")
+    try:
+        index = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{where} is not text ({err.reason} at byte {err.start}), expected {expected}") from None
+    except json.JSONDecodeError as err:
+        cut = " (the file is cut short: copy it again)" if err.pos >= len(raw.rstrip()) - 1 else ""
+        raise ValueError(
+            f"{where} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}){cut}; expected "
+            f"{expected}: re-copy the dataset or re-create it with `amr-fast shard`"
+        ) from None
+    if not isinstance(index, dict) or not isinstance(index.get("splits"), dict):
+        raise ValueError(f"{where} is JSON but not {expected} (no 'splits'); re-create it with `amr-fast shard`")
+    version = index.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{where} has format_version {version!r} but this amr_fast reads version {FORMAT_VERSION}: "
+            "re-create the dataset with `amr-fast shard`"
+        )
+    return index
+
+
+def check_index(index: dict, img_size: int, channels: int, num_classes: int | None = None) -> None:
     """Raise ValueError before training if the data and the model config disagree (both sides + the fix).
 
     Image datasets: `img_size` is the side of the square images and `channels` their channel count. Point
     datasets (the spiral): `channels` is the point dimension and `img_size` 0 or 1 (a point as a 1x1 image).
+    num_classes: the config's class count; a labelled dataset with more classes is refused (its labels would be
+    out of range for the model's heads).
     """
     name, where = index.get("name", "?"), index.get("root", "the index")
+    classes = index.get("num_classes") or 0
+    if num_classes is not None and classes > num_classes:
+        raise ValueError(
+            f"dataset {name!r} at {where} has {classes} classes but the config has num_classes={num_classes}: use "
+            f"a preset for this dataset or the override num_classes={classes} (or shard the dataset you meant)"
+        )
     if "dim" in index and index.get("image_size") is None:
         if channels != index["dim"] or img_size not in (0, 1, None):
             raise ValueError(

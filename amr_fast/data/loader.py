@@ -20,10 +20,17 @@ How the training stream splits the data (our equivalent of WebDataset's resample
   g % W, its (g // W)-th batch. `start_batch` re-derives that mapping: a resumed run (same seed, world size,
   workers and batch size) continues the same stream, skipping whole rounds without reading them and replaying
   only the current round up to the resume point.
-- Damage: a sample that will not decode, or the samples lost in a truncated shard, are skipped with a warning
-  and counted (`stats["skipped"]`, next to `stats["seen"]`); the slot then tops its round up from the round's
-  unused units, so the batch count stays equal. More than `max_skipped` (1%) of the last `window` samples
-  skipped stops the run with an error naming the dataset.
+- Damage costs the damaged samples only: a sample that will not decode, fails its CRC-32 (shards written since
+  the checksum was added) or has a label outside the index's classes, a run of samples behind a broken tar
+  header (reading resumes at the next valid header), and the tail of a truncated shard are skipped with a
+  warning naming the shard and counted (`stats["skipped"]`, next to `stats["seen"]`); the slot then tops its
+  round up from the round's unused units, so the batch count stays equal. More than `max_skipped` (1%) of the
+  last `window` samples skipped stops the run with an error naming the dataset (config fields `max_skipped`,
+  `skip_window` of both trainers).
+- Remote data (`http(s)://` directory URLs, `pipe:...{}` commands; `amr_fast.data.remote`): a shard that cannot
+  be read is retried, then what arrived is parsed and the rest counted as skipped, with the URL in the warning.
+  With at least as many shards as readers each shard is one unit (P = 1), downloaded once per round; with
+  fewer, the readers of a machine share one downloaded copy of each shard instead of downloading it per part.
 
 Never pass these loaders to `accelerator.prepare`: it would wrap the DataLoader in its own sharding (each rank
 keeps only every world_size-th batch of a stream that is already per rank), dropping data and breaking the
@@ -45,7 +52,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from amr_fast.data.index import collate, decode_plan, decode_sample, load_index, raw_array
-from amr_fast.data.tario import ascii_ints, iter_samples, uniform_members
+from amr_fast.data.remote import fetch, fetch_shared, join, local_path
+from amr_fast.data.tario import BLOCK, ascii_ints, iter_samples_at, uniform_members
 
 SHUFFLE_BUFFER = 2000  # samples held per worker for shuffling
 
@@ -76,13 +84,24 @@ class _Units:
                 f"dataset {index.get('name')!r} at {index['root']} has no split {split!r}; it has {', '.join(splits)}"
             )
         info = splits[split]
-        self.root = Path(index["root"])
-        self.paths = [self.root / name for name in info["shards"]]
+        self.root = index["root"]
+        self.names = list(info["shards"])
+        local = local_path(self.root)
+        self.remote = local is None
+        self.urls = [join(self.root, name) if local is None else str(local / name) for name in self.names]
+        self.digest = index.get("digest", "")
         self.sizes = list(info.get("shard_sizes") or [])
-        if not self.paths or info["num_samples"] == 0:
+        self.num_classes = int(index.get("num_classes") or 0)  # labels must lie in [0, num_classes) when > 0
+        if not self.names or info["num_samples"] == 0:
             raise ValueError(f"split {split!r} of {self.root} is empty; re-create the dataset with `amr-fast shard`")
-        self.parts = _parts(len(self.paths), slots) if balanced else max(1, math.ceil(slots / len(self.paths)))
-        self.units = [(j, p) for j in range(len(self.paths)) for p in range(self.parts)]
+        shards = len(self.names)
+        if self.remote and shards >= slots:
+            self.parts = 1  # whole shards: each is downloaded once per round
+        elif balanced:
+            self.parts = _parts(shards, slots)
+        else:
+            self.parts = max(1, math.ceil(slots / shards))
+        self.units = [(j, p) for j in range(shards) for p in range(self.parts)]
         self.unit_sizes = [len(range(p, self.sizes[j], self.parts)) for j, p in self.units]
         self.fields = index["fields"]
         self.plan = decode_plan(self.fields)
@@ -92,52 +111,89 @@ class _Units:
         self.layout = (
             [(ext, None if ext == "cls" else nbytes) for _, ext, nbytes, _ in self.plan] if vectorised else None
         )
+        self.stride = (
+            sum(BLOCK * (1 + -(-(size or BLOCK) // BLOCK)) for _, size in self.layout) if self.layout else None
+        )
         self._cache: tuple[int, bytes] | None = None
 
     def _shard(self, j: int) -> bytes:
         if self._cache is None or self._cache[0] != j:
-            try:
-                self._cache = (j, self.paths[j].read_bytes())
-            except OSError as err:
-                warnings.warn(f"cannot read shard {self.paths[j]}: {err}; skipping its samples", stacklevel=3)
-                self._cache = (j, b"")
+            url = self.urls[j]
+            if not self.remote:
+                try:
+                    data, error = Path(url).read_bytes(), None
+                except OSError as err:
+                    data, error = b"", str(err)
+            elif self.parts == 1:
+                data, error = fetch(url)
+            else:  # several readers need parts of this shard: one download per machine, shared
+                data, error = fetch_shared(url, self.names[j], self.digest)
+            if error is not None:
+                got = f"parsing the {len(data)} bytes received, " if data else ""
+                warnings.warn(
+                    f"cannot read shard {url}: {error}; {got}skipping the samples that did not arrive",
+                    stacklevel=3,
+                )
+            self._cache = (j, data)
         return self._cache[1]
 
     def read(self, u: int) -> tuple[dict[str, np.ndarray], int]:
         """Unit u's readable samples as arrays ("index" + one per field) and the number of its samples lost."""
         j, p = self.units[u]
         data = self._shard(j)
-        arrays, undecodable = self._read_uniform(data, j, p) if self.layout is not None else None, 0
-        if arrays is None:
-            arrays, undecodable = self._read_samples(data, p)
+        parsed = self._read_uniform(data, j, p) if self.layout is not None else None
+        arrays, reported = parsed if parsed is not None else self._read_samples(data, j, p)
+        arrays, reported = self._check_labels(arrays, j, reported)
         lost = self.unit_sizes[u] - len(arrays["index"])
-        if lost > undecodable and (p == 0 or self.parts == 1):  # undecodable samples were reported one by one
+        if lost > reported and (p == 0 or self.parts == 1):  # the samples counted in `reported` were named already
             warnings.warn(
-                f"shard {self.paths[j]} is damaged (truncated or corrupt): {lost - undecodable} sample(s) of this "
+                f"shard {self.urls[j]} is damaged (truncated or corrupt): {lost - reported} sample(s) of this "
                 "part lost and skipped; re-create the dataset with `amr-fast shard` to recover them",
                 stacklevel=2,
             )
         return arrays, max(lost, 0)
 
-    def _read_uniform(self, data: bytes, j: int, p: int) -> dict[str, np.ndarray] | None:
+    def _check_labels(self, arrays: dict[str, np.ndarray], j: int, reported: int) -> tuple[dict, int]:
+        """Drop (and count) samples whose label is outside [0, num_classes): a corrupt label or the wrong data."""
+        y = arrays.get("y")
+        if self.num_classes <= 0 or y is None:
+            return arrays, reported
+        ok = (y >= 0) & (y < self.num_classes)
+        if ok.all():
+            return arrays, reported
+        bad = arrays["index"][~ok]
+        warnings.warn(
+            f"skipping {len(bad)} sample(s) of shard {self.urls[j]} with labels outside 0..{self.num_classes - 1} "
+            f"(sample {bad[0]}: label {y[~ok][0]}); the dataset index says {self.num_classes} classes",
+            stacklevel=3,
+        )
+        return _take(arrays, ok), reported + len(bad)
+
+    def _read_uniform(self, data: bytes, j: int, p: int) -> tuple[dict[str, np.ndarray], int] | None:
         parsed = uniform_members(data, self.sizes[j], self.layout, rows=slice(p, None, self.parts))
         if parsed is None:
             return None  # not the exact layout (e.g. a damaged shard): the per-sample path copes with it
-        keys, payloads = parsed
+        keys, payloads, bad = parsed
+        for key in bad:
+            warnings.warn(f"skipping sample {key:08d} of shard {self.urls[j]}: it fails its checksum", stacklevel=3)
         out = {"index": keys.copy()}
         for (name, ext, _, _), payload in zip(self.plan, payloads):
             out[name] = ascii_ints(payload) if ext == "cls" else raw_array(name, self.fields[name], payload)
-        return out
+        return out, len(bad)
 
-    def _read_samples(self, data: bytes, p: int) -> tuple[dict[str, np.ndarray], int]:
+    def _read_samples(self, data: bytes, j: int, p: int) -> tuple[dict[str, np.ndarray], int]:
         decoded, keys, failed = [], [], 0
-        for ordinal, (key, raw) in enumerate(iter_samples(data)):
+        for ordinal, (at, key, raw) in enumerate(iter_samples_at(data)):
+            if self.stride:  # fixed layout: the position in the shard, even after lost samples
+                ordinal = at // self.stride
             if ordinal % self.parts != p:
                 continue
             try:
+                if None in raw.values():
+                    raise ValueError("it fails its checksum")
                 decoded.append(decode_sample(raw, self.plan))
             except (ValueError, OSError, SyntaxError) as err:  # PIL raises OSError / SyntaxError on broken images
-                warnings.warn(f"skipping undecodable sample {key} in {self.root}: {err}", stacklevel=3)
+                warnings.warn(f"skipping undecodable sample {key} in {self.urls[j]}: {err}", stacklevel=3)
                 failed += 1
                 continue
             keys.append(int(key.rsplit("/", 1)[-1]))
@@ -289,7 +345,8 @@ def _guarded(loader: DataLoader, stats: dict | None, max_skipped: float, window:
             raise ValueError(
                 f"{skipped_w} of the last {seen_w + skipped_w} samples read from {root} could not be read (limit "
                 f"{max_skipped:.0%} of {window}): the shards are damaged; re-create the dataset with `amr-fast "
-                "shard` (or raise max_skipped if you accept the loss)"
+                f"shard` (or raise the override max_skipped={max_skipped} if you accept the loss; skip_window="
+                f"{window} samples)"
             )
         if seen:
             yield batch
@@ -354,3 +411,16 @@ def eval_loader(
     index = load_index(root)
     stream = _EvalStream(index, split, batch_size, rank, world_size, workers)
     return _guarded(_loader(stream, workers), stats, max_skipped, window, index["root"])
+
+
+def stream_counts(stats: dict, base: dict, device: torch.device | str = "cpu", world_size: int = 1) -> dict[str, int]:
+    """{"data/seen": n, "data/skipped": k}: samples delivered / skipped by every rank's training loader so far.
+
+    stats: the dict this rank passed to `train_loader(stats=...)`; base: the counts of a resumed state (the same
+    keys; missing = 0). Every rank must call it at the same time (one all-reduce of two numbers).
+    """
+    counts = torch.tensor([stats.get("seen", 0), stats.get("skipped", 0)], dtype=torch.float64, device=device)
+    if world_size > 1:
+        torch.distributed.all_reduce(counts)
+    seen, skipped = (int(v) for v in counts.tolist())
+    return {"data/seen": base.get("data/seen", 0) + seen, "data/skipped": base.get("data/skipped", 0) + skipped}

@@ -11,10 +11,15 @@ Sources and their expected files: README, section "Data"; splits and encodings: 
 from __future__ import annotations
 
 import argparse
+import gzip
+import pickle
 import sys
 import time
+import zipfile
+import zlib
+from pathlib import Path
 
-from amr_fast.data.index import load_index
+from amr_fast.data.index import INDEX_NAME, load_index
 from amr_fast.data.sources import SOURCES
 from amr_fast.data.write import make_shards
 
@@ -59,19 +64,28 @@ def _progress(split: str, done: int, total: int) -> None:
 
 def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    out = make_shards(
-        args.source,
-        args.src,
-        args.out,
-        size=args.size,
-        subset=args.subset,
-        seed=args.seed,
-        shard_size=args.shard_size,
-        limit=args.limit,
-        encoding=args.encoding,
-        crop=args.crop,
-        progress=_progress if sys.stderr.isatty() else None,
-    )
+    try:
+        out = make_shards(
+            args.source,
+            args.src,
+            args.out,
+            size=args.size,
+            subset=args.subset,
+            seed=args.seed,
+            shard_size=args.shard_size,
+            limit=args.limit,
+            encoding=args.encoding,
+            crop=args.crop,
+            progress=_progress if sys.stderr.isatty() else None,
+        )
+    except (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        # A source file cut short or damaged (the IDX reader names its file itself; these come from the others).
+        index = Path(args.out).expanduser() / INDEX_NAME
+        state = f"the dataset at {args.out} is unchanged" if index.is_file() else f"{args.out} holds no dataset"
+        raise ValueError(
+            f"a source file under {args.src} is truncated or damaged ({type(err).__name__}: {err}); {state}: "
+            "re-download the source files"
+        ) from None
     if sys.stderr.isatty():
         print("\r\033[K", end="", file=sys.stderr)  # clear the progress line
     index = load_index(out)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -147,7 +148,12 @@ def read_idx(path: Path) -> np.ndarray:
     """Parse an IDX file (gzipped or not): magic 0,0,dtype,ndim then big-endian dims, then the data."""
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as err:  # a half-downloaded .gz: "Compressed file ended ..."
+            raise ValueError(
+                f"{path} is a truncated or damaged gzip file ({err}); nothing was written: re-download it"
+            ) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic {raw[:4]!r}); re-download it")
     ndim = raw[3]

@@ -21,13 +21,13 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from amr_fast.data.index import FORMAT_VERSION, INDEX_NAME, SPLITS, encode_sample, field_specs
+from amr_fast.data.remote import file_lock
 from amr_fast.data.sources import Source, Split, open_source
 from amr_fast.data.tario import ShardWriter
 
@@ -69,21 +69,6 @@ def _pick_encoding(source: Source, encoding: str) -> str:
     if encoding != "raw" and source.x_shape[0] not in (1, 3):
         raise ValueError(f"{encoding} needs 1 or 3 channels, {source.name} has {source.x_shape[0]}: use raw")
     return encoding
-
-
-@contextmanager
-def _write_lock(out: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    with open(out / ".write.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _write_split(
@@ -183,7 +168,7 @@ def write_source(
     )
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    with _write_lock(out):  # one writer per directory: a second make_shards into it waits for the first
+    with file_lock(out / ".write.lock"):  # one writer per directory: a second make_shards into it waits for the first
         (out / INDEX_NAME).unlink(missing_ok=True)  # from here on the directory is not a dataset until we finish
         for old in out.iterdir():
             if _OUR_FILES.match(old.name):

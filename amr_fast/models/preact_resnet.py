@@ -8,6 +8,12 @@ of "mixable" positions, runs the stages before k on the clean batch, mixes the h
 `StagedClassifier` holds that forward pass once; PreActResNet18/34 here and WRN-28-10 (`models/wrn.py`) only
 define their stages. A width multiplier scales every channel count (64, 128, 256, 512 at width 1) so that the
 same architecture trains on a small CPU.
+
+As the public code (vikasverma1077/manifold_mixup supervised/models/preresnet.py), PreActResNet's head is layer4 ->
+average pool -> linear, without a final BN-ReLU (`head_bn=True` adds one, as He et al.'s pre-activation nets and
+WRN do). `set_input_norm(mean, std)` makes the network standardise its [-1, 1] input per channel as the public
+code's transforms.Normalize on [0, 1] pixels (CIFAR's per-channel statistics); inside the network, so FGSM and
+input mixup still act on pixels (an affine map commutes with a convex mix).
 """
 
 from __future__ import annotations
@@ -25,6 +31,17 @@ class StagedClassifier(nn.Module):
 
     stages: nn.ModuleList
 
+    def set_input_norm(self, mean: tuple[float, ...] = (), std: tuple[float, ...] = ()) -> None:
+        """Standardise the input as (pixel - mean) / std per channel, pixel = (x + 1) / 2 in [0, 1]; () = keep
+        [-1, 1] (the public code's SVHN normalisation, mean = std = 0.5). Non-persistent: the config carries it."""
+        if len(mean) != len(std):
+            raise ValueError(f"norm_mean and norm_std need one value per channel each; got {mean} and {std}")
+        m, s = torch.tensor(mean or (0.5,)), torch.tensor(std or (0.5,))
+        if (s <= 0).any():
+            raise ValueError(f"norm_std must be > 0; got {std}")
+        self.register_buffer("in_mean", (2 * m - 1).reshape(1, -1, 1, 1), persistent=False)  # in [-1, 1] units
+        self.register_buffer("in_std", (2 * s).reshape(1, -1, 1, 1), persistent=False)
+
     @property
     def num_mix_layers(self) -> int:
         """Positions where a hidden state may be mixed: the input of every stage but the head."""
@@ -41,6 +58,8 @@ class StagedClassifier(nn.Module):
         if mix_layer is not None and not 0 <= mix_layer < self.num_mix_layers:
             raise ValueError(f"mix_layer must lie in [0, {self.num_mix_layers}) for this network; got {mix_layer}")
         h = x
+        if getattr(self, "in_mean", None) is not None:
+            h = (h - self.in_mean) / self.in_std  # (pixel - mean) / std with pixel = (x + 1) / 2
         for i, stage in enumerate(self.stages):
             if i == mix_layer:
                 h = mix(h)  # h_mix: every later stage sees the mixed state, every earlier one the clean batch
@@ -76,15 +95,17 @@ class PreActBlock(nn.Module):
 
 
 class Head(nn.Module):
-    """Final BN-ReLU (pre-activation nets end un-normalised), global average pool, linear classifier."""
+    """[final BN-ReLU if bn (pre-activation nets end un-normalised),] global average pool, linear classifier."""
 
-    def __init__(self, c_in: int, num_classes: int) -> None:
+    def __init__(self, c_in: int, num_classes: int, bn: bool = True) -> None:
         super().__init__()
-        self.bn = nn.BatchNorm2d(c_in)
+        self.bn = nn.BatchNorm2d(c_in) if bn else None
         self.linear = nn.Linear(c_in, num_classes)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.linear(F.relu(self.bn(h)).mean(dim=(2, 3)))
+        if self.bn is not None:
+            h = F.relu(self.bn(h))
+        return self.linear(h.mean(dim=(2, 3)))
 
 
 def residual_stage(c_in: int, c_out: int, blocks: int, stride: int, dropout: float = 0.0) -> nn.Sequential:
@@ -95,10 +116,16 @@ def residual_stage(c_in: int, c_out: int, blocks: int, stride: int, dropout: flo
 
 class PreActResNet(StagedClassifier):
     """PreActResNet for 32x32 images: stem conv3x3, four residual stages (widths 64, 128, 256, 512 times `width`,
-    strides 1, 2, 2, 2), head. Stages for mixing: [stem + stage 1, stage 2, stage 3, stage 4, head]."""
+    strides 1, 2, 2, 2), head (pool + linear; head_bn adds a BN-ReLU first). Stages for mixing: [stem + stage 1,
+    stage 2, stage 3, stage 4, head]."""
 
     def __init__(
-        self, blocks: tuple[int, ...], in_channels: int = 3, num_classes: int = 10, width: float = 1.0
+        self,
+        blocks: tuple[int, ...],
+        in_channels: int = 3,
+        num_classes: int = 10,
+        width: float = 1.0,
+        head_bn: bool = False,
     ) -> None:
         super().__init__()
         if len(blocks) != 4:
@@ -111,16 +138,20 @@ class PreActResNet(StagedClassifier):
                 residual_stage(c[0], c[1], blocks[1], 2),
                 residual_stage(c[1], c[2], blocks[2], 2),
                 residual_stage(c[2], c[3], blocks[3], 2),
-                Head(c[3], num_classes),
+                Head(c[3], num_classes, bn=head_bn),
             ]
         )
 
 
-def preact_resnet18(in_channels: int = 3, num_classes: int = 10, width: float = 1.0) -> PreActResNet:
+def preact_resnet18(
+    in_channels: int = 3, num_classes: int = 10, width: float = 1.0, head_bn: bool = False
+) -> PreActResNet:
     """PreActResNet18 (the Manifold Mixup paper's network): 2 blocks per stage."""
-    return PreActResNet((2, 2, 2, 2), in_channels, num_classes, width)
+    return PreActResNet((2, 2, 2, 2), in_channels, num_classes, width, head_bn)
 
 
-def preact_resnet34(in_channels: int = 3, num_classes: int = 10, width: float = 1.0) -> PreActResNet:
+def preact_resnet34(
+    in_channels: int = 3, num_classes: int = 10, width: float = 1.0, head_bn: bool = False
+) -> PreActResNet:
     """PreActResNet34: 3, 4, 6, 3 blocks per stage."""
-    return PreActResNet((3, 4, 6, 3), in_channels, num_classes, width)
+    return PreActResNet((3, 4, 6, 3), in_channels, num_classes, width, head_bn)

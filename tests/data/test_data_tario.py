@@ -3,6 +3,7 @@ and both stop at damage instead of returning garbage."""
 
 from __future__ import annotations
 
+import io
 import tarfile
 
 import numpy as np
@@ -26,10 +27,10 @@ def test_vectorised_parser_matches_per_sample_parser(tmp_path):
     with tarfile.open(tmp_path / "a.tar") as tar:
         assert [m.name for m in tar.getmembers()][:3] == ["00000000.raw", "00000000.cls", "00000003.raw"]
     data = (tmp_path / "a.tar").read_bytes()
-    keys, (raw, cls) = uniform_members(data, len(labels), [("raw", 700), ("cls", None)])
+    keys, (raw, cls), _ = uniform_members(data, len(labels), [("raw", 700), ("cls", None)])
     assert keys.tolist() == [0, 3, 6, 9, 12, 15] and ascii_ints(cls).tolist() == labels
     assert [bytes(r) for r in raw] == payloads
-    part_keys, (part_raw, part_cls) = uniform_members(data, 6, [("raw", 700), ("cls", None)], rows=slice(1, None, 2))
+    part_keys, (part_raw, part_cls), _ = uniform_members(data, 6, [("raw", 700), ("cls", None)], rows=slice(1, None, 2))
     assert part_keys.tolist() == [3, 9, 15] and ascii_ints(part_cls).tolist() == [-1, 0, 123456]  # one part
     assert [bytes(r) for r in part_raw] == payloads[1::2]
     samples = list(iter_samples(data))
@@ -38,7 +39,7 @@ def test_vectorised_parser_matches_per_sample_parser(tmp_path):
     assert ascii_ints(np.frombuffer(b"-1\0\0-42\0", np.uint8).reshape(2, 4)).tolist() == [-1, -42]
 
 
-def test_damage_is_refused_or_cut_short(tmp_path):
+def test_damage_is_refused_or_skipped(tmp_path):
     write(tmp_path / "a.tar", list(range(5)))
     data = bytearray((tmp_path / "a.tar").read_bytes())
     layout = [("raw", 700), ("cls", None)]
@@ -47,4 +48,36 @@ def test_damage_is_refused_or_cut_short(tmp_path):
     stride = 512 + 1024 + 1024
     data[2 * stride + 5] ^= 0xFF  # a flipped bit in the third sample's header: checksum mismatch
     assert uniform_members(bytes(data), 5, layout) is None
-    assert [k for k, _ in iter_samples(bytes(data))] == ["00000000", "00000003"]  # stops at the damage
+    samples = list(iter_samples(bytes(data)))  # resynchronised at the next valid header: only sample 6 is hurt
+    assert [k for k, _ in samples] == ["00000000", "00000003", "00000006", "00000009", "00000012"]
+    assert sorted(samples[2][1]) == ["cls"] and all(sorted(f) == ["cls", "raw"] for k, f in samples if k != "00000006")
+    assert [k for k, _ in iter_samples(bytes(data[: 4 * stride + 700]))][-1] == "00000009"  # truncated: tail lost
+
+
+def test_payload_checksum_drops_only_the_damaged_sample(tmp_path):
+    payloads = write(tmp_path / "a.tar", list(range(6)))
+    data = bytearray((tmp_path / "a.tar").read_bytes())
+    stride = 512 + 1024 + 1024
+    data[4 * stride + 512 + 100] ^= 0x01  # one bit of sample 4's image: the tar headers are still valid
+    keys, (raw, cls), bad = uniform_members(bytes(data), 6, [("raw", 700), ("cls", None)])
+    assert keys.tolist() == [0, 3, 6, 9, 15] and bad.tolist() == [12] and ascii_ints(cls).tolist() == [0, 1, 2, 3, 5]
+    assert [bytes(r) for r in raw] == payloads[:4] + payloads[5:]
+    samples = dict(iter_samples(bytes(data)))
+    assert samples["00000012"]["raw"] is None and samples["00000012"]["cls"] is not None
+    with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tar:  # still a plain tar for other readers
+        assert len(tar.getmembers()) == 12
+
+
+def test_old_shards_without_checksums_still_parse(tmp_path):
+    payloads = write(tmp_path / "a.tar", [1, 2, 3])
+    data = bytearray((tmp_path / "a.tar").read_bytes())
+    for sample in range(3):
+        for header in (sample * 2560, sample * 2560 + 1536):
+            block = bytearray(data[header : header + 512])
+            block[500:512] = bytes(12)  # as written before checksums: zero pad
+            block[148:156] = b" " * 8
+            block[148:156] = b"%06o\0 " % sum(block)
+            data[header : header + 512] = block
+    keys, (raw, _), bad = uniform_members(bytes(data), 3, [("raw", 700), ("cls", None)])
+    assert keys.tolist() == [0, 3, 6] and len(bad) == 0 and [bytes(r) for r in raw] == payloads
+    assert all(None not in f.values() for _, f in iter_samples(bytes(data)))
