@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 
-.PHONY: demo test lint bench fmt
+.PHONY: demo test lint bench fmt gpu-check wheels
 
 $(BIN)/amr-fast: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,14 +20,35 @@ test: $(BIN)/amr-fast
 	$(BIN)/python -m pytest -q tests
 
 lint: $(BIN)/amr-fast
-	$(BIN)/ruff check amr_fast kernels tests
-	$(BIN)/ruff format --check amr_fast kernels tests
+	$(BIN)/ruff check amr_fast kernels tests scripts
+	$(BIN)/ruff format --check amr_fast kernels tests scripts
 
 fmt: $(BIN)/amr-fast
-	$(BIN)/ruff format amr_fast kernels tests
-	$(BIN)/ruff check --fix amr_fast kernels tests
+	$(BIN)/ruff format amr_fast kernels tests scripts
+	$(BIN)/ruff check --fix amr_fast kernels tests scripts
 
 bench: $(BIN)/amr-fast
 	$(BIN)/amr-fast bench kernels --out bench-kernels.json
 	$(BIN)/amr-fast bench data --out bench-data.json
 	$(BIN)/amr-fast bench train --out bench-train.json
+
+# The GPU acceptance run (README "Running the GPU check"): on a CUDA machine every step, here the CPU form of steps
+# 1-2. Needs no registry and builds no venv: it uses .venv/bin/python when there is one, else the machine's python3
+# (PYTHON=... to choose). Writes $(OUT)/summary.{txt,json} (OUT defaults to runs/gpu-check).
+OUT ?= runs/gpu-check
+gpu-check:
+	PYTHON="$${PYTHON:-$(if $(wildcard $(BIN)/python),$(BIN)/python,python3)}" bash scripts/gpu-check.sh "$(OUT)"
+
+# wheels/ for a GPU machine without a registry (git-ignored; the device tool's `carry` takes it along): the
+# pure-Python dependencies it may lack, setuptools + wheel (+ packaging) for the editable install, and Pillow (binary: one wheel
+# per Python version in WHEEL_PYS, Linux x86_64). scripts/gpu-check.sh installs the ones that machine lacks.
+WHEEL_DISTS ?= webdataset braceexpand einops pytest-timeout setuptools wheel packaging
+WHEEL_PYS   ?= 3.10 3.11 3.12 3.13
+wheels: $(BIN)/amr-fast
+	rm -rf wheels && mkdir -p wheels
+	$(BIN)/pip wheel -q --no-deps -w wheels $(WHEEL_DISTS)
+	for v in $(WHEEL_PYS); do \
+	  $(BIN)/pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 --python-version $$v \
+	    -d wheels pillow || exit 1; \
+	done
+	ls -l wheels

@@ -128,6 +128,7 @@ def test_torch_compile_traces_a_model_without_graph_breaks(impl):
         torch.testing.assert_close(p.grad, g)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("impl", ("triton", "torch"))
 @pytest.mark.parametrize("kind", KINDS)
