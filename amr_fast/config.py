@@ -9,7 +9,9 @@ overrides)` builds a validated config from a preset and "field=value" strings, p
 Preset names: `<dataset>[-<code dims>][-<subset>]-<method>[-k<k>]`, e.g. `mnist-mixup`, `svhn32-5k-bernoulli`,
 `cifar10-1024-mixup-k4`, `dsprites-bernoulli-k3`. Methods: `aegan` (AE+GAN, no mixing), `mixup` (a ~ U(0, 1)
 per example, k = 2; Dirichlet(1) for k > 2), `bernoulli` (per-channel masks, p ~ U(0, 1) per batch), `acai`
-(ACAI, D regresses the folded mixing coefficient), `class` (supervised class-conditional mixer), `betavae`.
+(ACAI, D regresses the folded mixing coefficient), `class` (supervised class-conditional mixer), `betavae`;
+beyond the papers, `cutmix` (a box of the code's grid from the partner, area ~ U(0, 1); the AMR paper's section
+5 proposal) and `spatial-bernoulli` (each code position from one of k sources).
 
 Presets that train on a user's dataset have `data=""`: pass `data=DIR` (a directory made by `amr-fast shard`),
 e.g. `amr-fast train --preset fashion-mnist-mixup data=/path/to/fashion-mnist-32`.
@@ -26,7 +28,7 @@ from typing import Any
 
 ARCHS = ("amr32", "dsprites64", "mlp")
 METHODS = ("amr", "acai", "betavae")
-MIXERS = ("none", "mixup", "bernoulli", "class")
+MIXERS = ("none", "mixup", "bernoulli", "class", "cutmix", "spatial_bernoulli")
 RECONS = ("l1", "l2", "bce")
 DISC_MIXES = ("none", "pixel", "hidden")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -53,9 +55,11 @@ class TrainConfig:
     mixer_hidden: int = 128  # hidden units of the class-conditional mixer MLP
     # objective
     method: str = "amr"  # "amr" (AE+GAN when mixer == "none"), "acai", "betavae"
-    mixer: str = "mixup"  # "none", "mixup", "bernoulli", "class" (supervised class-conditional mixer)
+    mixer: str = "mixup"  # "none", "mixup", "bernoulli", "class" (supervised class-conditional mixer), "cutmix"
+    #                       (boxes of the code grid), "spatial_bernoulli" (per-position masks; amr_fast.mixing)
     k: int = 2  # number of mixed examples (2..8)
-    alpha: float = 1.0  # Dirichlet(alpha) concentration for k-way mixup (k = 2 uses U(0, 1), i.e. alpha = 1)
+    alpha: float = 1.0  # Dirichlet(alpha) concentration for k-way mixup (k = 2 uses U(0, 1), i.e. alpha = 1);
+    #                     cutmix: box area ~ Beta(alpha, alpha) (alpha = 1: U(0, 1))
     per_example_mask: bool = False  # Bernoulli p per example instead of per batch
     recon: str = "l1"  # "l1", "l2" (means over pixels), "bce" (sum over pixels, mean over batch)
     lamb: float = 10.0  # reconstruction weight (the tables' lambda)
@@ -273,6 +277,8 @@ _METHODS: dict[str, dict[str, Any]] = {
     "acai": dict(method="acai", mixer="mixup"),
     "class": dict(method="amr", mixer="class"),
     "betavae": dict(method="betavae", mixer="none"),
+    "cutmix": dict(method="amr", mixer="cutmix"),
+    "spatial-bernoulli": dict(method="amr", mixer="spatial_bernoulli"),
 }
 
 
@@ -324,11 +330,13 @@ def _build_presets() -> dict[str, TrainConfig]:
     table4 = [("aegan", 2, {}), ("mixup", 2, {}), ("mixup", 3, {}), ("bernoulli", 2, {}), ("bernoulli", 3, {}),
               ("betavae", 2, dict(vae_beta=10.0, beta1=0.9, ae_every=1))]  # fmt: skip
     p.update(_rows("dsprites", dsprites, table4))
+    p.update(_rows("dsprites", dsprites, [("cutmix", 2, {})]))  # vector code: a box is a run of code units
     # This machine: Fashion-MNIST resized to 32x32 (`amr-fast shard`), 32-dim code; pass data=DIR.
     fmnist = replace(amr32, channels=1, lamb=10.0, probe_lr=1e-3, total_kimg=600, tick_kimg=4, snapshot_kimg=100,
                      state_kimg=50, probe_kimg=20)  # fmt: skip
     p.update(_rows("fashion-mnist", fmnist, [("aegan", 2, {}), ("mixup", 2, {}), ("bernoulli", 2, {}),
                                              ("mixup", 3, {}), ("class", 2, {})]))  # fmt: skip
+    p.update(_rows("fashion-mnist", fmnist, [("cutmix", 2, {}), ("cutmix", 3, {}), ("spatial-bernoulli", 2, {})]))
     # The 2-D spiral toy (the AMR supplement): points [B, 2] (channels=2, img_size=1), MLP autoencoder, 2-dim code;
     # "consistency" adds beta |enc(x_mix) - h_mix|_1.
     spiral = TrainConfig(data="builtin:spiral", arch="mlp", img_size=1, channels=2, width=128, code_dim=2,

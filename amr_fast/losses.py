@@ -8,8 +8,9 @@ The mixing function Mix is picked by `cfg.mixer` in ONE place (`AMRLoss.__init__
 per example; k > 2: w ~ Dirichlet(alpha)), Bernoulli (a 0/1 mask per channel, p ~ U(0, 1) per batch; k-way: each
 channel from one of k sources), the supervised class-conditional mixer (an MLP maps a mixed label vector to
 per-channel masks; D gets an ACGAN head that classifies real x by y, and the decoded mix must be classified as
-its mixed labels), or none (the AE+GAN baseline). Every mix goes through
-`amr_fast.kernels.simplex_mix` / `mask_mix` (impl = cfg.impl) with partners and weights drawn by the
+its mixed labels), CutMix of the code grid (`cutmix`: a box, area ~ Beta(alpha, alpha), from the partner; k > 2
+nested boxes) or per-position Bernoulli masks (`spatial_bernoulli`), or none (the AE+GAN baseline). Every mix goes
+through `amr_fast.kernels.simplex_mix` / `mask_mix` (impl = cfg.impl) with partners and weights drawn by the
 `amr_fast.mixing` samplers from the caller's generator.
 
 Baselines: ACAI as in the public code's `models/acai_f3.py` (Berthelot et al. 2019 with BCE): D regresses
@@ -111,6 +112,8 @@ class AMRLoss:
             "mixup": self._mix_mixup,
             "bernoulli": self._mix_bernoulli,
             "class": self._mix_class,
+            "cutmix": self._mix_spatial,
+            "spatial_bernoulli": self._mix_spatial,
         }[cfg.mixer]
         self.passes = {"enc": 0, "dec": 0, "disc": 0}  # network calls (a batched call counts once): bench
         self._fwd: _Forward | None = None
@@ -155,6 +158,15 @@ class AMRLoss:
         """h_mix[c] = h[perm_j][c] for the source j drawn for channel c (a one-hot mask over sources)."""
         m = self._masks(h.shape[0], h.shape[1], g, h.device)  # [B, K, C]
         return kernels.mask_mix(h, perm, m, impl=self.cfg.impl)
+
+    def _mix_spatial(self, h: Tensor, perm: Tensor, y: Tensor, g: torch.Generator, rec: dict) -> Tensor:
+        """h_mix[:, s] = h[perm_j][:, s] for the source j of position s of the code grid (all channels)."""
+        B, k, grid = h.shape[0], self.cfg.k, mixing.code_grid(tuple(h.shape[1:]))
+        if self.cfg.mixer == "cutmix":
+            masks = mixing.sample_cutmix_masks(B, k, grid, self.cfg.alpha, g, device=h.device)  # [B, K, *grid]
+        else:
+            masks = mixing.sample_position_bernoulli_masks(B, k, grid, g, self.cfg.per_example_mask, device=h.device)
+        return kernels.mask_mix(h, perm, mixing.position_mask(masks, h).to(h.dtype), impl=self.cfg.impl)
 
     def _mix_class(self, h: Tensor, perm: Tensor, y: Tensor, g: torch.Generator, rec: dict) -> Tensor:
         """Supervised: each class of y_mix from one of the k sources' one-hot labels; m = mixer(y_mix)."""
