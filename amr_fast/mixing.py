@@ -233,14 +233,16 @@ def position_mask(masks: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
 
 
 def sample_boxes(lam: torch.Tensor, grid: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    """One axis-aligned box per example, of area fraction ~lam [B] of the grid: side n_d * lam^(1/D) on each of
-    the D axes, rounded to whole cells, placed uniformly among the positions where it fits (no clipping at the
-    border, so the area is not biased down) -> bool [B, *grid]."""
+    """One axis-aligned box per example with area fraction lam [B] of the grid in expectation: side n_d lam^(1/D)
+    on each of the D axes, rounded up or down to whole cells at random (stochastic rounding: each side is unbiased,
+    and so is their product, the area), placed uniformly among the positions where it fits (no clipping at the
+    border, which would shrink boxes) -> bool [B, *grid]."""
     dev = generator.device
     lam = lam.to(dev, torch.float64)
     inside = torch.ones(lam.shape[0], *grid, dtype=torch.bool, device=dev)
     for d, n in enumerate(grid):
-        side = (n * lam.pow(1.0 / len(grid))).round().clamp(0, n).long()  # [B]
+        u = torch.rand(lam.shape[0], generator=generator, device=dev, dtype=torch.float64)
+        side = (n * lam.pow(1.0 / len(grid)) + u).floor().clamp(0, n).long()  # [B], E[side] = n lam^(1/D)
         start = torch.rand(lam.shape[0], generator=generator, device=dev, dtype=torch.float64) * (n - side + 1)
         start = start.long().clamp_max(n - side)  # [B], uniform over 0..n - side
         i = torch.arange(n, device=dev).view(1, *([1] * d), n, *([1] * (len(grid) - d - 1)))  # along axis d
@@ -253,9 +255,9 @@ def sample_cutmix_masks(
     batch: int, k: int, grid: tuple[int, ...], alpha: float, generator: torch.Generator, device=None
 ) -> torch.Tensor:
     """CutMix in code space. k = 2: each example keeps its own code (source 0) except one box of area fraction
-    lam ~ Beta(alpha, alpha) (alpha = 1: U(0, 1)), taken from its partner (source 1). k > 2, nested boxes: CutMix
-    applied k - 1 times in order, source j = 1..k-1 pasting its own box (lam_j drawn the same way) over what
-    is there, so later sources cover earlier ones. One-hot [B, K, *grid] (float)."""
+    lam ~ Beta(alpha, alpha) (alpha = 1: U(0, 1); `sample_boxes`), taken from its partner (source 1). k > 2,
+    nested boxes: CutMix applied k - 1 times in order, source j = 1..k-1 pasting its own box (lam_j drawn the
+    same way) over what is there, so later sources cover earlier ones. One-hot [B, K, *grid] (float)."""
     if k < 2:
         raise ValueError(f"k must be >= 2 to mix (got k = {k})")
     src = torch.zeros(batch, *grid, dtype=torch.long, device=generator.device)  # source of each position

@@ -8,7 +8,10 @@ Beckham et al., NeurIPS 2019, section 2 and figures 2-4):
 - `bernoulli`: per-channel Bernoulli masks switching channels from the first to the second image along the strip;
 - `kway`: three images -> the triangle over the simplex (figure 3, `--steps` rows); four or more -> random
   Dirichlet(1) mixes of all of them (`--steps` mixes per row); `kway-bernoulli` the same with one-hot
-  per-channel masks.
+  per-channel masks;
+- `cutmix` / `spatial-bernoulli`: spatial mixing of the code grid (boxes / per-position masks) between
+  consecutive images (three or more images: all of them, k-way), `--steps` random masks per row with the same
+  mask applied to the pixels under each decoded mix.
 
 Example:
     amr-fast mix runs/fmnist-mixup/snapshot-0000200.000.safetensors shoe.jpg shirt.png --out mix.png --steps 10
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-MODES = ("mixup", "bernoulli", "kway", "kway-bernoulli")
+MODES = ("mixup", "bernoulli", "kway", "kway-bernoulli", "cutmix", "spatial-bernoulli")
 
 
 def load_images(paths: list[str | Path], size: int, channels: int) -> torch.Tensor:
@@ -67,6 +70,9 @@ def mix_images(
     ae = nets["ae"]
     x = load_images(paths, cfg.img_size, cfg.channels)
     g = torch.Generator().manual_seed(seed)
+    if mode in ("cutmix", "spatial-bernoulli"):
+        xs = torch.stack([x[:-1], x[1:]]) if len(x) == 2 else x[:, None]  # pairs, or one k-way row
+        return grids.spatial_mixes(ae, xs, cfg, g, n_mix=steps, mode=mode.replace("-", "_"))
     if mode in ("mixup", "bernoulli") or len(x) == 2:
         x_a, x_b = x[:-1], x[1:]  # consecutive pairs
         if mode == "bernoulli":
@@ -86,7 +92,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--mode",
         default="mixup",
         choices=MODES,
-        help="mixup / bernoulli: strips between consecutive images; kway: triangle (3 images) or random k-way mixes",
+        help="mixup / bernoulli: strips between consecutive images; kway: triangle (3 images) or random k-way "
+        "mixes; cutmix / spatial-bernoulli: boxes / per-position masks of the code grid, with the pixel-space mask",
     )
     parser.add_argument("--steps", type=int, default=10, help="strip length, triangle rows, or k-way mixes per row")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random masks / weights")
