@@ -29,8 +29,17 @@ from PIL import Image, ImageOps
 MODES = ("mixup", "bernoulli", "kway", "kway-bernoulli", "cutmix", "spatial-bernoulli")
 
 
+def fit_image(img: Image.Image, size: int, channels: int) -> torch.Tensor:
+    """A PIL image -> uint8 [channels, size, size]: EXIF orientation, grey ("L") or RGB, centre crop to a square,
+    Lanczos resize (what `amr-fast mix` and `amr-fast explore` do to any image)."""
+    img = ImageOps.exif_transpose(img).convert("L" if channels == 1 else "RGB")
+    img = ImageOps.fit(img, (size, size), method=Image.Resampling.LANCZOS)
+    a = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(a.reshape(size, size, channels).transpose(2, 0, 1).copy())
+
+
 def load_images(paths: list[str | Path], size: int, channels: int) -> torch.Tensor:
-    """Image files -> uint8 [N, channels, size, size]: grey ("L") or RGB, centre crop to square, Lanczos resize."""
+    """Image files -> uint8 [N, channels, size, size] (`fit_image`)."""
     if channels not in (1, 3):
         raise ValueError(f"the model takes {channels}-channel inputs; mix works with grey (1) or RGB (3) models")
     out = []
@@ -40,14 +49,11 @@ def load_images(paths: list[str | Path], size: int, channels: int) -> torch.Tens
             raise FileNotFoundError(f"image {p} does not exist")
         try:
             with Image.open(p) as img:
-                img = ImageOps.exif_transpose(img).convert("L" if channels == 1 else "RGB")
-                img = ImageOps.fit(img, (size, size), method=Image.Resampling.LANCZOS)
+                out.append(fit_image(img, size, channels))
         except OSError as err:
             raise ValueError(
                 f"cannot read {p} as an image ({err}); pass PNG, JPEG or another format PIL reads"
             ) from err
-        a = np.asarray(img, dtype=np.uint8)
-        out.append(torch.from_numpy(a.reshape(size, size, channels).transpose(2, 0, 1).copy()))
     return torch.stack(out)
 
 
