@@ -21,6 +21,7 @@ with a one-line JSON error, which the page shows; nothing prints a traceback.
 
 Example:
     amr-fast explore runs/fm-cutmix/snapshot-000030.016.safetensors --data /work/data/fashion-mnist-32
+    amr-fast explore SNAPSHOT --bench 200    # per-update latency (round trips through a local server), then exit
 """
 
 from __future__ import annotations
@@ -361,6 +362,47 @@ def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765, q
     return server
 
 
+def bench(explorer: Explorer, n: int = 100) -> dict[str, dict[str, float]]:
+    """Per-update latency as the page sees it: n `/api/mix` round trips per mode through a real local HTTP server
+    (weights along the segment, channels and boxes that change every time) -> {mode: {median_ms, p95_ms,
+    decode_ms}}: the round trip (request, decode, two PNGs, JSON) and the server's decode alone (medians)."""
+    import urllib.error
+    import urllib.request
+
+    server = make_server(explorer, "127.0.0.1", 0, quiet=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/api/mix?k=2&mode="
+    C, cells = explorer.code_shape[0], int(np.prod(explorer.grid))
+    queries = {
+        "weights": lambda i: f"weights&w={(i % (n + 1)) / n:.4f},{1 - (i % (n + 1)) / n:.4f}",
+        "channels": lambda i: "channels&src=" + ",".join(str((i >> c) & 1) for c in range(C)),
+        "positions": lambda i: "positions&src=" + ",".join(str(int(c <= i % cells)) for c in range(cells)),
+    }
+    out = {}
+    try:
+        for mode, q in queries.items():
+            rtt, dec = [], []
+            for i in range(n + 3):
+                t0 = time.perf_counter()
+                try:
+                    with urllib.request.urlopen(base + q(i), timeout=30) as r:
+                        ms = json.loads(r.read())["ms"]
+                except urllib.error.HTTPError as err:
+                    raise ValueError(f"bench: the server answered {err.code}: {err.read()[:200]!r}") from None
+                if i >= 3:  # warm-up
+                    rtt.append((time.perf_counter() - t0) * 1000)
+                    dec.append(ms)
+            out[mode] = {
+                "median_ms": float(np.median(rtt)),
+                "p95_ms": float(np.percentile(rtt, 95)),
+                "decode_ms": float(np.median(dec)),
+            }
+    finally:
+        server.shutdown()
+        server.server_close()
+    return out
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("snapshot", help="a snapshot-<kimg>.safetensors written by `amr-fast train` (an image model)")
     parser.add_argument("--data", default=None, help="a shard directory (`amr-fast shard`): its images to pick from")
@@ -368,12 +410,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8765, help="port to listen on (0: any free port)")
     parser.add_argument("--impl", default="auto", choices=("auto", "ref", "torch"), help="mixing kernel impl")
+    parser.add_argument(
+        "--bench", type=int, default=0, metavar="N", help="measure N updates per mode (round trip), print, exit"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must lie in 0..65535; got {args.port}")
     explorer = Explorer(args.snapshot, args.data, limit=args.limit, impl=args.impl)
+    if args.bench:
+        print(f"per-update latency, {args.bench} updates per mode, threads={torch.get_num_threads()}:")
+        for mode, r in bench(explorer, args.bench).items():
+            print(f"  {mode:<10} round trip median {r['median_ms']:6.1f} ms  p95 {r['p95_ms']:6.1f} ms  "
+                  f"(decode {r['decode_ms']:5.1f} ms)")  # fmt: skip
+        return 0
     server = make_server(explorer, args.host, args.port)
     host, port = server.server_address[:2]
     print(f"amr-fast explore: {args.snapshot} ({explorer.cfg.arch}, code {list(explorer.code_shape)})")

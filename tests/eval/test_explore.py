@@ -165,6 +165,13 @@ def test_cli_errors_port_in_use_and_unknown_architecture(setup, server, tmp_path
     assert "arch must be one of" in err and err.count("\n") == 1
 
 
+def test_bench_reports_every_mode(setup, capsys):
+    snap, _ = setup
+    assert cli.main(["explore", str(snap), "--bench", "3"]) == 0
+    out = capsys.readouterr().out
+    assert all(mode in out for mode in explore.MODES) and "round trip median" in out
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
          "--virtual-time-budget=15000", "--window-size=1000,780"]  # fmt: skip
