@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shard": ("amr_fast.data.shard", "convert a dataset's published files into WebDataset shards"),
     "eval": ("amr_fast.eval.cli", "probe / disentanglement / reconstruction metrics of a run or snapshot"),
     "mix": ("amr_fast.eval.mix", "decode mixes of your own image files with a trained snapshot"),
+    "explore": ("amr_fast.eval.explore", "live mix explorer in the browser (local web app) for a snapshot"),
     "report": ("amr_fast.eval.report", "results table (markdown) and learning curves from run directories"),
     "classify": ("amr_fast.classify", "train a Manifold Mixup / mixup / ERM / cutout classifier; re-run to resume"),
     "bench": ("amr_fast.bench", "benchmarks: kernels, data, train"),

@@ -14,7 +14,9 @@ Preset names: `<dataset>[-<code dims>][-<subset>]-<method>[-k<k>]`, e.g. `mnist-
 `cifar10-1024-mixup-k4`, `dsprites-bernoulli-k3`. Methods: `aegan` (AE+GAN, no mixing), `mixup` (a ~ U(0, 1)
 per example, k = 2; Dirichlet(1) for k > 2), `bernoulli` (per-channel masks, p ~ U(0, 1) per batch; k > 2: a
 uniform source per (example, channel)), `acai`
-(ACAI, D regresses the folded mixing coefficient), `class` (supervised class-conditional mixer), `betavae`.
+(ACAI, D regresses the folded mixing coefficient), `class` (supervised class-conditional mixer), `betavae`;
+beyond the papers, `cutmix` (a box of the code's grid from the partner, area ~ U(0, 1); the AMR paper's section
+5 proposal) and `spatial-bernoulli` (each code position from one of k sources).
 Classifier presets: `<dataset>-<mode>` with mode erm, mixup, manifold or cutout.
 
 Presets that train on a user's dataset have `data=""`: pass `data=DIR` (a directory made by `amr-fast shard`),
@@ -32,7 +34,7 @@ from typing import Any
 
 ARCHS = ("amr32", "dsprites64", "mlp")
 METHODS = ("amr", "acai", "betavae")
-MIXERS = ("none", "mixup", "bernoulli", "class")
+MIXERS = ("none", "mixup", "bernoulli", "class", "cutmix", "spatial_bernoulli")
 RECONS = ("l1", "l2", "bce")
 DISC_MIXES = ("none", "pixel", "hidden")
 KWAY_SOURCES = ("uniform", "dirichlet")  # amr_fast.mixing.KWAY_SOURCES
@@ -61,9 +63,11 @@ class TrainConfig:
     mixer_hidden: int = 128  # hidden units of the class-conditional mixer MLP
     # objective
     method: str = "amr"  # "amr" (AE+GAN when mixer == "none"), "acai", "betavae"
-    mixer: str = "mixup"  # "none", "mixup", "bernoulli", "class" (supervised class-conditional mixer)
+    mixer: str = "mixup"  # "none", "mixup", "bernoulli", "class" (supervised class-conditional mixer), "cutmix"
+    #                       (boxes of the code grid), "spatial_bernoulli" (per-position masks; amr_fast.mixing)
     k: int = 2  # number of mixed examples (2..8)
-    alpha: float = 1.0  # Dirichlet(alpha) concentration for k-way mixup (k = 2 uses U(0, 1), i.e. alpha = 1)
+    alpha: float = 1.0  # Dirichlet(alpha) concentration for k-way mixup (k = 2 uses U(0, 1), i.e. alpha = 1);
+    #                     cutmix: box area ~ Beta(alpha, alpha) (alpha = 1: U(0, 1))
     per_example_mask: bool = False  # Bernoulli p per example instead of per batch (k = 2, or kway_sources=dirichlet)
     kway_sources: str = "uniform"  # k-way Bernoulli (k >= 3): "uniform" source per (example, channel) as the public
     #                                code's gan3fm; "dirichlet": p ~ Dirichlet(1_K) per batch, source ~ p per channel
@@ -358,6 +362,8 @@ _METHODS: dict[str, dict[str, Any]] = {
     "acai": dict(method="acai", mixer="mixup"),
     "class": dict(method="amr", mixer="class"),
     "betavae": dict(method="betavae", mixer="none"),
+    "cutmix": dict(method="amr", mixer="cutmix"),
+    "spatial-bernoulli": dict(method="amr", mixer="spatial_bernoulli"),
 }
 _ROW_NAMES = {"aegan": "AE+GAN", "mixup": "AMR mixup", "bernoulli": "AMR Bern", "acai": "ACAI", "betavae": "beta-VAE"}
 _METHODS_K = ("mixup", "bernoulli", "acai")  # rows of the tables that print k
@@ -408,6 +414,9 @@ _EXTRA: list[tuple[str, float, str, int, int, str]] = [
     ("kmnist-bernoulli-k3", 10, "exps/kmnist/mixupfm2_lamb10.sh", 6000, 50_000, "table 1 has no Bern k=3 row"),
     ("svhn32-bernoulli-k3", 10, "exps/svhn32/mixupfm2_lamb10.sh", 4500, 65_931, "table 1 has no Bern k=3 row"),
     ("svhn32-mixup-k4", 10, "exps/svhn32/gan4f_lamb10.sh", 6000, 65_931, "table 1 has no mixup k=4 row"),
+    ("dsprites-cutmix", 1, "exps/dsprite/mixupfm2_lamb1.sh", 500, 737_280,
+     "beyond the papers: CutMix of the code, their section 5 proposal; a box of dSprites' vector code is a run of "
+     "code units; the Bernoulli k=2 script's lambda and epochs"),
 ]  # fmt: skip
 
 
@@ -468,7 +477,9 @@ def _build_presets() -> tuple[dict[str, TrainConfig], dict[str, PresetRow]]:
             p[name] = replace(base, k=k, lamb=float(lamb), total_kimg=row.total_kimg, **_METHODS[method], **extra)
             rows[name] = row
     for name, lamb, script, epochs, epoch_images, why in _EXTRA:
-        prefix, method, k = name.rsplit("-", 2)[0], name.split("-")[-2], int(name[-1])
+        parts = name.split("-")  # <prefix>-<method>[-k<k>]
+        k = int(parts.pop()[1:]) if parts[-1].startswith("k") else 2
+        method, prefix = parts.pop(), "-".join(parts)
         row = PresetRow(row=f"not in the tables ({why})", script=script, epochs=epochs, epoch_images=epoch_images)
         p[name] = replace(bases[prefix], k=k, lamb=float(lamb), total_kimg=row.total_kimg, **_METHODS[method])
         rows[name] = row
@@ -477,7 +488,16 @@ def _build_presets() -> tuple[dict[str, TrainConfig], dict[str, PresetRow]]:
     fmnist = replace(amr32, channels=1, lamb=10.0, probe_lr=1e-3, probe_beta1=0.9, probe_beta2=0.999,
                      probe_weight_decay=0.0, total_kimg=600, tick_kimg=4, snapshot_kimg=100, state_kimg=50,
                      probe_kimg=20)  # fmt: skip
-    for method, k in (("aegan", 2), ("mixup", 2), ("bernoulli", 2), ("mixup", 3), ("class", 2)):
+    for method, k in (
+        ("aegan", 2),
+        ("mixup", 2),
+        ("bernoulli", 2),
+        ("mixup", 3),
+        ("class", 2),
+        ("cutmix", 2),
+        ("cutmix", 3),
+        ("spatial-bernoulli", 2),
+    ):  # the last three: beyond the papers
         p[f"fashion-mnist-{method}" + (f"-k{k}" if k > 2 else "")] = replace(fmnist, k=k, **_METHODS[method])
     # The 2-D spiral toy (the AMR supplement): points [B, 2] (channels=2, img_size=1), MLP autoencoder, 2-dim code;
     # "consistency" adds beta |enc(x_mix) - h_mix|_1.

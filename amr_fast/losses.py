@@ -6,8 +6,10 @@
 
 The mixing function Mix is picked by `cfg.mixer` in ONE place (`AMRLoss.__init__`): mixup (k = 2: a ~ U(0, 1)
 per example; k > 2: w ~ Dirichlet(alpha)), Bernoulli (a 0/1 mask per channel, p ~ U(0, 1) per batch; k-way: each
-channel from one of k sources, uniform per (example, channel) as the public code, `kway_sources`), or none (the
-AE+GAN baseline). The supervised class-conditional mixer (section 2.2, eq. 7) is added to eq. 3, as the paper:
+channel from one of k sources, uniform per (example, channel) as the public code, `kway_sources`), CutMix of the
+code grid (`cutmix`: a box, area ~ Beta(alpha, alpha), from the partner; k > 2 nested boxes; beyond the papers,
+their section 5 proposal), per-position Bernoulli masks (`spatial_bernoulli`), or none (the AE+GAN baseline). The
+supervised class-conditional mixer (section 2.2, eq. 7) is added to eq. 3, as the paper:
 with mixer=class the unsupervised mix of `cfg.class_unsup_mixer` (Bernoulli by default) keeps its terms above,
 and a second, class-conditional mix h_cmix = Mix_sup(h, y_mix) (an MLP maps a mixed label vector y_mix to
 per-channel masks) adds
@@ -116,6 +118,8 @@ class AMRLoss:
             "none": None,
             "mixup": self._mix_mixup,
             "bernoulli": self._mix_bernoulli,
+            "cutmix": self._mix_spatial,
+            "spatial_bernoulli": self._mix_spatial,
         }[unsup]
         self.class_mix = cfg.mixer == "class"
         self.passes = {"enc": 0, "dec": 0, "disc": 0}  # network calls (a batched call counts once): bench
@@ -163,6 +167,15 @@ class AMRLoss:
         """h_mix[c] = h[perm_j][c] for the source j drawn for channel c (a one-hot mask over sources)."""
         m = self._masks(h.shape[0], h.shape[1], g, h.device)  # [B, K, C]
         return kernels.mask_mix(h, perm, m, impl=self.cfg.impl)
+
+    def _mix_spatial(self, h: Tensor, perm: Tensor, y: Tensor, g: torch.Generator, rec: dict) -> Tensor:
+        """h_mix[:, s] = h[perm_j][:, s] for the source j of position s of the code grid (all channels)."""
+        B, k, grid = h.shape[0], self.cfg.k, mixing.code_grid(tuple(h.shape[1:]))
+        if self.cfg.mixer == "cutmix":
+            masks = mixing.sample_cutmix_masks(B, k, grid, self.cfg.alpha, g, device=h.device)  # [B, K, *grid]
+        else:
+            masks = mixing.sample_position_bernoulli_masks(B, k, grid, g, self.cfg.per_example_mask, device=h.device)
+        return kernels.mask_mix(h, perm, mixing.position_mask(masks, h).to(h.dtype), impl=self.cfg.impl)
 
     def _mix_class(self, h: Tensor, perm: Tensor, y: Tensor, g: torch.Generator, rec: dict) -> Tensor:
         """Supervised: each class of y_mix from one of the k sources' one-hot labels; m = mixer(y_mix)."""

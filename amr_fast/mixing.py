@@ -5,11 +5,20 @@ here. Both papers' mixes are one operation over k partners of each example b in 
 
     out[b] = sum_k  W[b, k] * h[perm[k, b]]                         (simplex_mix: W = w[b, k], a scalar)
     out[b, c] = sum_k  m[b, k, c] * h[perm[k, b], c]                (mask_mix: a weight per channel c)
+    out[b, c, s] = sum_k  m[b, k, c, s] * h[perm[k, b], c, s]       (mask_mix: per channel and/or position)
+
+mask_mix takes m [B, K, C] (per channel, the Bernoulli mixers) or m [B, K, *M] with one entry of M per dim of
+h's [C, *S], each 1 (broadcast) or that dim's size: [B, K, 1, *S] a mask over positions (CutMix), [B, K, C, *S]
+one weight per element.
 
 - AMR (Beckham et al., NeurIPS 2019, section 2): mixup `a h1 + (1 - a) h2`, a ~ U(0, 1) per example;
   Bernoulli mixup `m h1 + (1 - m) h2` with a 0/1 mask per feature map, m ~ Bern(p), p ~ U(0, 1) per batch
   (as the public code); k-way mixup with w ~ Dirichlet(1, ..., 1); k-way Bernoulli, each feature map from one
   of k sources, uniform and independent per (example, feature map) as the public code (a Dirichlet variant too).
+- Spatial mixing (the AMR paper's closing proposal, section 5: CutMix, Yun et al. ICCV 2019, on hidden states):
+  `sample_cutmix_masks` takes a box of the code's grid from the partner, `sample_position_bernoulli_masks` each
+  position from one of k sources (the per-position counterpart of Bernoulli mixup); both are one-hot masks over
+  positions, mixed by `mask_mix` with m [B, K, 1, *S].
 - Manifold Mixup (Verma et al., ICML 2019, eq. 2): `lam h + (1 - lam) h[perm]`, lam ~ Beta(alpha, alpha) per
   batch; labels are mixed by the same call on one-hot targets `[B, num_classes]`.
 
@@ -45,10 +54,11 @@ def check_mix_args(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor, k
         got = weights.dtype if isinstance(weights, torch.Tensor) else type(weights).__name__
         raise TypeError(f"{wname} must be a floating-point tensor; got {got}")
     expected = (B, K) if kind == "simplex" else (B, K, C)
-    if tuple(weights.shape) != expected:
+    if tuple(weights.shape) != expected and not (kind == "mask" and _is_broadcast_mask(weights.shape, h.shape, K)):
         names = "[B, K]" if kind == "simplex" else "[B, K, C]"
+        full = "" if kind == "simplex" or h.dim() == 2 else f", or [B, K, *M] with M each 1 or {list(h.shape[1:])}"
         raise ValueError(
-            f"{wname} must have shape {names} = {list(expected)} (B, C from h, K from perm); "
+            f"{wname} must have shape {names} = {list(expected)}{full} (B, C, S from h, K from perm); "
             f"got shape {tuple(weights.shape)}"
         )
     if weights.device != h.device or perm.device != h.device:
@@ -62,6 +72,20 @@ def check_mix_args(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor, k
                     f"perm values must lie in [0, {B}) (row indices of h); got [{perm.min()}, {perm.max()}]"
                 )
             raise ValueError("each row of perm must be a permutation of 0..B-1 (no repeated partner indices)")
+
+
+def _is_broadcast_mask(shape: torch.Size, h_shape: torch.Size, K: int) -> bool:
+    """m [B, K, *M]: one entry per dim of h's [C, *S], each 1 (broadcast) or that dim's size."""
+    return (
+        len(shape) == len(h_shape) + 1
+        and tuple(shape[:2]) == (h_shape[0], K)
+        and all(m in (1, n) for m, n in zip(shape[2:], h_shape[1:]))
+    )
+
+
+def full_mask(m: torch.Tensor, h_dim: int) -> torch.Tensor:
+    """m [B, K, C] (per channel) -> [B, K, C, 1, ...] (a view); m [B, K, *M] unchanged: rank h_dim + 1."""
+    return m.reshape(*m.shape, *([1] * (h_dim + 1 - m.dim())))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -83,11 +107,12 @@ def simplex_mix(h: torch.Tensor, perm: torch.Tensor, w: torch.Tensor) -> torch.T
 
 
 def mask_mix(h: torch.Tensor, perm: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """out[b, c] = sum_k m[b, k, c] * h[perm[k, b], c].  h [B, C, *S], perm [K, B], m [B, K, C] -> [B, C, *S]."""
+    """out[b] = sum_k m[b, k] * h[perm[k, b]], m broadcast over h's [C, *S].  h [B, C, *S], perm [K, B],
+    m [B, K, C] (per channel) or [B, K, *M] (M each 1 or h's size: [B, K, 1, *S] per position) -> [B, C, *S]."""
     check_mix_args(h, perm, m, "mask")
     acc = _acc_dtype(h, m)
     h_k = h[perm.long()].to(acc)  # [K, B, C, *S]
-    m_k = m.transpose(0, 1).to(acc).reshape(*m.transpose(0, 1).shape, *([1] * (h.dim() - 2)))  # [K, B, C, 1...]
+    m_k = full_mask(m, h.dim()).transpose(0, 1).to(acc)  # [K, B, *M], broadcast against [K, B, C, *S]
     return (m_k * h_k).sum(dim=0).to(h.dtype)
 
 
@@ -207,3 +232,69 @@ def sample_kway_bernoulli_masks(
         src = (u > cdf[:, None, :]).sum(dim=2).clamp_max(k - 1)  # [B, C] index of the source of each channel
     onehot = torch.nn.functional.one_hot(src, k).float()  # [B, C, K]
     return onehot.transpose(1, 2).contiguous().to(_dev(generator, device))  # [B, K, C]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Spatial mixing: masks over the positions of a code's grid (the AMR paper's section 5 proposal; CutMix, Yun et
+# al. 2019). The samplers return one-hot masks [B, K, *grid]; `position_mask` places them for `mask_mix`.
+
+
+def code_grid(code_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The grid that spatial mixing cuts, from a code's shape [C, *S]: S for a feature map; for a vector code
+    [C] (dsprites64, mlp) its C units as a 1-D grid, so a "box" is a run of consecutive code units."""
+    return tuple(code_shape[1:]) if len(code_shape) > 1 else tuple(code_shape)
+
+
+def position_mask(masks: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Masks [B, K, *grid] over `code_grid(h.shape[1:])` -> the mask_mix argument: [B, K, 1, *S] (the same
+    source for every channel of a position) for a feature map h [B, C, *S], [B, K, C] for a vector code."""
+    return masks.unsqueeze(2) if h.dim() > 2 else masks
+
+
+def sample_boxes(lam: torch.Tensor, grid: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """One axis-aligned box per example with area fraction lam [B] of the grid in expectation: side n_d lam^(1/D)
+    on each of the D axes, rounded up or down to whole cells at random (stochastic rounding: each side is unbiased,
+    and so is their product, the area), placed uniformly among the positions where it fits (no clipping at the
+    border, which would shrink boxes) -> bool [B, *grid]."""
+    dev = generator.device
+    lam = lam.to(dev, torch.float64)
+    inside = torch.ones(lam.shape[0], *grid, dtype=torch.bool, device=dev)
+    for d, n in enumerate(grid):
+        u = torch.rand(lam.shape[0], generator=generator, device=dev, dtype=torch.float64)
+        side = (n * lam.pow(1.0 / len(grid)) + u).floor().clamp(0, n).long()  # [B], E[side] = n lam^(1/D)
+        start = torch.rand(lam.shape[0], generator=generator, device=dev, dtype=torch.float64) * (n - side + 1)
+        start = start.long().clamp_max(n - side)  # [B], uniform over 0..n - side
+        i = torch.arange(n, device=dev).view(1, *([1] * d), n, *([1] * (len(grid) - d - 1)))  # along axis d
+        view = (-1, *([1] * len(grid)))
+        inside &= (i >= start.view(view)) & (i < (start + side).view(view))
+    return inside
+
+
+def sample_cutmix_masks(
+    batch: int, k: int, grid: tuple[int, ...], alpha: float, generator: torch.Generator, device=None
+) -> torch.Tensor:
+    """CutMix in code space. k = 2: each example keeps its own code (source 0) except one box of area fraction
+    lam ~ Beta(alpha, alpha) (alpha = 1: U(0, 1); `sample_boxes`), taken from its partner (source 1). k > 2,
+    nested boxes: CutMix applied k - 1 times in order, source j = 1..k-1 pasting its own box (lam_j drawn the
+    same way) over what is there, so later sources cover earlier ones. One-hot [B, K, *grid] (float)."""
+    if k < 2:
+        raise ValueError(f"k must be >= 2 to mix (got k = {k})")
+    src = torch.zeros(batch, *grid, dtype=torch.long, device=generator.device)  # source of each position
+    for j in range(1, k):
+        lam = sample_beta_weights(batch, alpha, generator, per_example=True)[:, 0]  # [B]
+        src[sample_boxes(lam, grid, generator)] = j
+    onehot = torch.nn.functional.one_hot(src, k).float()  # [B, *grid, K]
+    return onehot.movedim(-1, 1).contiguous().to(_dev(generator, device))  # [B, K, *grid]
+
+
+def sample_position_bernoulli_masks(
+    batch: int, k: int, grid: tuple[int, ...], generator: torch.Generator, per_example: bool = False, device=None
+) -> torch.Tensor:
+    """Per-position (k-way) Bernoulli mixup, the DropBlock-like case: each position of the grid taken from one of
+    k sources, drawn exactly as `sample_kway_bernoulli_masks` draws channels (k = 2: m ~ Bern(p), p ~ U(0, 1) per
+    batch or example) -> one-hot [B, K, *grid]."""
+    n = 1
+    for size in grid:
+        n *= size
+    m = sample_kway_bernoulli_masks(batch, k, n, generator, per_example=per_example, device=device)  # [B, K, n]
+    return m.view(batch, k, *grid)

@@ -3,6 +3,8 @@
     simplex_mix(h, perm, w)   out[b] = sum_k w[b, k] * h[perm[k, b]]               mixup, k-way mixup (AMR sec. 2),
                                                                                    Manifold Mixup (Verma et al. eq. 2)
     mask_mix(h, perm, m)      out[b, c] = sum_k m[b, k, c] * h[perm[k, b], c]      Bernoulli / k-way Bernoulli mixup
+                              m [B, K, C] per channel, or [B, K, *M] broadcast over  CutMix / per-position masks
+                              h's [C, *S] (M each 1 or h's size: [B, K, 1, *S])      of the code grid
 
 impl:
 - "ref": `amr_fast.mixing`, the spec (a gather + einsum, K copies of h);
@@ -68,7 +70,8 @@ def simplex_mix(h: torch.Tensor, perm: torch.Tensor, w: torch.Tensor, impl: str 
 
 
 def mask_mix(h: torch.Tensor, perm: torch.Tensor, m: torch.Tensor, impl: str = "auto") -> torch.Tensor:
-    """out[b, c] = sum_k m[b, k, c] * h[perm[k, b], c].  h [B, C, *S], perm [K, B], m [B, K, C] -> [B, C, *S]."""
+    """out[b] = sum_k m[b, k] * h[perm[k, b]].  h [B, C, *S], perm [K, B], m [B, K, C] (per channel) or
+    [B, K, *M] broadcast over [C, *S] ([B, K, 1, *S] per position, [B, K, C, *S] per element) -> [B, C, *S]."""
     impl, perm = _prepare(h, perm, m, "mask", impl)
     if impl == "ref":
         return mixing.mask_mix(h, perm, m)

@@ -1,7 +1,8 @@
 """The mixing ops as `torch.library` custom ops, so autograd and `torch.compile` see one node per mix.
 
     amr_fast::simplex_mix(h, perm, w, impl)   out[b] = sum_k w[b, k] * h[perm[k, b]]          (AMR mixup, k-way)
-    amr_fast::mask_mix(h, perm, m, impl)      out[b, c] = sum_k m[b, k, c] * h[perm[k, b], c]  (Bernoulli mixup)
+    amr_fast::mask_mix(h, perm, m, impl)      out[b, c] = sum_k m[b, k, c] * h[perm[k, b], c]  (Bernoulli mixup;
+                                              m [B, K, *M] broadcast over [C, *S]: CutMix, position masks)
     amr_fast::mix_weight_grad(grad, h, perm, weights, impl)   d out / d w or d m, contracted with grad
 
 `impl` is "torch" (`torch_mix.py`) or "triton" (`triton_mix.py`); the reference lives in `amr_fast.mixing` and
@@ -39,7 +40,7 @@ def simplex_mix_op(h: torch.Tensor, perm: torch.Tensor, w: torch.Tensor, impl: s
 
 @torch.library.custom_op("amr_fast::mask_mix", mutates_args=())
 def mask_mix_op(h: torch.Tensor, perm: torch.Tensor, m: torch.Tensor, impl: str) -> torch.Tensor:
-    """h [B, C, *S], perm [K, B] int64, m [B, K, C] -> [B, C, *S] (arguments already checked)."""
+    """h [B, C, *S], perm [K, B] int64, m [B, K, C] or [B, K, *M] -> [B, C, *S] (arguments already checked)."""
     return _mix(h, perm, m, impl)
 
 
@@ -47,8 +48,8 @@ def mask_mix_op(h: torch.Tensor, perm: torch.Tensor, m: torch.Tensor, impl: str)
 def mix_weight_grad_op(
     grad: torch.Tensor, h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor, impl: str
 ) -> torch.Tensor:
-    """sum over the dims that share a weight of grad[b] * h[perm[k, b]] -> the shape of weights ([B, K] or
-    [B, K, C]), accumulated in fp32."""
+    """sum over the dims that share a weight of grad[b] * h[perm[k, b]] -> the shape of weights ([B, K],
+    [B, K, C] or [B, K, *M]), accumulated in fp32."""
     return _impl_module(impl).weight_grad(grad, h, perm, weights)
 
 

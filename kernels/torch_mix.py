@@ -16,6 +16,10 @@ chunk stay in cache and no K x h temporary exists.
 Extra memory: the output, plus indices and weights (8 K bytes per bag, a few % of h for AMR codes; bounded by
 chunking examples when groups are short, e.g. mask_mix of [B, C] codes), and one chunk of rows in the backward.
 mask_mix on a tensor whose channel is not the outermost dim of a row (channels-last) runs on a contiguous copy.
+
+Masks over positions (or channels and positions, `m [B, K, *M]`) are summed K times in place instead when their
+groups are short (fewer than BAG_MIN elements share a weight: bags that small make embedding_bag slow) or not
+outermost in a row: out = sum_k m_k * h[perm_k], one gathered partner (1x h) at a time, accumulated in fp32.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .layout import empty_out, group_weights, row_layout
+from .layout import empty_out, group_weights, mask_shape, row_layout, ungroup_weights
 
 SEGMENT = 4096  # longest bag: longer rows are cut so both cores get work and a bag stays in L1/L2
+BAG_MIN = 16  # shortest run of elements sharing a weight that a position mask sends through embedding_bag
 CHUNK_ELEMS = 1 << 18  # elements of gathered partners per chunk in the weight gradient (1 MiB in fp32)
 
 
@@ -43,11 +48,14 @@ def mix(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor) -> torch.Ten
     """out[b] = sum_k W[b, k] * h[perm[k, b]]; weights [B, K] (one per example) or [B, K, C] (per channel)."""
     if h.numel() == 0:
         return empty_out(h)
-    lay = row_layout(h, per_channel=weights.dim() == 3)
+    lay = row_layout(h, weights.shape)
+    per_channel = lay.block == (1,) or weights.dim() == 2  # the bags of the AMR / Manifold Mixup mixes
+    if not per_channel and (lay.outer != 1 or lay.inner < BAG_MIN):  # position masks: K passes in place
+        return _mix_in_place(h, perm, weights)
     if lay.outer != 1:  # channels-last mask_mix: a weight per element of the row; mix a contiguous copy
         return empty_out(h).copy_(mix(h.contiguous(), perm, weights))
     B, K = perm.shape[1], perm.shape[0]
-    wg = group_weights(weights)  # [B, K, G]
+    wg = group_weights(weights, lay, h.shape)  # [B, K, G]
     G = wg.shape[2]
     seg = _segments(lay.inner)  # bags per group
     bags, L = G * seg, lay.inner // seg
@@ -74,28 +82,44 @@ def mix(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor) -> torch.Ten
     return out
 
 
+def _mix_in_place(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """out = sum_k m[:, k] * h[perm[k]] with m broadcast over [C, *S]: one gathered partner at a time into a
+    reused buffer, accumulated in fp32 (float64 stays float64)."""
+    acc_dtype = torch.promote_types(h.dtype, torch.float32)
+    m = weights.reshape(*weights.shape[:2], *mask_shape(weights.shape, h.dim())).to(acc_dtype)  # [B, K, *M]
+    acc = torch.empty(h.shape, dtype=acc_dtype, device=h.device)
+    buf = torch.empty(h.shape, dtype=h.dtype, device=h.device)
+    for k in range(perm.shape[0]):
+        hk = torch.index_select(h, 0, perm[k], out=buf)  # [B, C, *S]: the k-th partners
+        if k == 0:
+            torch.mul(m[:, k], hk, out=acc)
+        else:
+            acc.addcmul_(m[:, k], hk)  # fp32 += fp32 * h's dtype
+    return empty_out(h).copy_(acc)
+
+
 def weight_grad(grad: torch.Tensor, h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """grad_w[b, k] = sum_{c,s} grad[b] * h[perm[k, b]] ([B, K]); per channel grad_m[b, k, c] ([B, K, C]).
     Accumulated in fp32, returned in weights' dtype."""
     K, B = perm.shape
-    per_channel = weights.dim() == 3
     if h.numel() == 0:
         return torch.zeros_like(weights)
-    if per_channel and row_layout(h, True).outer != 1:
-        h = h.contiguous()  # channels-last: reduce over the contiguous copy, channels outermost
-    lay = row_layout(h, per_channel)
-    G, L = lay.groups, lay.inner
-    h_rows = lay.rows(h).view(B, G, L)
-    g_rows = lay.rows(grad).view(B, G, L)
+    lay = row_layout(h, weights.shape)
+    if lay.block == (1,) and lay.outer != 1:
+        h = h.contiguous()  # channels-last per-channel mask: reduce over the contiguous copy, channels outermost
+        lay = row_layout(h, weights.shape)
+    O, G, L = lay.outer, lay.groups, lay.inner
+    h_rows = lay.rows(h).view(B, O, G, L)
+    g_rows = lay.rows(grad).view(B, O, G, L)
     acc = torch.promote_types(h.dtype, torch.float32)  # fp32 for half inputs, float64 stays float64
     out = torch.empty(B, K, G, device=h.device, dtype=acc)
-    step = max(1, CHUNK_ELEMS // (K * G * L))
-    buf = h_rows.new_empty(min(B, step) * K, G, L)  # the gathered partners of one chunk, reused
+    step = max(1, CHUNK_ELEMS // (K * lay.row_len))
+    buf = h_rows.new_empty(min(B, step) * K, O, G, L)  # the gathered partners of one chunk, reused
     src_all = perm.t().contiguous().view(-1)  # [B * K], example-major
     for b0 in range(0, B, step):
         b1 = min(B, b0 + step)
         hk = torch.index_select(h_rows, 0, src_all[b0 * K : b1 * K], out=buf[: (b1 - b0) * K])
-        hk = hk.view(b1 - b0, K, G, L).to(acc)  # fp32: accumulate the products in fp32 (no copy for fp32)
-        gb = g_rows[b0:b1, None].to(acc)  # [n, 1, G, L]
-        torch.sum(hk.mul_(gb), dim=3, out=out[b0:b1])
-    return out.view(B, K, G).to(weights.dtype).reshape(weights.shape)
+        hk = hk.view(b1 - b0, K, O, G, L).to(acc)  # fp32: accumulate the products in fp32 (no copy for fp32)
+        gb = g_rows[b0:b1, None].to(acc)  # [n, 1, O, G, L]
+        torch.sum(hk.mul_(gb), dim=(2, 4), out=out[b0:b1])
+    return ungroup_weights(out, lay, weights.shape, h.shape).to(weights.dtype)

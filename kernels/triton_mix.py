@@ -2,7 +2,8 @@
 
     out[b, d] = sum_k W[b, k, g(d)] * h[perm[k, b], d]            g(d) = (d // inner) % G, the group of column d
 
-simplex_mix is the one-group case (G = 1), mask_mix has one group per channel (G = C). h and out are seen as
+simplex_mix is the one-group case (G = 1), mask_mix has one group per channel (G = C), or per position or element
+for masks over positions (`layout.row_layout`: the block of dims the mask varies along). h and out are seen as
 `[B, D]` rows in the output's memory order (`kernels/layout.py`): contiguous and channels-last inputs are used in
 place through that permuted view (the group formula covers both); other strides are copied once to it.
 
@@ -24,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import empty_out, group_weights, row_layout
+from .layout import empty_out, group_weights, row_layout, ungroup_weights
 
 TILE = 4096  # elements per program: enough work per program on a GPU, few programs in the interpreter
 MIN_PROGRAMS = 1024  # the weight-grad reduction splits long rows until it has about this many programs
@@ -44,7 +45,7 @@ def _mix_fwd_kernel(
     stride_perm_k,
     stride_w_b,
     stride_w_k,
-    PER_CHANNEL: tl.constexpr,
+    PER_GROUP: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -52,11 +53,11 @@ def _mix_fwd_kernel(
     cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D] int64: D * B may pass 2^31
     row_ok = rows < B
     tile_ok = row_ok[:, None] & (cols < D)[None, :]
-    grp = (cols // inner) % G  # channel of each column (0 for simplex_mix)
+    grp = (cols // inner) % G  # weight group (channel, position) of each column (0 for simplex_mix)
     acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)  # fp32 accumulator whatever h's dtype
     for k in range(K):
         src = tl.load(perm_ptr + k * stride_perm_k + rows, mask=row_ok, other=0).to(tl.int64)
-        if PER_CHANNEL:  # mask_mix: the weight of each column's channel
+        if PER_GROUP:  # mask_mix: the weight of each column's group
             w_off = rows[:, None] * stride_w_b + k * stride_w_k + grp[None, :]
             wk = tl.load(w_ptr + w_off, mask=tile_ok, other=0.0).to(tl.float32)  # fp32 before arithmetic (bf16)
         else:  # simplex_mix: one weight per row
@@ -116,9 +117,9 @@ def mix(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor) -> torch.Ten
     out = empty_out(h)
     if out.numel() == 0:
         return out
-    lay = row_layout(h, per_channel=weights.dim() == 3)
+    lay = row_layout(h, weights.shape)
     h_rows, out_rows = lay.rows(h), lay.rows(out)  # out_rows is a view: out is dense in this order
-    wg = group_weights(weights).contiguous()  # [B, K, G]
+    wg = group_weights(weights, lay, h.shape).contiguous()  # [B, K, G]
     perm = perm.contiguous()
     K, B = perm.shape
     D = lay.row_len
@@ -127,15 +128,15 @@ def mix(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor) -> torch.Ten
     grid = (triton.cdiv(B, BLOCK_B), triton.cdiv(D, BLOCK_D))
     _mix_fwd_kernel[grid](
         h_rows, perm, wg, out_rows, B, K, D, lay.groups, lay.inner, perm.stride(0), wg.stride(0), wg.stride(1),
-        PER_CHANNEL=weights.dim() == 3, BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D, num_warps=_warps(BLOCK_B * BLOCK_D),
+        PER_GROUP=weights.dim() > 2, BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D, num_warps=_warps(BLOCK_B * BLOCK_D),
     )  # fmt: skip
     return out
 
 
 def weight_grad(grad: torch.Tensor, h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """grad_w [B, K] / grad_m [B, K, C]: per-group dot products of grad[b] and h[perm[k, b]]. One launch."""
+    """grad_w [B, K] / grad_m [B, K, *M]: per-group dot products of grad[b] and h[perm[k, b]]. One launch."""
     K, B = perm.shape
-    lay = row_layout(h, per_channel=weights.dim() == 3)
+    lay = row_layout(h, weights.shape)
     G = lay.groups
     if h.numel() == 0:
         return torch.zeros_like(weights)
@@ -156,4 +157,4 @@ def weight_grad(grad: torch.Tensor, h: torch.Tensor, perm: torch.Tensor, weights
         g_rows, h_rows, perm, gw, K, lay.row_len, G, lay.inner, n_j, chunk_j, B, perm.stride(0),
         BLOCK_G=BLOCK_G, BLOCK_J=BLOCK_J, num_warps=_warps(BLOCK_G * BLOCK_J),
     )  # fmt: skip
-    return gw.sum(0).to(weights.dtype).reshape(weights.shape)
+    return ungroup_weights(gw.sum(0), lay, weights.shape, h.shape).to(weights.dtype)

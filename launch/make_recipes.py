@@ -48,7 +48,8 @@ def recipe(name: str) -> str | None:
     if row is None:
         return None  # builtin data (demo, spiral-*): `amr-fast train --preset NAME` needs no recipe
     _, table, what, shard, data = row
-    method = {"none": "AE+GAN (no mixing)", "mixup": "mixup", "bernoulli": "Bernoulli mixup", "class": "class mixer"}
+    method = {"none": "AE+GAN (no mixing)", "mixup": "mixup", "bernoulli": "Bernoulli mixup", "class": "class mixer",
+              "cutmix": "CutMix of the code grid", "spatial_bernoulli": "per-position Bernoulli"}  # fmt: skip
     kind = "ACAI" if cfg.method == "acai" else "beta-VAE" if cfg.method == "betavae" else method[cfg.mixer]
     code = cfg.code_channels * 16 if cfg.arch == "amr32" else cfg.code_dim
     paper = PRESET_ROWS.get(name)

@@ -3,7 +3,8 @@
 The qualitative figures of AMR (Beckham et al., NeurIPS 2019): reconstructions; 2-way interpolation strips
 `dec(a h1 + (1 - a) h2)` for 10 values of a, with the pixel-space blend `a x1 + (1 - a) x2` underneath for
 comparison (section 4, figures 2 and 4); Bernoulli mixes `dec(m h1 + (1 - m) h2)` with a per-channel mask;
-k = 3 triangle grids over the simplex (figure 3); class-conditional mixes of the supervised mixer (figure 5); and
+k = 3 triangle grids over the simplex (figure 3); class-conditional mixes of the supervised mixer (figure 5);
+spatial mixes (CutMix boxes / per-position masks of the code grid) over the same masks applied to the pixels; and
 for the 2-D spiral toy (supplement, figure 12) a scatter plot of decoded random mixes over the data.
 
 Every mix, in code space and in pixel space, goes through `amr_fast.kernels.simplex_mix` / `mask_mix`: the
@@ -97,11 +98,12 @@ def mix_sources(hs: Sequence[torch.Tensor], w: torch.Tensor, impl: str = "auto")
 
 
 def mask_sources(hs: Sequence[torch.Tensor], m: torch.Tensor, impl: str = "auto") -> torch.Tensor:
-    """sum_j m[:, j, c] * hs[j][:, c]: K aligned batches [N, C, *S], per-channel weights m [N, K, C] -> [N, C, *S]."""
+    """sum_j m[:, j] * hs[j]: K aligned batches [N, C, *S], per-channel weights m [N, K, C] (or any mask_mix mask
+    [N, K, *M], e.g. per position [N, K, 1, *S]) -> [N, C, *S]."""
     k, n = len(hs), hs[0].shape[0]
     h = torch.cat(list(hs))
     perm = _block_perm(k, n, h.device)
-    m_all = m.to(h.device, torch.float32).repeat(k, 1, 1)  # [K N, K, C]
+    m_all = m.to(h.device, torch.float32).repeat(k, *([1] * (m.dim() - 1)))  # [K N, K, *M]
     return kernels.mask_mix(h, perm, m_all.to(h.dtype), impl=impl)[:n]
 
 
@@ -249,6 +251,66 @@ def kway_mixes(
         x_mix = decode(ae, h_mix, cfg).reshape(n, n_mix, *xs.shape[2:])
     grid = torch.cat([xs.transpose(0, 1), x_mix], dim=1)  # [N, K + n_mix, C, H, W]
     return tile(grid)
+
+
+def sample_spatial_masks(
+    mode: str, n: int, k: int, grid: tuple[int, ...], cfg, generator: torch.Generator
+) -> torch.Tensor:
+    """One-hot masks [n, K, *grid] as the trainer draws them: mode "cutmix" (boxes, area ~ Beta(alpha, alpha))
+    or "spatial_bernoulli" (each position from one of K sources, p per mask)."""
+    if mode == "cutmix":
+        return mixing.sample_cutmix_masks(n, k, grid, float(getattr(cfg, "alpha", 1.0)), generator)
+    if mode == "spatial_bernoulli":
+        return mixing.sample_position_bernoulli_masks(n, k, grid, generator, per_example=True)
+    raise ValueError(f"mode must be 'cutmix' or 'spatial_bernoulli'; got {mode!r}")
+
+
+def mask_pictures(masks: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Masks [N, K, *grid] drawn at x's size [N, C, H, W] in [-1, 1], nearest cells: a 2-D grid is stretched over
+    the image, a 1-D grid (a vector code's units) is drawn as vertical bands; source j is grey level 1 - 2j/(K-1)
+    (source 0 white, the last black)."""
+    n, k = masks.shape[:2]
+    src = masks.argmax(dim=1).float()  # [N, *grid]
+    if src.dim() == 2:  # 1-D grid: bands
+        src = src[:, None, :]
+    level = 1 - 2 * src / (k - 1)  # [N, gh, gw]
+    pic = torch.nn.functional.interpolate(level[:, None], size=x.shape[2:], mode="nearest")  # [N, 1, H, W]
+    return pic.expand(n, x.shape[1], *x.shape[2:]).to(x.device)
+
+
+def spatial_mixes(
+    ae: torch.nn.Module, xs: torch.Tensor, cfg, generator: torch.Generator, n_mix: int = 8, mode: str = "cutmix"
+) -> np.ndarray:
+    """Spatial mixing of codes (the AMR paper's section 5 proposal): xs [K, N, C, H, W] are K aligned sets of
+    sources. Per example two rows: the K sources, then n_mix decoded mixes dec(sum_j m_j h_j) with masks over the
+    code grid (`sample_spatial_masks`; k = 2: sorted by the partner's area); under each mix the same mask applied
+    to the pixels (nearest upsampling of the grid: the boxes are visible as pasted regions), or, for a vector code,
+    the mask itself (`mask_pictures`)."""
+    ae = unwrap(ae)
+    impl = getattr(cfg, "impl", "auto")
+    k, n = xs.shape[0], xs.shape[1]
+    with inference(ae):
+        dev = _device(ae)
+        xs = to_unit(xs).to(dev)
+        hs = [ae.encode(xs[j]).repeat_interleave(n_mix, 0) for j in range(k)]  # K x [N n_mix, C, *S]
+        grid = mixing.code_grid(tuple(hs[0].shape[1:]))
+        masks = sample_spatial_masks(mode, n * n_mix, k, grid, cfg, generator).to(dev)  # [N n_mix, K, *grid]
+        if k == 2:  # along each row the partner's share grows
+            area = masks[:, 1].flatten(1).sum(1).view(n, n_mix)
+            order = (area.argsort(dim=1) + torch.arange(n, device=dev)[:, None] * n_mix).flatten()
+            masks = masks[order]
+        h_mix = mask_sources(hs, mixing.position_mask(masks, hs[0]), impl)
+        x_mix = decode(ae, h_mix, cfg)  # [N n_mix, C, H, W]
+        x_src = [xs[j].repeat_interleave(n_mix, 0) for j in range(k)]
+        if len(grid) == 2:  # the same boxes in pixel space
+            up = torch.nn.functional.interpolate(masks.float(), size=xs.shape[3:], mode="nearest")  # [.., K, H, W]
+            under = mask_sources(x_src, up[:, :, None], impl)
+        else:
+            under = mask_pictures(masks, x_mix)
+    blank = torch.ones(n, k, *xs.shape[2:], device=dev)  # white tiles under the sources
+    top = torch.cat([xs.transpose(0, 1), x_mix.view(n, n_mix, *xs.shape[2:])], dim=1)
+    bottom = torch.cat([blank, under.view(n, n_mix, *xs.shape[2:])], dim=1)
+    return tile(torch.stack([top, bottom], dim=1).flatten(0, 1))  # [2N, K + n_mix, C, H, W]
 
 
 def simplex_points(steps: int) -> list[tuple[int, int, torch.Tensor]]:
@@ -406,9 +468,10 @@ def training_grid(
 ) -> np.ndarray:
     """`samples-<kimg>.png` of a run: reconstructions of up to 8 images, then the run's own kind of mixes
     (cfg.mixer, cfg.k): interpolation strips with the pixel blend (mixup k = 2 and the AE+GAN baseline),
-    Bernoulli strips (bernoulli k = 2), a triangle grid (k = 3) and random k-way mixes (k > 3), class-conditional
-    mixes when `mixer` and labels `y` are given (cfg.mixer == "class"). For the spiral toy (cfg.arch == "mlp",
-    x [N, 2] or [N, 2, 1, 1] points) the spiral scatter plot. x: uint8 or [-1, 1] images [N, C, H, W].
+    Bernoulli strips (bernoulli k = 2), spatial mixes over their pixel-space boxes (cutmix, spatial_bernoulli),
+    a triangle grid (k = 3) and random k-way mixes (k > 3), class-conditional mixes when `mixer` and labels `y`
+    are given (cfg.mixer == "class"). For the spiral toy (cfg.arch == "mlp", x [N, 2] or [N, 2, 1, 1] points) the
+    spiral scatter plot. x: uint8 or [-1, 1] images [N, C, H, W].
     Returns uint8 [H, W, C]."""
     if getattr(cfg, "arch", "") == "mlp" or x.dim() == 2:
         x_rec, x_mix = spiral_mixes(ae, x, cfg, generator)
@@ -428,6 +491,9 @@ def training_grid(
             panels.append(class_mixes(ae, mixer, x_a[i : i + 1], x_b[i : i + 1], y_mix[i], cfg))
     elif kind == "bernoulli" and k == 2:
         panels.append(bernoulli_strips(ae, x_a, x_b, cfg, generator))
+    elif kind in ("cutmix", "spatial_bernoulli") and n >= k:
+        xs = torch.stack([x.roll(-j * max(1, n // k), 0)[: min(half, 4)] for j in range(k)])  # [K, N', C, H, W]
+        panels.append(spatial_mixes(ae, xs, cfg, generator, n_mix=8, mode=kind))
     elif k == 3 and kind in ("mixup", "bernoulli") and n >= 3:
         panels.append(triangle_grid(ae, x[:3], cfg, steps=6, mode=kind, generator=generator))
     elif k > 3 and kind in ("mixup", "bernoulli") and n >= k:

@@ -8,7 +8,10 @@ Beckham et al., NeurIPS 2019, section 2 and figures 2-4):
 - `bernoulli`: per-channel Bernoulli masks switching channels from the first to the second image along the strip;
 - `kway`: three images -> the triangle over the simplex (figure 3, `--steps` rows); four or more -> random
   Dirichlet(1) mixes of all of them (`--steps` mixes per row); `kway-bernoulli` the same with one-hot
-  per-channel masks.
+  per-channel masks;
+- `cutmix` / `spatial-bernoulli`: spatial mixing of the code grid (boxes / per-position masks) between
+  consecutive images (three or more images: all of them, k-way), `--steps` random masks per row with the same
+  mask applied to the pixels under each decoded mix.
 
 Example:
     amr-fast mix runs/fmnist-mixup/snapshot-0000200.000.safetensors shoe.jpg shirt.png --out mix.png --steps 10
@@ -26,11 +29,20 @@ from PIL import Image, ImageOps
 from amr_fast.checkpoint import load_networks
 from amr_fast.eval import grids
 
-MODES = ("mixup", "bernoulli", "kway", "kway-bernoulli")
+MODES = ("mixup", "bernoulli", "kway", "kway-bernoulli", "cutmix", "spatial-bernoulli")
+
+
+def fit_image(img: Image.Image, size: int, channels: int) -> torch.Tensor:
+    """A PIL image -> uint8 [channels, size, size]: EXIF orientation, grey ("L") or RGB, centre crop to a square,
+    Lanczos resize (what `amr-fast mix` and `amr-fast explore` do to any image)."""
+    img = ImageOps.exif_transpose(img).convert("L" if channels == 1 else "RGB")
+    img = ImageOps.fit(img, (size, size), method=Image.Resampling.LANCZOS)
+    a = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(a.reshape(size, size, channels).transpose(2, 0, 1).copy())
 
 
 def load_images(paths: list[str | Path], size: int, channels: int) -> torch.Tensor:
-    """Image files -> uint8 [N, channels, size, size]: grey ("L") or RGB, centre crop to square, Lanczos resize."""
+    """Image files -> uint8 [N, channels, size, size] (`fit_image`)."""
     if channels not in (1, 3):
         raise ValueError(f"the model takes {channels}-channel inputs; mix works with grey (1) or RGB (3) models")
     out = []
@@ -40,14 +52,11 @@ def load_images(paths: list[str | Path], size: int, channels: int) -> torch.Tens
             raise FileNotFoundError(f"image {p} does not exist")
         try:
             with Image.open(p) as img:
-                img = ImageOps.exif_transpose(img).convert("L" if channels == 1 else "RGB")
-                img = ImageOps.fit(img, (size, size), method=Image.Resampling.LANCZOS)
+                out.append(fit_image(img, size, channels))
         except OSError as err:
             raise ValueError(
                 f"cannot read {p} as an image ({err}); pass PNG, JPEG or another format PIL reads"
             ) from err
-        a = np.asarray(img, dtype=np.uint8)
-        out.append(torch.from_numpy(a.reshape(size, size, channels).transpose(2, 0, 1).copy()))
     return torch.stack(out)
 
 
@@ -67,6 +76,9 @@ def mix_images(
     ae = nets["ae"]
     x = load_images(paths, cfg.img_size, cfg.channels)
     g = torch.Generator().manual_seed(seed)
+    if mode in ("cutmix", "spatial-bernoulli"):
+        xs = torch.stack([x[:-1], x[1:]]) if len(x) == 2 else x[:, None]  # pairs, or one k-way row
+        return grids.spatial_mixes(ae, xs, cfg, g, n_mix=steps, mode=mode.replace("-", "_"))
     if mode in ("mixup", "bernoulli") or len(x) == 2:
         x_a, x_b = x[:-1], x[1:]  # consecutive pairs
         if mode == "bernoulli":
@@ -86,7 +98,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--mode",
         default="mixup",
         choices=MODES,
-        help="mixup / bernoulli: strips between consecutive images; kway: triangle (3 images) or random k-way mixes",
+        help="mixup / bernoulli: strips between consecutive images; kway: triangle (3 images) or random k-way "
+        "mixes; cutmix / spatial-bernoulli: boxes / per-position masks of the code grid, with the pixel-space mask",
     )
     parser.add_argument("--steps", type=int, default=10, help="strip length, triangle rows, or k-way mixes per row")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random masks / weights")

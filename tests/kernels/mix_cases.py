@@ -21,8 +21,27 @@ TOLERANCES = {
 LAYOUTS = ("contiguous", "channels_last", "strided")
 
 
+MASK_KINDS = ("mask", "mask_pos", "mask_full", "mask_gap")  # per channel; per position; per element; C and W only
+
+
+def weight_shape(B: int, C: int, S: tuple[int, ...], K: int, kind: str) -> tuple[int, ...]:
+    """w [B, K] (simplex); m [B, K, C] (mask), [B, K, 1, *S] (mask_pos), [B, K, C, *S] (mask_full), and
+    [B, K, C, 1, .., S[-1]] (mask_gap: varies along dims that are not next to each other in memory)."""
+    if kind == "simplex":
+        return (B, K)
+    if kind == "mask":
+        return (B, K, C)
+    if kind == "mask_pos":
+        return (B, K, 1, *S)
+    if kind == "mask_full":
+        return (B, K, C, *S)
+    if kind == "mask_gap":
+        return (B, K, C, *([1] * (len(S) - 1)), *S[-1:])
+    raise ValueError(kind)
+
+
 def make_case(B: int, C: int, S: tuple[int, ...], K: int, kind: str, dtype: torch.dtype, layout: str, seed: int = 0):
-    """h [B, C, *S] in `layout`, perm [K, B] (row 0 the identity), weights [B, K] or [B, K, C], a grad for out."""
+    """h [B, C, *S] in `layout`, perm [K, B] (row 0 the identity), weights (`weight_shape`), a grad for out."""
     g = torch.Generator().manual_seed(seed)
     shape = (B, C, *S)
     if layout == "strided":  # every other channel of a wider tensor: not dense, so the fast paths copy it once
@@ -33,7 +52,7 @@ def make_case(B: int, C: int, S: tuple[int, ...], K: int, kind: str, dtype: torc
         h = torch.randn(shape, generator=g)
     h = h.to(dtype)
     perm = torch.stack([torch.arange(B)] + [torch.randperm(B, generator=g) for _ in range(K - 1)])
-    wshape = (B, K) if kind == "simplex" else (B, K, C)
+    wshape = weight_shape(B, C, S, K, kind)
     weights = torch.rand(wshape, generator=g)
     grad = torch.randn(shape, generator=g).to(dtype)
     if layout == "strided":
@@ -52,7 +71,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
 def check_against_ref(impl: str, B, C, S, K, kind, dtype, layout, device: str = "cpu") -> None:
     """Forward (values, dtype, strides) and backward (h and w / m) of `impl` equal those of "ref"."""
     h, perm, weights, grad = (t.to(device) for t in make_case(B, C, S, K, kind, dtype, layout))
-    op = kernels.simplex_mix if kind == "simplex" else kernels.mask_mix
+    op = kernels.simplex_mix if kind == "simplex" else kernels.mask_mix  # every mask kind
     results = {}
     for name in ("ref", impl):
         hh = h.detach().clone().requires_grad_(True)  # clone keeps h's strides
@@ -86,9 +105,9 @@ def shape_grid(full: bool = True):
     return cases if full else cases[::4]
 
 
-def assert_deterministic_backward(impl: str, B: int, C: int, S: tuple[int, ...], K: int):
+def assert_deterministic_backward(impl: str, B: int, C: int, S: tuple[int, ...], K: int, kind: str = "mask"):
     """Two backward passes of mask_mix give bit-identical grads (a gather, no atomics). Returns (h, perm, m)."""
-    h, perm, m, grad = make_case(B, C, S, K, "mask", torch.float32, "contiguous")
+    h, perm, m, grad = make_case(B, C, S, K, kind, torch.float32, "contiguous")
     grads = []
     for _ in range(2):
         hh, mm = h.clone().requires_grad_(True), m.clone().requires_grad_(True)

@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mix_cases import LAYOUTS, TOLERANCES, assert_deterministic_backward, check_against_ref, make_case, shape_grid
+from mix_cases import (
+    LAYOUTS,
+    MASK_KINDS,
+    TOLERANCES,
+    assert_deterministic_backward,
+    check_against_ref,
+    make_case,
+    shape_grid,
+)
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from amr_fast import kernels, mixing
@@ -26,6 +34,41 @@ def test_torch_matches_ref_fp32(B, C, S, K, kind):
 @pytest.mark.parametrize(("B", "C", "S", "K"), [(5, 3, (4, 5), 3), (64, 2, (3, 7), 8), (1, 3, (2, 2), 2)])
 def test_torch_matches_ref_layouts_and_dtypes(B, C, S, K, kind, dtype, layout):
     check_against_ref("torch", B, C, S, K, kind, dtype, layout)
+
+
+@pytest.mark.parametrize("kind", MASK_KINDS[1:])
+@pytest.mark.parametrize(("B", "C", "S", "K"), shape_grid(full=False))
+def test_torch_position_masks_match_ref_fp32(B, C, S, K, kind):
+    """Masks over positions / channels and positions ([B, K, 1, *S], [B, K, C, *S], [B, K, C, 1, W])."""
+    check_against_ref("torch", B, C, S, K, kind, torch.float32, "contiguous")
+
+
+@pytest.mark.parametrize("kind", MASK_KINDS[1:])
+@pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(("B", "C", "S", "K"), [(5, 3, (4, 5), 3), (7, 20, (3, 6), 2), (1, 3, (2, 2), 8)])
+def test_torch_position_masks_layouts_and_dtypes(B, C, S, K, kind, dtype, layout):
+    """C = 20 channels-last: groups of >= BAG_MIN elements go through embedding_bag, the rest mix in place."""
+    check_against_ref("torch", B, C, S, K, kind, dtype, layout)
+
+
+def test_position_mask_mixes_positions_not_channels():
+    """A CutMix mask [B, 2, 1, H, W]: inside the box every channel comes from the partner, outside from self."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(6, 3, 4, 4, generator=g)
+    perm = mixing.sample_perm(2, 6, g)
+    m = mixing.position_mask(mixing.sample_cutmix_masks(6, 2, (4, 4), 1.0, g), h)  # [6, 2, 1, 4, 4]
+    for impl in ("ref", "torch"):
+        out = kernels.mask_mix(h, perm, m, impl=impl)
+        box = m[:, 1].bool().expand_as(h)  # [6, 1, 4, 4] -> every channel
+        torch.testing.assert_close(out[box], h[perm[1]][box])
+        torch.testing.assert_close(out[~box], h[~box])
+
+
+def test_bad_mask_shape_names_the_broadcast_form():
+    h, perm = torch.randn(5, 3, 4, 4), torch.stack([torch.arange(5), torch.arange(5).flip(0)])
+    with pytest.raises(ValueError, match=r"or \[B, K, \*M\] with M each 1 or \[3, 4, 4\]"):
+        kernels.mask_mix(h, perm, torch.rand(5, 2, 1, 4, 3))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -48,7 +91,7 @@ def test_labels_mix_like_hidden_states(impl):
     torch.testing.assert_close(y_mix.sum(1), torch.ones(4))
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + MASK_KINDS[1:])
 def test_torch_gradcheck_float64(kind):
     h, perm, weights, _ = make_case(5, 3, (2,), 3, kind, torch.float64, "contiguous")
     op = kernels.simplex_mix if kind == "simplex" else kernels.mask_mix
@@ -56,8 +99,9 @@ def test_torch_gradcheck_float64(kind):
     assert torch.autograd.gradcheck(lambda a, b: op(a, perm, b, impl="torch"), args)
 
 
-def test_backward_is_deterministic():
-    assert_deterministic_backward("torch", 64, 3, (4, 5), 5)
+@pytest.mark.parametrize("kind", ("mask", "mask_pos"))
+def test_backward_is_deterministic(kind):
+    assert_deterministic_backward("torch", 64, 3, (4, 5), 5, kind)
 
 
 def test_auto_runs_torch_on_cpu_and_explicit_triton_explains():
@@ -91,9 +135,10 @@ def test_bad_input_names_argument_and_shape(impl):
         kernels.simplex_mix(h, torch.zeros(2, 5, dtype=torch.int64), w, impl=impl)
 
 
-@pytest.mark.parametrize("op_name", ("simplex_mix_op", "mask_mix_op"))
-def test_opcheck(op_name):
-    kind = "simplex" if op_name.startswith("simplex") else "mask"
+@pytest.mark.parametrize(
+    ("op_name", "kind"), [("simplex_mix_op", "simplex"), ("mask_mix_op", "mask"), ("mask_mix_op", "mask_pos")]
+)
+def test_opcheck(op_name, kind):
     h, perm, weights, grad = make_case(5, 3, (4,), 3, kind, torch.float32, "contiguous")
     op = getattr(kernels.ops, op_name)
     torch.library.opcheck(op, (h.requires_grad_(), perm, weights.requires_grad_(), "torch"))

@@ -27,6 +27,14 @@ CASES = [  # (B, C, S, K, kind, dtype, layout)
     (3, 3, (2, 3), 7, "mask", torch.float16, "contiguous"),
     (5, 1, (4,), 6, "simplex", torch.bfloat16, "strided"),
     (2, 3, (700,), 2, "simplex", torch.float32, "contiguous"),  # rows > 1024: the weight grad splits each row
+    # masks over positions ([B, K, 1, *S]), every element ([B, K, C, *S]), channels and W only ([B, K, C, 1, W])
+    (5, 3, (4, 5), 3, "mask_pos", torch.float32, "contiguous"),
+    (4, 3, (3, 2), 2, "mask_pos", torch.bfloat16, "channels_last"),
+    (3, 2, (7,), 5, "mask_pos", torch.float16, "strided"),
+    (5, 3, (2, 3), 4, "mask_full", torch.float32, "channels_last"),
+    (1, 1, (), 2, "mask_full", torch.float32, "contiguous"),
+    (3, 3, (2, 5), 3, "mask_gap", torch.float16, "contiguous"),
+    (2, 3, (3, 4), 8, "mask_gap", torch.float32, "channels_last"),
 ]
 
 
@@ -36,5 +44,6 @@ def test_triton_matches_ref(B, C, S, K, kind, dtype, layout):
 
 
 def test_triton_backward_is_deterministic_and_opcheck_passes():
-    h, perm, m = assert_deterministic_backward("triton", 5, 3, (2,), 3)
-    torch.library.opcheck(kernels.ops.mask_mix_op, (h.requires_grad_(), perm, m.requires_grad_(), "triton"))
+    for kind in ("mask", "mask_pos"):
+        h, perm, m = assert_deterministic_backward("triton", 5, 3, (2,), 3, kind)
+        torch.library.opcheck(kernels.ops.mask_mix_op, (h.requires_grad_(), perm, m.requires_grad_(), "triton"))
