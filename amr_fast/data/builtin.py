@@ -3,7 +3,8 @@
 `resolve_data_root(data, subset)` turns a config's `data` into a dataset directory: a path is taken as it is;
 "builtin:dsprites-procedural" and "builtin:spiral" are rendered by `make_shards` into `$AMR_FAST_CACHE` (default
 `~/.cache/amr_fast`) by the main process while the others wait (the index is written last, so a half-written
-cache entry is regenerated).
+cache entry is regenerated). Separate runs started together (e.g. two seeds) generate a cache entry once: the
+first takes a lock beside it, the others wait for it and then find the index.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from amr_fast.data.remote import local_path
+from amr_fast.data.remote import file_lock, local_path
 from amr_fast.data.write import make_shards
 
 # Training-set size when the config's subset is 0 (the full dSprites grid is 737k images, far more than a CPU
@@ -40,6 +41,9 @@ def resolve_data_root(
     subset = subset or BUILTIN_TRAIN_SIZE[name]
     root = cache_dir() / f"{name}-{subset or 'all'}"
     if is_main and not (root / "index.json").exists():
-        make_shards(name, None, root, subset=subset, seed=0)  # index.json is written last
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(root.parent / f".{root.name}.lock"):  # another run may be generating it right now
+            if not (root / "index.json").exists():
+                make_shards(name, None, root, subset=subset, seed=0)  # index.json is written last
     wait()
     return root
