@@ -233,6 +233,31 @@ def resolve_data_root(cfg, is_main: bool, wait: Callable[[], None]) -> Path:
     return root
 
 
+def grid_images(root: Path, split: str, num_samples: int, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The n images of samples-*.png: evenly spaced over the split (splits may be sorted by class, e.g. dSprites'
+    valid), dealt round-robin over their labels so that the first three (the k = 3 triangle) and the pairs
+    (i, i + n/2) of the strips mix different classes where the split has them. -> (x [n, ...], y [n])."""
+    from amr_fast import data as amr_data
+
+    want = set(torch.linspace(0, max(num_samples - 1, 0), n).round().long().tolist())
+    xs, ys, seen = [], [], 0
+    for b in amr_data.eval_loader(root, split, 256, rank=0, world_size=1):
+        for i in range(len(b["y"])):
+            if seen + i in want:
+                xs.append(b["x"][i])
+                ys.append(int(b["y"][i]))
+        seen += len(b["y"])
+        if seen > max(want):
+            break
+    by_label: dict[int, list[int]] = {}
+    for i, label in enumerate(ys):
+        by_label.setdefault(label, []).append(i)
+    queues, order = list(by_label.values()), []
+    while any(queues):
+        order += [q.pop(0) for q in queues if q]
+    return torch.stack([xs[i] for i in order]), torch.tensor([ys[i] for i in order])
+
+
 @torch.no_grad()
 def probe_accuracy(ae, probe, root: Path, split: str, batch: int, device, rank: int, world_size: int, autocast):
     """Exact accuracy of the online probe on a whole split: each rank classifies its share, counts are summed."""
@@ -383,8 +408,7 @@ def training_loop(
     if is_main:
         grid_split = next((s for s in ("valid", "test", "train") if s in splits), None)
         if grid_split is not None:
-            first = next(iter(amr_data.eval_loader(root, grid_split, 16, rank=0, world_size=1)))
-            grid_x, grid_y = first["x"][:8].to(device), first["y"][:8].to(device)
+            grid_x, grid_y = (t.to(device) for t in grid_images(root, grid_split, splits[grid_split]["num_samples"]))
     collector = stats.Collector(outdir / "stats.jsonl", device, rank, world, log=say, status_keys=STATUS_KEYS)
 
     stop_signal = {"flag": False}

@@ -291,6 +291,14 @@ def test_two_processes_keep_ranks_identical_and_match_one_process(shards, tmp_pa
         torch.testing.assert_close(g2[key], g1[key], rtol=1e-3, atol=1e-5, msg=key)
 
 
+def test_grid_images_are_spread_over_the_split_with_the_labels_interleaved(shards):
+    n = json.loads((shards / "index.json").read_text())["splits"]["valid"]["num_samples"]
+    x, y = train.grid_images(shards, "valid", n)  # dSprites' valid split is sorted by grid index, i.e. by shape
+    assert x.shape == (8, 1, 16, 16) and x.dtype == torch.uint8
+    assert sorted(y[:3].tolist()) == [0, 1, 2]  # the k = 3 triangle mixes the three shapes
+    assert all(y[i] != y[i + 4] for i in range(4))  # each strip (i, i + 4) mixes two shapes
+
+
 def test_world_size_mismatch_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="--multi_gpu --num_processes"):
