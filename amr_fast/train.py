@@ -210,7 +210,7 @@ def _fmt_time(seconds: float) -> str:
 
 # Generated datasets ("builtin:NAME"): training-set size when cfg.subset is 0 (the full dSprites grid is 737k images,
 # far more than a CPU demo sees), None = everything the generator makes.
-BUILTIN_TRAIN_SIZE = {"dsprites-procedural": 20_000, "spiral": None}
+BUILTIN_TRAIN_SIZE = {"dsprites-procedural": 20_000, "dsprites-procedural-large": 20_000, "spiral": None}
 
 
 def resolve_data_root(cfg, is_main: bool, wait: Callable[[], None]) -> Path:
@@ -540,8 +540,15 @@ def training_loop(
             "last_valid_acc": loop["valid_acc"],
         },
         "nonfinite_steps": loop["nonfinite_total"],
+        "time": loop["time"],
+        "img_per_s": loop["nimg"] / loop["time"] if loop["time"] > 0 else None,
     }
-    if not stopped and is_main and cfg.arch == "dsprites64" and cfg.data.startswith("builtin:"):
+    if not stopped and is_main and cfg.arch != "mlp" and "valid" in splits:
+        from amr_fast.eval.cli import recon_error
+
+        summary["recon"] = recon_error(ae, cfg, root, "valid", device, limit=5000)
+        ae.train()
+    if not stopped and is_main and cfg.arch == "dsprites64" and cfg.data.startswith("builtin:dsprites"):
         summary["factorvae"] = _factorvae(ae, cfg, device)
     for line in summary_lines(summary):
         say(line)
@@ -562,10 +569,21 @@ def summary_lines(summary: dict) -> list[str]:
             f"online probe:    best valid acc {probe['best_valid_acc']:.4f} at {probe['best_kimg']:.3f} kimg, last "
             f"{probe['last_valid_acc']:.4f}; test acc at the best {test}"
         )
+    if summary.get("recon"):
+        r = summary["recon"]
+        lines.append(
+            f"recon error:     mean |x_rec - x| {r['l1']:.4f}, MSE {r['mse']:.4f} "
+            f"({r['n']} {r['split']} images, pixels in [-1, 1])"
+        )
     if summary.get("factorvae"):
         lines.append(
             f"FactorVAE score: {summary['factorvae']['score']:.3f} (Kim & Mnih, all 5 dSprites factors, "
             f"{summary['factorvae']['n_train']}+{summary['factorvae']['n_eval']} votes; chance 0.2)"
+        )
+    if summary.get("img_per_s"):
+        lines.append(
+            f"training time:   {_fmt_time(summary['time'])} for {summary['kimg']:g} kimg, "
+            f"{summary['img_per_s']:.0f} img/s (probes and snapshots included)"
         )
     if summary["stopped"]:
         lines.append("stopped early by a signal: re-run the same command to resume")
@@ -601,14 +619,7 @@ def _write_snapshot(outdir: Path, nets, cfg, loop: dict, grid_x, grid_y, device,
 def _factorvae(ae, cfg, device) -> dict | None:
     """Kim & Mnih's FactorVAE score of the trained encoder on freshly rendered procedural dSprites, if the
     metric and the renderer are available in this build (a shorter vote count than the paper: a quick figure)."""
-    import numpy as np
-
-    from amr_fast.data import procedural
-    from amr_fast.eval.disentangle import DSPRITES_SIZES, ProductFactors, factorvae_score
-
-    def render(classes: np.ndarray) -> torch.Tensor:  # [n, 5] (shape, scale, orientation, posX, posY)
-        with_color = np.concatenate([np.zeros((len(classes), 1), np.int64), classes], axis=1)
-        return torch.from_numpy(procedural.render_dsprites(procedural.dsprites_index(with_color), cfg.img_size))
+    from amr_fast.eval.disentangle import factorvae_score, procedural_dsprites
 
     ae.eval()
 
@@ -618,7 +629,8 @@ def _factorvae(ae, cfg, device) -> dict | None:
         x = x.float().div(127.5).sub(1.0) if x.dtype == torch.uint8 else x.float()
         return ae.encode(x).flatten(1)
 
-    score = factorvae_score(encode, ProductFactors(DSPRITES_SIZES, render), seed=0, n_train=200, n_eval=200, n_std=2000)
+    sampler = procedural_dsprites(cfg.img_size, cfg.data.split(":", 1)[1])  # the run's own sprites
+    score = factorvae_score(encode, sampler, seed=0, n_train=200, n_eval=200, n_std=2000)
     ae.train()
     return {"score": score.score, "n_train": 200, "n_eval": 200}
 

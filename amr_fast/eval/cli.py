@@ -85,8 +85,10 @@ def factor_sampler(index: dict, cfg, pool: int, seed: int = 0):
             "(e.g. data=builtin:dsprites-procedural); use --metrics probe,recon"
         )
     keep = [i for i, n in enumerate(names) if n != "color"]
-    if index.get("name") == "dsprites-procedural":
-        return dis.procedural_dsprites(int(index.get("image_size") or cfg.img_size))
+    from amr_fast.data.procedural import DSPRITES_STYLES
+
+    if index.get("name") in DSPRITES_STYLES:
+        return dis.procedural_dsprites(int(index.get("image_size") or cfg.img_size), index["name"])
     from amr_fast import data as amr_data
 
     xs, fcs, n = [], [], 0
