@@ -352,8 +352,8 @@ def _build_presets() -> dict[str, TrainConfig]:
     #   with 0.2 the decoded mixes are sprites that move and change between the sources.
     # - probe_lr 1e-3 (1e-4): the online probe follows the changing code (an offline probe scores the same).
     p["demo"] = replace(dsprites, data="builtin:dsprites-procedural-large", mixer="mixup", k=3, width=16,
-                        disc_width=16, lamb=0.2, lr=2e-3, batch=32, ae_every=1, probe_lr=1e-3, total_kimg=150,
-                        tick_kimg=10, snapshot_kimg=50, state_kimg=50, probe_kimg=25)  # fmt: skip
+                        disc_width=16, lamb=0.2, lr=2e-3, batch=32, ae_every=1, probe_lr=1e-3, total_kimg=160,
+                        tick_kimg=8, snapshot_kimg=40, state_kimg=40, probe_kimg=20)  # fmt: skip
     return {name: cfg.validate() for name, cfg in p.items()}
 
 
