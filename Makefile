@@ -15,6 +15,8 @@ $(BIN)/amr-fast: pyproject.toml
 
 demo: $(BIN)/amr-fast
 	$(BIN)/amr-fast train --preset demo --outdir runs/demo
+	$(BIN)/amr-fast mix $$(ls runs/demo/snapshot-*.safetensors | tail -n 1) docs/demo-ellipse.png docs/demo-square.png \
+		--out runs/demo/mix.png
 
 test: $(BIN)/amr-fast
 	$(BIN)/python -m pytest -q tests

@@ -46,18 +46,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from amr_fast import checkpoint, models, stats
 from amr_fast import data as amr_data
 from amr_fast.config import PRESETS, TrainConfig, preset_line, probe_adam_args
-from amr_fast.data import procedural
 from amr_fast.eval import grids
-from amr_fast.eval.disentangle import DSPRITES_SIZES, ProductFactors, factorvae_score
+from amr_fast.eval.cli import recon_error
+from amr_fast.eval.disentangle import factorvae_score, procedural_dsprites
 from amr_fast.losses import AMRLoss
-from amr_fast.run import LoopState, Run, config_from_args, configure_run_parser, due, step_status
+from amr_fast.run import LoopState, Run, config_from_args, configure_run_parser, due, fmt_time, step_status
 
 STATUS_KEYS = (
     "kimg", "time", "sec/tick", "img/s", "loss/ae", "loss/recon", "loss/disc", "probe/acc", "nonfinite", "data/skipped"
@@ -251,7 +250,7 @@ def training_loop(
         stopped = stop and not run.finished  # a signal during the last step: finished anyway
         if stopped:  # save where we are (mid-tick stats are dropped) and exit cleanly
             run.stop(save_state)
-    return _summary(run, nets["ae"], stopped)
+    return _summary(run, nets["ae"], stopped, root, splits)
 
 
 def _micro_batches(cfg: TrainConfig, world: int) -> tuple[int, int]:
@@ -299,8 +298,30 @@ def _grid_batch(root: Path, splits: dict, run: Run) -> tuple[torch.Tensor, torch
     grid_split = next((s for s in ("valid", "test", "train") if s in splits), None)
     if not run.is_main or grid_split is None:
         return None
-    first = next(iter(amr_data.eval_loader(root, grid_split, 16, rank=0, world_size=1)))
-    return first["x"][:8].to(run.device), first["y"][:8].to(run.device)
+    return tuple(t.to(run.device) for t in grid_images(root, grid_split, splits[grid_split]["num_samples"]))
+
+
+def grid_images(root: Path, split: str, num_samples: int, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The n images of samples-*.png: evenly spaced over the split (splits may be sorted by class, e.g. dSprites'
+    valid), dealt round-robin over their labels so that the first three (the k = 3 triangle) and the pairs
+    (i, i + n/2) of the strips mix different classes where the split has them. -> (x [n, ...], y [n])."""
+    want = set(torch.linspace(0, max(num_samples - 1, 0), n).round().long().tolist())
+    xs, ys, seen = [], [], 0
+    for b in amr_data.eval_loader(root, split, 256, rank=0, world_size=1):
+        for i in range(len(b["y"])):
+            if seen + i in want:
+                xs.append(b["x"][i])
+                ys.append(int(b["y"][i]))
+        seen += len(b["y"])
+        if seen > max(want):
+            break
+    by_label: dict[int, list[int]] = {}
+    for i, label in enumerate(ys):
+        by_label.setdefault(label, []).append(i)
+    queues, order = list(by_label.values()), []
+    while any(queues):
+        order += [q.pop(0) for q in queues if q]
+    return torch.stack([xs[i] for i in order]), torch.tensor([ys[i] for i in order])
 
 
 @torch.no_grad()
@@ -361,7 +382,7 @@ def _write_snapshot(run: Run, nets: dict[str, torch.nn.Module], grid: tuple | No
     nets["ae"].train()
 
 
-def _summary(run: Run, ae: torch.nn.Module, stopped: bool) -> dict:
+def _summary(run: Run, ae: torch.nn.Module, stopped: bool, root: Path, splits: dict) -> dict:
     """The run's summary (returned on every rank; rank 0 prints where its outputs are)."""
     s, cfg = run.state, run.cfg
     summary = {
@@ -377,8 +398,13 @@ def _summary(run: Run, ae: torch.nn.Module, stopped: bool) -> dict:
             "last_valid_acc": s.valid_acc,
         },
         "nonfinite_steps": s.nonfinite_total,
+        "time": s.time,
+        "img_per_s": s.nimg / s.time if s.time > 0 else None,
     }
-    if not stopped and run.is_main and cfg.arch == "dsprites64" and cfg.data.startswith("builtin:"):
+    if not stopped and run.is_main and cfg.arch != "mlp" and "valid" in splits:
+        summary["recon"] = recon_error(ae, cfg, root, "valid", run.device, limit=5000)
+        ae.train()
+    if not stopped and run.is_main and cfg.arch == "dsprites64" and cfg.data.startswith("builtin:dsprites"):
         summary["factorvae"] = _factorvae(ae, cfg, run.device)
     for line in summary_lines(summary):
         run.say(line)
@@ -399,10 +425,21 @@ def summary_lines(summary: dict) -> list[str]:
             f"online probe:    best valid acc {probe['best_valid_acc']:.4f} at {probe['best_kimg']:.3f} kimg, last "
             f"{probe['last_valid_acc']:.4f}; test acc at the best {test}"
         )
+    if summary.get("recon"):
+        r = summary["recon"]
+        lines.append(
+            f"recon error:     mean |x_rec - x| {r['l1']:.4f}, MSE {r['mse']:.4f} "
+            f"({r['n']} {r['split']} images, pixels in [-1, 1])"
+        )
     if summary.get("factorvae"):
         lines.append(
             f"FactorVAE score: {summary['factorvae']['score']:.3f} (Kim & Mnih, all 5 dSprites factors, "
             f"{summary['factorvae']['n_train']}+{summary['factorvae']['n_eval']} votes; chance 0.2)"
+        )
+    if summary.get("img_per_s"):
+        lines.append(
+            f"training time:   {fmt_time(summary['time'])} for {summary['kimg']:g} kimg, "
+            f"{summary['img_per_s']:.0f} img/s (probes and snapshots included)"
         )
     if summary["stopped"]:
         lines.append("stopped early by a signal: re-run the same command to resume")
@@ -412,18 +449,14 @@ def summary_lines(summary: dict) -> list[str]:
 def _factorvae(ae, cfg, device) -> dict | None:
     """Kim & Mnih's FactorVAE score of the trained encoder on freshly rendered procedural dSprites (a shorter
     vote count than the paper: a quick figure)."""
-
-    def render(classes: np.ndarray) -> torch.Tensor:  # [n, 5] (shape, scale, orientation, posX, posY)
-        with_color = np.concatenate([np.zeros((len(classes), 1), np.int64), classes], axis=1)
-        return torch.from_numpy(procedural.render_dsprites(procedural.dsprites_index(with_color), cfg.img_size))
-
     ae.eval()
 
     @torch.no_grad()
     def encode(x: torch.Tensor) -> torch.Tensor:
         return ae.encode(amr_data.to_unit(x, device)).flatten(1)
 
-    score = factorvae_score(encode, ProductFactors(DSPRITES_SIZES, render), seed=0, n_train=200, n_eval=200, n_std=2000)
+    sampler = procedural_dsprites(cfg.img_size, cfg.data.split(":", 1)[1])  # the run's own sprites
+    score = factorvae_score(encode, sampler, seed=0, n_train=200, n_eval=200, n_std=2000)
     ae.train()
     return {"score": score.score, "n_train": 200, "n_eval": 200}
 

@@ -171,6 +171,7 @@ def test_run_directory_and_snapshot_loads_from_its_file_alone(reference_run, tmp
     assert rows[-1]["probe/best_valid_acc"] is not None and 0 <= rows[-1]["probe/valid_acc"] <= 1
     log = (reference_run / "log.txt").read_text()  # ends by saying where the outputs are
     assert f"last snapshot:   {last_snapshot(reference_run)}" in log and "online probe:    best valid acc" in log
+    assert "recon error:     mean |x_rec - x| " in log and "training time:   " in log  # the final figures
 
     alone = tmp_path / "elsewhere.safetensors"
     alone.write_bytes(last_snapshot(reference_run).read_bytes())
@@ -362,6 +363,25 @@ def test_two_processes_keep_ranks_identical_and_match_one_process(shards, tmp_pa
     assert g2.keys() == g1.keys() and len({k.split("/")[0] for k in g1}) == 3  # 3 steps
     for key in g1:
         torch.testing.assert_close(g2[key], g1[key], rtol=1e-3, atol=1e-5, msg=key)
+
+
+def test_summary_lines_give_probe_recon_factorvae_and_speed():
+    probe = {"best_valid_acc": 0.5, "best_kimg": 160.0, "test_acc_at_best": None, "last_valid_acc": 0.48}
+    summary = {"run_dir": "r", "snapshot": "s", "samples": "p", "stopped": False, "kimg": 160.0, "time": 300.0,
+               "img_per_s": 533.3, "probe": probe, "recon": {"l1": 0.029, "mse": 0.032, "n": 5000, "split": "valid"},
+               "factorvae": {"score": 0.54, "n_train": 200, "n_eval": 200}}  # fmt: skip
+    text = "\n".join(train.summary_lines(summary))
+    assert "best valid acc 0.5000 at 160.000 kimg, last 0.4800" in text
+    assert "recon error:     mean |x_rec - x| 0.0290, MSE 0.0320 (5000 valid images" in text
+    assert "FactorVAE score: 0.540" in text and "training time:   5m00s for 160 kimg, 533 img/s" in text
+
+
+def test_grid_images_are_spread_over_the_split_with_the_labels_interleaved(shards):
+    n = json.loads((shards / "index.json").read_text())["splits"]["valid"]["num_samples"]
+    x, y = train.grid_images(shards, "valid", n)  # dSprites' valid split is sorted by grid index, i.e. by shape
+    assert x.shape == (8, 1, 16, 16) and x.dtype == torch.uint8
+    assert sorted(y[:3].tolist()) == [0, 1, 2]  # the k = 3 triangle mixes the three shapes
+    assert all(y[i] != y[i + 4] for i in range(4))  # each strip (i, i + 4) mixes two shapes
 
 
 def test_world_size_mismatch_is_a_clear_error(monkeypatch):

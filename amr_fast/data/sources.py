@@ -12,6 +12,7 @@ Splits follow the AMR code where it has one: IDX sources hold out the last 10k o
 
 from __future__ import annotations
 
+import functools
 import gzip
 import pickle
 import zlib
@@ -509,18 +510,22 @@ def dsprites(src: str | Path | None, size: int | None, **_: object) -> Source:
     )
 
 
-def dsprites_procedural(src: str | Path | None, size: int | None, **_: object) -> Source:
+def dsprites_procedural(
+    src: str | Path | None, size: int | None, style: str = "dsprites-procedural", **_: object
+) -> Source:
+    """Our renderer of the dSprites grid; `style` (procedural.DSPRITES_STYLES, also the source's name) sets the
+    sprite size."""
     if src is not None:
-        raise ValueError("dsprites-procedural renders its images and reads no files: drop --src")
+        raise ValueError(f"{style} renders its images and reads no files: drop --src")
     size = size or 64
 
     def load(idx: np.ndarray) -> dict[str, np.ndarray]:
         classes, values = procedural.dsprites_factors(idx)
-        x = procedural.render_dsprites(idx, size)
+        x = procedural.render_dsprites(idx, size, style=style)
         return {"x": x, "y": classes[:, 1], "factors": values, "factor_classes": classes}
 
     shape_of = procedural.dsprites_factors(np.arange(procedural.DSPRITES_NUM))[0][:, 1]
-    return _grid_source("dsprites-procedural", shape_of, load, size, "rendered by amr_fast")
+    return _grid_source(style, shape_of, load, size, "rendered by amr_fast")
 
 
 def spiral(src: str | Path | None, size: int | None, **_: object) -> Source:
@@ -548,6 +553,7 @@ SOURCES: dict[str, Callable[..., Source]] = {
     "zappos50k": zappos50k,
     "dsprites": dsprites,
     "dsprites-procedural": dsprites_procedural,
+    "dsprites-procedural-large": functools.partial(dsprites_procedural, style="dsprites-procedural-large"),
     "spiral": spiral,
 }
 

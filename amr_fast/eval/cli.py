@@ -28,6 +28,7 @@ import torch
 
 from amr_fast import data as amr_data
 from amr_fast.checkpoint import latest_snapshot, load_networks, load_snapshot
+from amr_fast.data.procedural import DSPRITES_STYLES
 from amr_fast.eval import disentangle as dis
 from amr_fast.eval.grids import decode
 from amr_fast.eval.probe import encode_batches, offline_probe
@@ -83,8 +84,8 @@ def factor_sampler(index: dict, cfg, pool: int, seed: int = 0):
             "(e.g. data=builtin:dsprites-procedural); use --metrics probe,recon"
         )
     keep = [i for i, n in enumerate(names) if n != "color"]
-    if index.get("name") == "dsprites-procedural":
-        return dis.procedural_dsprites(int(index.get("image_size") or cfg.img_size))
+    if index.get("name") in DSPRITES_STYLES:
+        return dis.procedural_dsprites(int(index.get("image_size") or cfg.img_size), index["name"])
     xs, fcs, n = [], [], 0
     for b in amr_data.eval_loader(index["root"], "train", 1000):
         if "factor_classes" not in b:

@@ -87,13 +87,14 @@ class ProductFactors(FactorSampler):
         return torch.as_tensor(self.render(f1)), torch.as_tensor(self.render(f2))
 
 
-def procedural_dsprites(size: int = 64) -> ProductFactors:
+def procedural_dsprites(size: int = 64, style: str = "dsprites-procedural") -> ProductFactors:
     """The five dSprites factors rendered on demand by `amr_fast.data.procedural` (exact conditioning; the constant
-    colour factor is fixed), images uint8 [n, 1, size, size]."""
+    colour factor is fixed), images uint8 [n, 1, size, size]; `style` the sprite size (procedural.DSPRITES_STYLES,
+    the name of the built-in dataset)."""
 
     def render(classes: np.ndarray) -> torch.Tensor:  # [n, 5] (shape, scale, orientation, posX, posY)
         full = np.concatenate([np.zeros((len(classes), 1), np.int64), classes], axis=1)
-        return torch.from_numpy(procedural.render_dsprites(procedural.dsprites_index(full), size))
+        return torch.from_numpy(procedural.render_dsprites(procedural.dsprites_index(full), size, style=style))
 
     return ProductFactors(DSPRITES_SIZES, render)
 

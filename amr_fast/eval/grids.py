@@ -13,7 +13,7 @@ sources are stacked into one batch and `perm` rolls it by whole blocks, so `out[
 Layout convention (the tests read pixels with it): a grid of R x Q tiles of H x W pixels, `pad` pixels of
 background (`BACKGROUND`) before every row and column and after the last; tile (r, q) starts at
 `(pad + r (H + pad), pad + q (W + pad))`. Panels of different widths are stacked top to bottom, left aligned,
-`GAP` background rows between them.
+`GAP` background rows between them (`stack_columns`: side by side, top aligned).
 """
 
 from __future__ import annotations
@@ -141,6 +141,11 @@ def stack_panels(panels: Sequence[np.ndarray], gap: int = GAP) -> np.ndarray:
         if i < len(panels) - 1:
             out.append(np.full((gap, width, p.shape[2]), BACKGROUND, np.uint8))
     return np.concatenate(out, axis=0)
+
+
+def stack_columns(panels: Sequence[np.ndarray], gap: int = GAP) -> np.ndarray:
+    """Panels [H_i, W_i, C] side by side, top aligned, padded to the tallest with background."""
+    return stack_panels([p.transpose(1, 0, 2) for p in panels], gap).transpose(1, 0, 2)
 
 
 def save_png(path: str | os.PathLike, img: np.ndarray) -> None:
@@ -327,11 +332,13 @@ def triangle_grid(
     steps: int = 8,
     mode: str = "mixup",
     generator: torch.Generator | None = None,
+    pixel: bool = False,
 ) -> np.ndarray:
     """The paper's figure 3: decoded mixes of three images x3 [3, C, H, W] over a triangular grid of the simplex
     (`simplex_points`), row r holding r + 1 tiles centred (half-tile offsets). mode "mixup": sum_j w_j h_j;
     "bernoulli": each channel from source j with probability w_j (one uniform draw per channel for the whole
-    triangle, so neighbouring tiles differ by few channels). Corners decode the three codes themselves."""
+    triangle, so neighbouring tiles differ by few channels). Corners decode the three codes themselves.
+    With `pixel`, the same triangle of pixel blends sum_j w_j x_j is drawn to its right, `GAP` columns apart."""
     ae = unwrap(ae)
     if x3.shape[0] != 3 or steps < 2:
         raise ValueError(f"triangle_grid needs exactly 3 images and steps >= 2; got {x3.shape[0]} images, {steps}")
@@ -352,7 +359,15 @@ def triangle_grid(
             h_mix = mask_sources(hs, categorical_masks(w, u), impl)
         else:
             raise ValueError(f"mode must be 'mixup' or 'bernoulli'; got {mode!r}")
-        tiles = to_uint8(decode(ae, h_mix, cfg)).numpy()  # [n, C, H, W]
+        triangles = [_triangle_canvas(to_uint8(decode(ae, h_mix, cfg)).numpy(), pts, steps)]
+        if pixel:
+            x_pix = mix_sources([x3[j : j + 1].expand(n, *x3.shape[1:]).contiguous() for j in range(3)], w, impl)
+            triangles.append(_triangle_canvas(to_uint8(x_pix).numpy(), pts, steps))
+    return stack_columns(triangles)
+
+
+def _triangle_canvas(tiles: np.ndarray, pts: list, steps: int) -> np.ndarray:
+    """Tiles uint8 [n, C, H, W] at the `simplex_points` positions pts -> uint8 [H', W', C]."""
     c, hh, ww = tiles.shape[1:]
     canvas = np.full((PAD + steps * (hh + PAD), PAD + steps * (ww + PAD), c), BACKGROUND, np.uint8)
     for (r, q, _), img in zip(pts, tiles):
@@ -469,9 +484,10 @@ def training_grid(
     """`samples-<kimg>.png` of a run: reconstructions of up to 8 images, then the run's own kind of mixes
     (cfg.mixer, cfg.k): interpolation strips with the pixel blend (mixup k = 2 and the AE+GAN baseline),
     Bernoulli strips (bernoulli k = 2), spatial mixes over their pixel-space boxes (cutmix, spatial_bernoulli),
-    a triangle grid (k = 3) and random k-way mixes (k > 3), class-conditional mixes when `mixer` and labels `y`
-    are given (cfg.mixer == "class"). For the spiral toy (cfg.arch == "mlp", x [N, 2] or [N, 2, 1, 1] points) the
-    spiral scatter plot. x: uint8 or [-1, 1] images [N, C, H, W].
+    a triangle grid with the pixel-blend triangle beside it and interpolation strips (k = 3) and random k-way mixes
+    (k > 3), class-conditional mixes when `mixer` and labels `y` are given (cfg.mixer == "class"). For the spiral
+    toy (cfg.arch == "mlp", x [N, 2] or [N, 2, 1, 1] points) the spiral scatter plot. x: uint8 or [-1, 1] images
+    [N, C, H, W].
     Returns uint8 [H, W, C]."""
     if getattr(cfg, "arch", "") == "mlp" or x.dim() == 2:
         x_rec, x_mix = spiral_mixes(ae, x, cfg, generator)
@@ -495,7 +511,8 @@ def training_grid(
         xs = torch.stack([x.roll(-j * max(1, n // k), 0)[: min(half, 4)] for j in range(k)])  # [K, N', C, H, W]
         panels.append(spatial_mixes(ae, xs, cfg, generator, n_mix=8, mode=kind))
     elif k == 3 and kind in ("mixup", "bernoulli") and n >= 3:
-        panels.append(triangle_grid(ae, x[:3], cfg, steps=6, mode=kind, generator=generator))
+        panels.append(triangle_grid(ae, x[:3], cfg, steps=6, mode=kind, generator=generator, pixel=True))
+        panels.append(interpolation_strips(ae, x_a, x_b, cfg))
     elif k > 3 and kind in ("mixup", "bernoulli") and n >= k:
         xs = torch.stack([x.roll(-j, 0)[:2] for j in range(k)])  # [K, 2, C, H, W]
         panels.append(kway_mixes(ae, xs, cfg, generator, n_mix=6, mode=kind))

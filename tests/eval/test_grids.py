@@ -94,6 +94,30 @@ def test_triangle_grid_corners_and_centre():
     assert (img[PAD : PAD + h, PAD : PAD + w] == grids.BACKGROUND).all()  # left of the top tile is empty
 
 
+def test_triangle_grid_with_pixel_draws_the_pixel_blend_beside_it():
+    x3 = const_images([255, 0, 0], c=3)
+    x3[1, 1], x3[2, 2] = 255, 255
+    plain = grids.triangle_grid(IdentityAE(), x3, cfg(k=3), steps=4)
+    both = grids.triangle_grid(IdentityAE(), x3, cfg(k=3), steps=4, pixel=True)
+    h, w = plain.shape[:2]
+    assert both.shape == (h, 2 * w + grids.GAP, 3)
+    assert (both[:, :w] == plain).all() and (both[:, w + grids.GAP :] == plain).all()  # identity: code = pixels
+    assert (both[:, w : w + grids.GAP] == grids.BACKGROUND).all()
+
+
+def test_k3_training_grid_has_the_triangles_and_the_strips():
+    x = (torch.arange(8, dtype=torch.uint8) * 30)[:, None, None, None].expand(8, 1, 5, 7).contiguous()
+    img = grids.training_grid(IdentityAE(), x, cfg(mixer="mixup", k=3), torch.Generator().manual_seed(0))
+    tri = grids.triangle_grid(IdentityAE(), x[:3], cfg(k=3), steps=6, pixel=True)
+    strips = grids.interpolation_strips(IdentityAE(), x[:4], x[4:], cfg())
+    recon_h = PAD + 2 * (5 + PAD)
+    assert img.shape[0] == recon_h + grids.GAP + tri.shape[0] + grids.GAP + strips.shape[0]
+    top = recon_h + grids.GAP
+    assert (img[top : top + tri.shape[0], : tri.shape[1]] == tri).all()
+    top += tri.shape[0] + grids.GAP
+    assert (img[top:, : strips.shape[1]] == strips).all()
+
+
 def to_f(x):
     return x.float() / 127.5 - 1
 
