@@ -160,12 +160,9 @@ def cache_dir() -> Path:
 
 
 def _mixed_precision(cfg) -> str:
-    if cfg.precision == "auto":
-        launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
-        if launched:
-            return launched
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
+    from amr_fast.precision import choose_precision, default_device_type
+
+    return choose_precision(cfg.precision, default_device_type())
 
 
 def _check_world_size(num_processes: int) -> None:
@@ -451,6 +448,7 @@ def training_loop(
             # --- a tick: probe, stats, snapshot, state -------------------------------------------------------
             prev, nimg = loop["tick_nimg"], loop["nimg"]
             row = {"kimg": nimg / 1000, "nimg": nimg, "it": loop["it"]}
+            train_end = time.time()  # img/s counts training only: the probe, snapshot and state are timed apart
             if probe_split and (done or _crossed(prev, nimg, cfg.probe_kimg)):
                 acc = probe_accuracy(ae, probe, root, "valid", batch_gpu, device, rank, world, accelerator.autocast)
                 loop["valid_acc"] = row["probe/valid_acc"] = acc
@@ -469,7 +467,8 @@ def training_loop(
                     "time": _fmt_time(loop["time"]),
                     "seconds": round(loop["time"], 3),
                     "sec/tick": round(now - tick_time, 3),
-                    "img/s": round((nimg - tick_start_nimg) / max(now - tick_time, 1e-9), 2),
+                    "img/s": round((nimg - tick_start_nimg) / max(train_end - tick_time, 1e-9), 2),
+                    "sec/eval": round(now - train_end, 3),
                     "nonfinite": loop["nonfinite_total"],
                 }
             )
@@ -485,6 +484,7 @@ def training_loop(
             if done or _crossed(prev, nimg, cfg.state_kimg):
                 loop["loss_scale"] = parts.loss_scale
                 checkpoint.save_state(accelerator, outdir, nimg, loop, {"generator": generator.get_state()})
+            tick_time = time.time()  # the snapshot and state writes above do not count as the next tick's training
             if done or stopped:
                 break
         stopped = stopped and loop["nimg"] < total_nimg  # a signal during the last step: finished anyway
