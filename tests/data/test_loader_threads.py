@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from amr_fast.data import make_shards, train_loader
 from amr_fast.data import loader as loader_module
+from amr_fast.data import make_shards, train_loader
 
 
 @pytest.fixture
