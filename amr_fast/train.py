@@ -52,7 +52,7 @@ import torch.distributed as dist
 from amr_fast import checkpoint, stats
 
 # Fields that may differ when a run is resumed (schedule and runtime knobs); every other field must match.
-RESUMABLE_FIELDS = ("total_kimg", "tick_kimg", "snapshot_kimg", "state_kimg", "probe_kimg", "compile")
+RESUMABLE_FIELDS = ("total_kimg", "tick_kimg", "snapshot_kimg", "state_kimg", "probe_kimg", "compile", "channels_last")
 FP16_SCALE_GROWTH = 2000  # fp16 dynamic loss scaling: double the scale after this many good steps in a row
 STATUS_KEYS = ("kimg", "time", "sec/tick", "img/s", "loss/ae", "loss/recon", "loss/disc", "probe/acc", "nonfinite")
 

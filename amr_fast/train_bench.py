@@ -241,6 +241,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "absent; '' = skip)",
     )
     parser.add_argument("--pairs", type=int, default=2, help="public-loop / our-loop pairs, alternated A B A B")
+    parser.add_argument("--public-iters", type=int, default=0, help="timed iterations of the public loop per run "
+                        "(0: its bench.sh default, 250 after 60 warm-up)")  # fmt: skip
 
 
 def _precisions(spec: str) -> list[str]:
@@ -316,7 +318,7 @@ def _end_to_end(args: argparse.Namespace, step: dict, tempfile) -> dict:
             out["runs"]["train, precision=fp32"] = run_train_e2e(data, args.e2e_kimg, {"precision": "fp32"}, work)
         if public is not None and (public / "bench.sh").exists():
             for _ in range(args.pairs):
-                a = run_public(public)
+                a = run_public(public, iters=args.public_iters)
                 b = run_train_e2e(data, args.e2e_kimg, {}, work)
                 out["pairs"].append({"public": a, "ours": b, "ratio": b["img_per_s"] / a["img_per_s"]})
         elif public is not None:
@@ -518,9 +520,13 @@ def run_train_e2e(data: Path, kimg: float, overrides: dict[str, str], workdir: P
             "overrides": overrides}  # fmt: skip
 
 
-def run_public(public: Path, variant: str = "mixup") -> dict:
-    """The public AMR code's own loop (`bash PUBLIC/bench.sh mixup`, set up by `setup.sh`): its img/s and RSS."""
-    rc, info = _child(["bash", str(public / "bench.sh"), variant])
+def run_public(public: Path, variant: str = "mixup", iters: int = 0) -> dict:
+    """The public AMR code's own loop (`bash PUBLIC/bench.sh mixup`, set up by `setup.sh`): its img/s and RSS.
+    iters: timed iterations (0 = bench.sh's default, 250 after 60 warm-up)."""
+    import os
+
+    env = {**os.environ, "ITERS": str(iters)} if iters else None
+    rc, info = _child(["bash", str(public / "bench.sh"), variant], env=env)
     if rc != 0:
         raise RuntimeError(f"{public}/bench.sh failed ({rc}); set it up with `{PUBLIC_SETUP}`:\n{info['tail']}")
     d = json.loads((public / "results" / f"bench_{variant}.json").read_text())
