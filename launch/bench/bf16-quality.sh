@@ -3,7 +3,8 @@
 # README's CPU budget (30 kimg with `ae_every=1 lr=3e-4`, the overrides of its Fashion-MNIST results table).
 # Each seed's fp32 and bf16 runs train side by side (one thread each), so machine load hits both alike. Then the
 # online probe's best validation accuracy and the reconstruction L1 of each precision, mean ± std over seeds.
-# Usage: [SEEDS="0 1 2"] [KIMG=30] [DATA=/work/data/fashion-mnist-32] [OUT=runs/bf16-quality] bash launch/bench/bf16-quality.sh
+# Usage: [SEEDS="0 1 2"] [KIMG=30] [DATA=data/fashion-mnist-32] [OUT=runs/bf16-quality] [AMR=.venv/bin/amr-fast] \
+#        bash launch/bench/bf16-quality.sh          (DATA is sharded first if it has no index.json)
 # bf16 is only native on CPUs with avx512_bf16 / amx_bf16 (grep -o 'avx512_bf16\|amx_bf16' /proc/cpuinfo);
 # elsewhere it is emulated (slow) but the quality comparison still holds.
 set -euo pipefail
