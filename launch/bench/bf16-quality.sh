@@ -14,11 +14,12 @@ KIMG=${KIMG:-30}
 DATA=${DATA:-data/fashion-mnist-32}
 OUT=${OUT:-runs/bf16-quality}
 S="ae_every=1 lr=3e-4 tick_kimg=2 snapshot_kimg=10 state_kimg=10 probe_kimg=10 workers=1"
+mkdir -p "$OUT"
 [ -f "$DATA/index.json" ] || $AMR shard fashion-mnist --src "${SRC:-/usr/share/datasets/fashion-mnist}" --out "$DATA" --size 32
 for seed in $SEEDS; do
   for p in fp32 bf16; do
     OMP_NUM_THREADS=1 $AMR train --preset fashion-mnist-mixup --outdir "$OUT/$p-s$seed" data="$DATA" seed="$seed" \
-      total_kimg="$KIMG" precision="$p" $S > "$OUT-$p-s$seed.log" 2>&1 &
+      total_kimg="$KIMG" precision="$p" $S > "$OUT/$p-s$seed.log" 2>&1 &
   done
   wait
   for p in fp32 bf16; do
