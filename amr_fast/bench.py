@@ -14,6 +14,7 @@ BENCHES = {
     "kernels": ("amr_fast.kernels.bench", "mixing ops: every impl vs a same-size Tensor.copy_"),
     "data": ("amr_fast.data.bench", "training stream samples/s vs PNG files through a torch DataLoader"),
     "train": ("amr_fast.train_bench", "training images/s: fast path vs reference mixing path"),
+    "classify": ("amr_fast.classify_bench", "classifier training images/s: ERM vs input mixup vs manifold mixup"),
 }
 
 

@@ -292,14 +292,16 @@ def train_classifier(
             run.count_step(status)
             prev, s.nimg = s.nimg, s.nimg + cfg.batch
             if run.finished or due(prev, s.nimg, cfg.eval_kimg):
-                _evaluate(net, root, cfg, batch_gpu, run)
+                with run.not_training():  # img/s counts training only; the evaluation is sec/eval
+                    _evaluate(net, root, cfg, batch_gpu, run)
             if run.finished or due(prev, s.nimg, cfg.tick_kimg):
                 row = run.tick({"lr": lr})
                 if isinstance(row.get("eval/test_error"), (int, float)):  # the public code reports the best epoch
                     s.best_test_error = min(row["eval/test_error"], s.best_test_error or 100.0)
             if (run.finished or due(prev, s.nimg, cfg.snapshot_kimg)) and run.is_main:
                 path = run.outdir / f"snapshot-{checkpoint.kimg_tag(s.nimg)}.safetensors"
-                checkpoint.save_snapshot(path, {"classifier": net}, dataclasses.asdict(cfg), s.nimg / 1000)
+                with run.not_training():
+                    checkpoint.save_snapshot(path, {"classifier": net}, dataclasses.asdict(cfg), s.nimg / 1000)
             if run.finished or due(prev, s.nimg, cfg.state_kimg):
                 save_state()
             if stop:

@@ -24,13 +24,14 @@ sequence of blocks around one state object, `run.state`):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,12 @@ from amr_fast import checkpoint, stats
 from amr_fast.config import from_dict, parse_overrides, resolve, to_json
 from amr_fast.data import stream_counts
 from amr_fast.eval import tensorboard as eval_tensorboard
+from amr_fast.precision import choose_precision, default_device_type
 
 # Fields that may differ when a run is resumed (the schedule and runtime knobs); every other field must match.
 RESUMABLE_FIELDS = (
     "total_kimg", "tick_kimg", "snapshot_kimg", "state_kimg", "probe_kimg", "eval_kimg", "compile", "max_skipped",
-    "skip_window",
+    "skip_window", "channels_last",
 )  # fmt: skip
 FP16_INITIAL_SCALE = 2.0**15  # fp16 dynamic loss scaling: the first scale,
 FP16_MAX_SCALE = 2.0**24  # its ceiling,
@@ -54,13 +56,9 @@ FP16_SCALE_GROWTH = 2000  # and doubled after this many good steps in a row (hal
 
 
 def mixed_precision(precision: str) -> str:
-    """Accelerate's mixed_precision for a config's precision ("auto": as launched, else bf16 on CUDA, no on CPU)."""
-    if precision == "auto":
-        launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
-        if launched:
-            return launched
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    """Accelerate's mixed_precision for a config's precision ("auto": as launched, else bf16 on CUDA and on CPUs
+    with native bf16, no elsewhere: `amr_fast.precision`)."""
+    return choose_precision(precision, default_device_type())
 
 
 def check_world_size(num_processes: int) -> None:
@@ -187,6 +185,7 @@ class Run:
         )
         self.stop_requested = False
         self._handlers: dict = {}
+        self.eval_seconds = 0.0  # time since the last tick spent in `not_training` blocks (sec/eval)
         self.data_stats: dict = {}  # the training loader's counts (`loader_args`), since this process started
         self._data_base: dict = {}
 
@@ -240,6 +239,16 @@ class Run:
         )
         return tensors
 
+    @contextlib.contextmanager
+    def not_training(self) -> Iterator[None]:
+        """Time a block that is not training (evaluation, snapshot, state): the next stats row reports it as
+        sec/eval, and its img/s counts training time only."""
+        start = time.time()
+        try:
+            yield
+        finally:
+            self.eval_seconds += time.time() - start
+
     def count_step(self, status: str, what: str | None = None) -> None:
         """After each step (status of `step_status`): count skipped steps, stop a diverged run, and in fp16 grow
         the loss scale after FP16_SCALE_GROWTH good steps and halve it on an overflow (not a divergence)."""
@@ -269,13 +278,15 @@ class Run:
         counts = stream_counts(self.data_stats, self._data_base, self.device, self.world)  # samples read / skipped
         s.data_seen, s.data_skipped = counts["data/seen"], counts["data/skipped"]
         row = {"kimg": s.nimg / 1000, "nimg": s.nimg, **extra}
+        train_seconds = now - self.tick_time - self.eval_seconds  # img/s counts training only
         row.update({"time": fmt_time(s.time), "seconds": round(s.time, 3), "sec/tick": round(now - self.tick_time, 3),
-                    "img/s": round((s.nimg - self.tick_start_nimg) / max(now - self.tick_time, 1e-9), 2),
+                    "img/s": round((s.nimg - self.tick_start_nimg) / max(train_seconds, 1e-9), 2),
+                    "sec/eval": round(self.eval_seconds, 3),
                     "nonfinite": s.nonfinite_total, **counts})  # fmt: skip
         row = self.collector.tick(row)
         if self.tb is not None:
             self.tb.scalars(row, s.nimg / 1000)
-        self.tick_time, self.tick_start_nimg, s.tick_nimg = now, s.nimg, s.nimg
+        self.tick_time, self.tick_start_nimg, s.tick_nimg, self.eval_seconds = now, s.nimg, s.nimg, 0.0
         return row
 
     def save_state(
@@ -287,8 +298,9 @@ class Run:
         """`state-<kimg>/` at the current nimg (every rank calls it)."""
         self.state.time = time.time() - self.start_time
         state = dataclasses.asdict(self.state)
-        self.latest = checkpoint.save_state(self.accelerator, self.outdir, self.state.nimg, state, modules, optimizers,
-                                            rank_tensors)  # fmt: skip
+        with self.not_training():
+            self.latest = checkpoint.save_state(self.accelerator, self.outdir, self.state.nimg, state, modules,
+                                                optimizers, rank_tensors)  # fmt: skip
         self.state_nimg = self.state.nimg
         return self.latest
 

@@ -237,12 +237,14 @@ def training_loop(
                 prev, done = s.tick_nimg, run.finished
                 row = {"it": s.it}
                 if probe_split and (done or due(prev, s.nimg, cfg.probe_kimg)):
-                    row.update(_probe_figures(run, parts, root, "test" in splits, batch_gpu))
+                    with run.not_training():  # img/s counts training only; the rest is sec/eval
+                        row.update(_probe_figures(run, parts, root, "test" in splits, batch_gpu))
                 run.tick(row)
                 if done or due(prev, s.nimg, cfg.snapshot_kimg):
-                    if run.is_main:
-                        _write_snapshot(run, nets, grid)
-                    run.accelerator.wait_for_everyone()
+                    with run.not_training():
+                        if run.is_main:
+                            _write_snapshot(run, nets, grid)
+                        run.accelerator.wait_for_everyone()
                 if done or due(prev, s.nimg, cfg.state_kimg):
                     save_state()
             if stop:

@@ -8,6 +8,9 @@ import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# precision=auto means bf16 on a CPU with native bf16 (amr_fast.precision); the suite's numerical comparisons (ranks
+# vs one process, resumes) are written for fp32, so auto stays fp32 here unless a test sets it (tests/test_precision).
+os.environ.setdefault("AMR_FAST_CPU_BF16", "0")
 
 
 @pytest.fixture(autouse=True)

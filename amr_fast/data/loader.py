@@ -251,7 +251,10 @@ class _TrainStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
-        w = info.id if info is not None else 0
+        return self.worker_stream(info.id if info is not None else 0)
+
+    def worker_stream(self, w: int) -> Iterator[dict]:
+        """What DataLoader worker `w` of W yields (a decode thread runs the same stream: `_threaded`)."""
         first = self.start_batch + w  # this worker makes the rank's batches first, first + W, first + 2W, ...
         slot = self.rank * self.W + first % self.W
         k = first // self.W  # position in that slot's stream
@@ -336,6 +339,55 @@ def _loader(dataset: IterableDataset, workers: int) -> DataLoader:
     )
 
 
+def _threaded(stream: _TrainStream, prefetch: int = 4) -> Iterator[dict]:
+    """The DataLoader's worker streams, each in a daemon thread of this process, taken round-robin (the order of
+    `DataLoader(in_order=True)`, so the stream is the same batch for batch as with worker processes). On a small
+    CPU machine worker processes steal the cores of the training threads; the raw-shard reader is numpy (its big
+    copies release the GIL), so threads decode ahead at a fraction of a core. A worker's error is re-raised here."""
+    import queue
+    import threading
+
+    done = threading.Event()
+    queues = [queue.Queue(maxsize=prefetch) for _ in range(stream.W)]
+
+    def work(w: int) -> None:
+        try:
+            for batch in stream.worker_stream(w):
+                while not done.is_set():
+                    try:
+                        queues[w].put((batch, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if done.is_set():
+                    return
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which raises it
+            queues[w].put((None, err))
+
+    threads = [threading.Thread(target=work, args=(w,), daemon=True, name=f"amr-decode-{w}") for w in range(stream.W)]
+    for t in threads:
+        t.start()
+    try:
+        for w in count():
+            batch, err = queues[w % stream.W].get()
+            if err is not None:
+                raise err
+            yield batch
+    finally:
+        done.set()
+
+
+def decode_in_threads(workers: int) -> bool:
+    """`decode="auto"`: worker threads on a small machine (<= 4 cores, where worker processes would take the
+    training threads' cores), worker processes elsewhere. AMR_FAST_DECODE=thread|process overrides."""
+    import os
+
+    forced = os.environ.get("AMR_FAST_DECODE", "").strip()
+    if forced in ("thread", "process"):
+        return forced == "thread"
+    return workers > 0 and (os.cpu_count() or 1) <= 4
+
+
 def _guarded(loader: DataLoader, stats: dict | None, max_skipped: float, window: int, root: str) -> Iterator[dict]:
     """Pop the workers' counters, update `stats`, stop if too many samples were skipped in the last window."""
     recent: deque[tuple[int, int]] = deque()
@@ -375,6 +427,7 @@ def train_loader(
     shuffle_buffer: int = SHUFFLE_BUFFER,
     max_skipped: float = 0.01,
     window: int = 10000,
+    decode: str = "auto",
 ) -> Iterator[dict]:
     """Infinite stream of this rank's training batches (see the module docstring for the split and the order).
 
@@ -383,7 +436,11 @@ def train_loader(
     in {0, 1}, "factors" float32 [N, F], "factor_classes" int64 [N, F]. Deterministic given (seed, rank, worker,
     position); a resumed run passes the number of batches this rank already consumed as `start_batch` and must
     keep seed, world_size, workers and batch_size. Configuration errors raise here, before any worker starts.
+    `decode`: where the `workers` streams run: "process" (DataLoader worker processes), "thread" (threads of this
+    process, the same batches in the same order), "auto" (`decode_in_threads`).
     """
+    if decode not in ("auto", "thread", "process"):
+        raise ValueError(f"decode must be auto, thread or process; got {decode!r}")
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or workers < 0 or start_batch < 0:
         raise ValueError(
             f"need batch_size >= 1, 0 <= rank < world_size, workers >= 0, start_batch >= 0; got batch_size="
@@ -391,7 +448,9 @@ def train_loader(
         )
     index = load_index(root)
     stream = _TrainStream(index, split, batch_size, rank, world_size, seed, workers, start_batch, shuffle_buffer)
-    return _guarded(_loader(stream, workers), stats, max_skipped, window, index["root"])
+    threads = decode == "thread" or (decode == "auto" and decode_in_threads(workers))
+    batches = _threaded(stream) if threads and workers > 0 else _loader(stream, workers)
+    return _guarded(batches, stats, max_skipped, window, index["root"])
 
 
 def eval_loader(

@@ -1,0 +1,47 @@
+"""amr_fast.precision: what precision=auto gives on each device (bf16 on CPUs with native bf16)."""
+
+import pytest
+
+from amr_fast import precision
+
+
+@pytest.mark.parametrize("requested,expected", [("fp32", "no"), ("bf16", "bf16"), ("fp16", "fp16")])
+def test_explicit_precisions_are_passed_through(requested, expected):
+    assert precision.choose_precision(requested, "cpu") == expected
+    assert precision.choose_precision(requested, "cuda") == expected
+
+
+def test_auto_on_cpu_follows_native_bf16(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.setenv("AMR_FAST_CPU_BF16", "1")
+    assert precision.choose_precision("auto", "cpu") == "bf16"
+    monkeypatch.setenv("AMR_FAST_CPU_BF16", "0")
+    assert precision.choose_precision("auto", "cpu") == "no"
+
+
+def test_auto_reads_the_cpu_flags(monkeypatch):
+    monkeypatch.delenv("AMR_FAST_CPU_BF16", raising=False)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert not precision.cpu_has_native_bf16()  # AVX-512 without bf16 emulates it: not faster than fp32
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert precision.cpu_has_native_bf16()
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"amx_tile", "amx_bf16"}))
+    assert precision.cpu_has_native_bf16()
+
+
+def test_an_accelerate_launch_setting_wins_over_auto(monkeypatch):
+    monkeypatch.setenv("AMR_FAST_CPU_BF16", "1")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert precision.choose_precision("auto", "cpu") == "no"
+    assert precision.choose_precision("bf16", "cpu") == "bf16"  # an explicit config value still wins
+
+
+def test_the_trainers_use_it(monkeypatch):
+    from amr_fast.run import mixed_precision
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    monkeypatch.setenv("AMR_FAST_CPU_BF16", "1")
+    assert mixed_precision("auto") == "bf16"  # the harness of both trainers (amr_fast.run)
+    monkeypatch.setenv("AMR_FAST_CPU_BF16", "0")
+    assert mixed_precision("auto") == "no"
