@@ -504,8 +504,8 @@ def run_train_e2e(data: Path, kimg: float, overrides: dict[str, str], workdir: P
     steady = rows[1:] or rows
     images = [r["nimg"] - p["nimg"] for p, r in zip(rows[:-1], rows[1:])] if len(rows) > 1 else [rows[0]["nimg"]]
     seconds = sum(n / r["img/s"] for n, r in zip(images, steady))
-    precision = next((line.split("precision ")[1].split(",")[0] for line in info["tail"].splitlines()
-                      if "precision " in line), "?")  # fmt: skip
+    log = (outdir / "log.txt").read_text().splitlines()  # the run's first lines say the precision it chose
+    precision = next((line.split("precision ")[1].split(",")[0] for line in log if "precision " in line), "?")
     precision = "fp32" if precision == "no" else precision
     shutil.rmtree(outdir, ignore_errors=True)
     return {"img_per_s": sum(images) / seconds, "precision": precision, "peak_rss_mb": info["peak_rss_mb"],
