@@ -51,18 +51,23 @@ def _step_fn(cfg, precision: str, seed: int = 0):
 def bench_modes(base, iters: int, rounds: int, precision: str = "fp32", batch: int = 64) -> dict:
     """`rounds` alternating rounds of `iters` steps for each mode on `base` (a ClassifyConfig)."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (batch, base.channels, 32, 32), generator=g, dtype=torch.uint8)
-    data = {"x": x, "y": torch.randint(0, base.num_classes, (batch,), generator=g)}
+    # Different batches, as in training: SGD on one repeated batch drives ERM's weights towards denormal floats,
+    # whose CPU arithmetic is several times slower, and the bench would time that instead of the step.
+    pool = [
+        {"x": torch.randint(0, 256, (batch, base.channels, 32, 32), generator=g, dtype=torch.uint8),
+         "y": torch.randint(0, base.num_classes, (batch,), generator=g)}
+        for _ in range(8)
+    ]  # fmt: skip
     steps = {m: _step_fn(dataclasses.replace(base, mode=m), precision) for m in MODES}
     for step in steps.values():
-        step(data)  # warm-up
+        step(pool[0])  # warm-up
     wall = {m: 0.0 for m in MODES}
     cpu = {m: 0.0 for m in MODES}
-    for _ in range(rounds):
+    for r in range(rounds):
         for m, step in steps.items():
             t0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(iters):
-                step(data)
+            for i in range(iters):
+                step(pool[(r * iters + i) % len(pool)])
             wall[m] += time.perf_counter() - t0
             cpu[m] += time.process_time() - c0
     images = rounds * iters * batch
