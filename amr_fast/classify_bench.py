@@ -21,7 +21,7 @@ import time
 import torch
 
 from amr_fast.classify import CLASSIFY_PRESETS, build_classifier, mixup_forward, mixup_loss, random_crop_flip
-from amr_fast.train_bench import autocast_factory
+from amr_fast.train_bench import _precisions, autocast_factory
 
 MODES = ("erm", "mixup", "manifold")
 MODELS = {"preactresnet18-w0.125": ("fashion-mnist", {}), "preactresnet18-w1": ("cifar10", {})}
@@ -90,7 +90,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from amr_fast.train_bench import _precisions
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -26,18 +26,29 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
+from amr_fast import data as amr_data
 from amr_fast import mixing
+from amr_fast import stats as amr_stats
 from amr_fast.config import PRESETS, TrainConfig, probe_adam_args
 from amr_fast.data import to_unit
+from amr_fast.data.builtin import cache_dir
 from amr_fast.losses import gan_loss, recon_loss
 from amr_fast.models import build_networks
+from amr_fast.precision import choose_precision, cpu_has_native_bf16
 from amr_fast.train import Parts, train_iteration
 
 MODELS = {
@@ -239,8 +250,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _precisions(spec: str) -> list[str]:
-    from amr_fast.precision import cpu_has_native_bf16
-
     if spec == "auto":
         return ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
     out = [p.strip() for p in spec.split(",") if p.strip()]
@@ -250,11 +259,6 @@ def _precisions(spec: str) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    import resource
-    import tempfile
-
-    from amr_fast.precision import choose_precision
-
     if args.threads:
         torch.set_num_threads(args.threads)
     results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
@@ -381,8 +385,6 @@ def _e2e_rows(e2e: dict) -> str:
 def flops_per_image(cfg: TrainConfig, precision: str = "fp32") -> float:
     """FLOPs of our step per training image, counted by torch's FlopCounterMode over one ae_every cycle (forward
     and backward of every conv / matmul; elementwise ops, norms and pooling are not counted)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     step, _ = _ours(cfg, 0, precision)
     batches = [_batch(cfg, i) for i in range(cfg.ae_every)]
     with FlopCounterMode(display=False) as counter:
@@ -402,8 +404,6 @@ def typical_conv(cfg: TrainConfig) -> dict:
 def conv_roofline(cfg: TrainConfig, precision: str, seconds: float = 1.0) -> dict:
     """GFLOP/s of the typical conv's forward + backward (input and weight gradients) in `precision`, in the
     memory format of `cfg.channels_last`: the achievable ceiling we compare the step against."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     shape = typical_conv(cfg)
     conv = torch.nn.Conv2d(shape["channels"], shape["channels"], 3, padding=1)
     x = torch.randn(shape["batch"], shape["channels"], shape["side"], shape["side"])
@@ -442,9 +442,6 @@ PUBLIC_SETUP = "bash ../shared/public-amr/setup.sh /tmp/public-amr"
 def default_data_root() -> Path:
     """Fashion-MNIST 32x32 shards for the end-to-end row: made once into the cache from the Debian package's IDX
     files if they are there, else generated 32x32 shards (procedural dSprites rendered at 32x32)."""
-    from amr_fast import data as amr_data
-    from amr_fast.train import cache_dir
-
     src = Path("/usr/share/datasets/fashion-mnist")
     if (src / "train-images-idx3-ubyte.gz").exists() or (src / "train-images-idx3-ubyte").exists():
         root = cache_dir() / "fashion-mnist-32"
@@ -459,9 +456,6 @@ def default_data_root() -> Path:
 
 def _child(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> tuple[int, dict]:
     """Run cmd; (exit status, {peak_rss_mb, cpu_s, wall_s}) of that child alone (os.wait4)."""
-    import os
-    import subprocess
-
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = proc.stdout.read().decode(errors="replace")
@@ -485,11 +479,6 @@ def run_train_e2e(data: Path, kimg: float, overrides: dict[str, str], workdir: P
     """`amr-fast train --preset fashion-mnist-mixup` (the default config plus `overrides`) for `kimg` on `data`,
     ticks every kimg / 8, no probe / snapshot / state until the end: img/s over the steady ticks (all but the
     first, which holds start-up; the end-of-run evaluation is timed apart by the trainer, `sec/eval`)."""
-    import shutil
-    import sys
-
-    from amr_fast import stats as amr_stats
-
     outdir = workdir / f"train-{len(list(workdir.glob('train-*')))}"
     shutil.rmtree(outdir, ignore_errors=True)
     args = {"total_kimg": kimg, "tick_kimg": kimg / 8, "probe_kimg": 10 * kimg, "snapshot_kimg": 10 * kimg,
@@ -516,8 +505,6 @@ def run_train_e2e(data: Path, kimg: float, overrides: dict[str, str], workdir: P
 def run_public(public: Path, variant: str = "mixup", iters: int = 0) -> dict:
     """The public AMR code's own loop (`bash PUBLIC/bench.sh mixup`, set up by `setup.sh`): its img/s and RSS.
     iters: timed iterations (0 = bench.sh's default, 250 after 60 warm-up)."""
-    import os
-
     env = {**os.environ, "ITERS": str(iters)} if iters else None
     rc, info = _child(["bash", str(public / "bench.sh"), variant], env=env)
     if rc != 0:

@@ -40,7 +40,10 @@ equal-count and resume guarantees above. Move batches to the device yourself.
 from __future__ import annotations
 
 import math
+import os
+import queue
 import signal
+import threading
 import warnings
 import zlib
 from collections import deque
@@ -344,9 +347,6 @@ def _threaded(stream: _TrainStream, prefetch: int = 4) -> Iterator[dict]:
     `DataLoader(in_order=True)`, so the stream is the same batch for batch as with worker processes). On a small
     CPU machine worker processes steal the cores of the training threads; the raw-shard reader is numpy (its big
     copies release the GIL), so threads decode ahead at a fraction of a core. A worker's error is re-raised here."""
-    import queue
-    import threading
-
     done = threading.Event()
     queues = [queue.Queue(maxsize=prefetch) for _ in range(stream.W)]
 
@@ -380,8 +380,6 @@ def _threaded(stream: _TrainStream, prefetch: int = 4) -> Iterator[dict]:
 def decode_in_threads(workers: int) -> bool:
     """`decode="auto"`: worker threads on a small machine (<= 4 cores, where worker processes would take the
     training threads' cores), worker processes elsewhere. AMR_FAST_DECODE=thread|process overrides."""
-    import os
-
     forced = os.environ.get("AMR_FAST_DECODE", "").strip()
     if forced in ("thread", "process"):
         return forced == "thread"
