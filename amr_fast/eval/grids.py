@@ -232,6 +232,14 @@ def bernoulli_strips(
     return tile(grid)
 
 
+def _encode_sources(ae: torch.nn.Module, xs: torch.Tensor, n_mix: int) -> tuple:
+    """K aligned source sets xs [K, N, C, H, W] -> (device, xs in [-1, 1] there, K codes each repeated n_mix times
+    per example: K x [N n_mix, C, *S])."""
+    dev = _device(ae)
+    xs = to_unit(xs).to(dev)
+    return dev, xs, [ae.encode(xs[j]).repeat_interleave(n_mix, 0) for j in range(xs.shape[0])]
+
+
 def kway_mixes(
     ae: torch.nn.Module, xs: torch.Tensor, cfg, generator: torch.Generator, n_mix: int = 8, mode: str = "mixup"
 ) -> np.ndarray:
@@ -242,9 +250,7 @@ def kway_mixes(
     impl = getattr(cfg, "impl", "auto")
     k, n = xs.shape[0], xs.shape[1]
     with inference(ae):
-        dev = _device(ae)
-        xs = to_unit(xs).to(dev)
-        hs = [ae.encode(xs[j]).repeat_interleave(n_mix, 0) for j in range(k)]  # K x [N n_mix, C, *S]
+        dev, xs, hs = _encode_sources(ae, xs, n_mix)
         if mode == "mixup":
             w = mixing.sample_dirichlet_weights(n * n_mix, k, getattr(cfg, "alpha", 1.0), generator, device=dev)
             h_mix = mix_sources(hs, w, impl)
@@ -295,9 +301,7 @@ def spatial_mixes(
     impl = getattr(cfg, "impl", "auto")
     k, n = xs.shape[0], xs.shape[1]
     with inference(ae):
-        dev = _device(ae)
-        xs = to_unit(xs).to(dev)
-        hs = [ae.encode(xs[j]).repeat_interleave(n_mix, 0) for j in range(k)]  # K x [N n_mix, C, *S]
+        dev, xs, hs = _encode_sources(ae, xs, n_mix)
         grid = mixing.code_grid(tuple(hs[0].shape[1:]))
         masks = sample_spatial_masks(mode, n * n_mix, k, grid, cfg, generator).to(dev)  # [N n_mix, K, *grid]
         if k == 2:  # along each row the partner's share grows
