@@ -20,8 +20,8 @@ Quirks of the public code (architectures/arch_kyle.py) and what we did with each
 - SAME MATHS, FASTER: InstanceNorm2d(C, affine=True) is computed as GroupNorm(C, C) (one channel per group:
   the same per-example, per-channel normalisation and affine, same eps and parameter names); torch's CPU
   instance_norm goes through a batch-norm reshape that is several times slower, forward and backward.
-- SAME MATHS, FASTER: the 2x2 average pooling is `base.AvgPool2` (four strided adds; torch's NCHW kernel is
-  ~1.7x slower, most in bf16).
+- SAME MATHS, FASTER: the 2x2 average pooling and the nearest 2x upsampling are `base.AvgPool2` / `base.Upsample2`
+  (row-pair and column-pair adds / expand-copies on NCHW; torch's NCHW kernels are 2-5x slower in bf16).
 - The ACGAN head (class-conditional mixer only) is a spectrally normalised linear layer on D's pooled last
   features (public: a separate ResNet discriminator, architectures/discriminators.py).
 """
@@ -32,7 +32,7 @@ import math
 
 from torch import nn
 
-from amr_fast.models.base import AutoEncoder, AvgPool2, Discriminator, sn
+from amr_fast.models.base import AutoEncoder, AvgPool2, Discriminator, Upsample2, sn
 
 SLOPE = 0.01  # the public code's nn.LeakyReLU() default
 
@@ -85,7 +85,7 @@ class AMR32AutoEncoder(AutoEncoder):
         kp = code_channels
         for s in range(scales - 1, -1, -1):
             k = width << s
-            layers += _conv(kp, k, True) + _conv(k, k, True) + [nn.Upsample(scale_factor=2, mode="nearest")]
+            layers += _conv(kp, k, True) + _conv(k, k, True) + [Upsample2()]
             kp = k
         layers += _conv(kp, width, True) + [nn.Conv2d(width, channels, 3, padding=1)]
         self.decoder = nn.Sequential(*layers)

@@ -88,33 +88,55 @@ def sn(module: nn.Module) -> nn.Module:
     return nn.utils.parametrizations.spectral_norm(module)
 
 
+def _sum2x2(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, H // 2, W // 2]: sums of the 2x2 blocks (floor mode), on contiguous NCHW: the row
+    pairs first (adds of contiguous rows of 2w), then the column pairs of that half-size result."""
+    B, C, H, W = x.shape
+    h, w = H // 2, W // 2
+    rows = x[..., : 2 * h, : 2 * w].reshape(B, C, h, 2, 2 * w)  # a view when the sides are even
+    pairs = (rows[:, :, :, 0] + rows[:, :, :, 1]).view(B, C, h, w, 2)
+    return pairs[..., 0] + pairs[..., 1]
+
+
+def _repeat2x2(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """[B, C, h, w] -> [B, C, H, W]: every value repeated over a 2x2 block (columns, then whole rows: two
+    expand-copies), zero-padded to H x W when H or W is odd."""
+    B, C, h, w = x.shape
+    g = x.unsqueeze(-1).expand(B, C, h, w, 2).reshape(B, C, h, 1, 2 * w)
+    g = g.expand(B, C, h, 2, 2 * w).reshape(B, C, 2 * h, 2 * w)
+    return g if (2 * h, 2 * w) == (H, W) else torch.nn.functional.pad(g, (0, W - 2 * w, 0, H - 2 * h))
+
+
 class _AvgPool2(torch.autograd.Function):
-    """2x2 average pooling, stride 2, floor mode, as four strided adds; backward one expand-copy (+ zero pad)."""
+    """2x2 average pooling, stride 2, floor mode: block sums / 4; backward repeats dy / 4 over the blocks."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        H, W = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
         ctx.in_shape = x.shape
-        y = x[..., 0:H:2, 0:W:2] + x[..., 1:H:2, 0:W:2]
-        y += x[..., 0:H:2, 1:W:2]
-        y += x[..., 1:H:2, 1:W:2]
-        return y.mul_(0.25)
+        return _sum2x2(x).mul_(0.25)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = ctx.in_shape
-        h, w = dy.shape[-2:]
-        g = (dy * 0.25)[:, :, :, None, :, None].expand(B, C, h, 2, w, 2).reshape(B, C, 2 * h, 2 * w)
-        if (2 * h, 2 * w) != (H, W):  # odd sides: the last row / column took no part (floor mode)
-            g = torch.nn.functional.pad(g, (0, W - 2 * w, 0, H - 2 * h))
-        return g
+        return _repeat2x2(dy * 0.25, *ctx.in_shape[-2:])
+
+
+class _Upsample2(torch.autograd.Function):
+    """Nearest-neighbour 2x upsampling: repeat over 2x2 blocks; backward sums dy over the blocks."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return _repeat2x2(x, 2 * x.shape[-2], 2 * x.shape[-1])
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
+        return _sum2x2(dy)
 
 
 class AvgPool2(nn.AvgPool2d):
     """`nn.AvgPool2d(2)`, the same maths, faster on CPU: torch's NCHW avg_pool2d kernel (forward and backward)
-    costs ~1.7x four strided adds at the 32x32 model's sizes, most in bf16, where it was 17% of a training step;
-    channels-last inputs keep torch's kernel (fast in that layout). In bf16 the three adds round three times
-    (torch's kernel once): differences of an ulp or two."""
+    costs 2-5x our row-pair / column-pair adds at the 32x32 model's sizes in bf16 (four strided adds, our first
+    version, 2-3x; measured one thread, [192, C, 34 / 17 / 8] maps); channels-last inputs keep torch's kernel (fast
+    in that layout). In bf16 the two adds round twice (torch's kernel once): differences of an ulp or two."""
 
     def __init__(self) -> None:
         super().__init__(2)
@@ -123,3 +145,16 @@ class AvgPool2(nn.AvgPool2d):
         if x.dim() != 4 or x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             return super().forward(x)
         return _AvgPool2.apply(x)
+
+
+class Upsample2(nn.Upsample):
+    """`nn.Upsample(scale_factor=2, mode="nearest")`, the same maths, faster on contiguous NCHW (two expand-copies
+    forward, two adds backward: ~2x torch's kernels in bf16 at the decoder's sizes); other layouts keep torch's."""
+
+    def __init__(self) -> None:
+        super().__init__(scale_factor=2, mode="nearest")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or not x.is_contiguous():
+            return super().forward(x)
+        return _Upsample2.apply(x)

@@ -1,10 +1,11 @@
-"""models.base.AvgPool2: the same maths as nn.AvgPool2d(2), forward and backward, any layout and parity."""
+"""models.base.AvgPool2 and Upsample2: the same maths as nn.AvgPool2d(2) and nearest 2x upsampling, forward and
+backward, any layout and parity."""
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from amr_fast.models.base import AvgPool2
+from amr_fast.models.base import AvgPool2, Upsample2
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 9, 7), (2, 3, 8, 8), (1, 1, 2, 3), (3, 4, 17, 17)])
@@ -29,3 +30,21 @@ def test_avgpool2_bf16_is_within_rounding():
     x = torch.randn(2, 4, 10, 10)
     y = AvgPool2()(x.bfloat16()).float()
     torch.testing.assert_close(y, F.avg_pool2d(x, 2), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 1, 1, 1), (3, 4, 8, 8)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsample2_matches_torch(shape, channels_last):
+    x = torch.randn(shape, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    y = Upsample2()(x)
+    ref_x = x.detach().clone().requires_grad_(True)
+    ref = F.interpolate(ref_x, scale_factor=2, mode="nearest")
+    torch.testing.assert_close(y, ref)
+    g = torch.randn_like(ref)
+    y.backward(g)
+    ref.backward(g)
+    torch.testing.assert_close(x.grad, ref_x.grad)
+    assert torch.autograd.gradcheck(Upsample2(), (x.detach().clone().requires_grad_(True),))
