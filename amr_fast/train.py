@@ -53,8 +53,9 @@ from amr_fast import checkpoint, models, stats
 from amr_fast import data as amr_data
 from amr_fast.config import PRESETS, TrainConfig, preset_line, probe_adam_args
 from amr_fast.eval import grids
-from amr_fast.eval.cli import recon_error
+from amr_fast.eval.cli import make_encode, recon_error
 from amr_fast.eval.disentangle import factorvae_score, procedural_dsprites
+from amr_fast.eval.probe import code_probes, encode_batches
 from amr_fast.losses import AMRLoss
 from amr_fast.run import LoopState, Run, config_from_args, configure_run_parser, due, fmt_time, step_status
 
@@ -408,6 +409,7 @@ def _summary(run: Run, ae: torch.nn.Module, stopped: bool, root: Path, splits: d
         ae.train()
     if not stopped and run.is_main and cfg.arch == "dsprites64" and cfg.data.startswith("builtin:dsprites"):
         summary["factorvae"] = _factorvae(ae, cfg, run.device)
+        summary["shape_probes"] = _shape_probes(ae, cfg, root, run.device)
     for line in summary_lines(summary):
         run.say(line)
     return summary
@@ -438,6 +440,12 @@ def summary_lines(summary: dict) -> list[str]:
             f"FactorVAE score: {summary['factorvae']['score']:.3f} (Kim & Mnih, all 5 dSprites factors, "
             f"{summary['factorvae']['n_train']}+{summary['factorvae']['n_eval']} votes; chance 0.2)"
         )
+    if summary.get("shape_probes"):
+        p = summary["shape_probes"]
+        lines.append(
+            f"shape probes:    linear {p['linear']:.3f}, MLP {p['mlp']:.3f} (offline, on the final code: {p['n_train']} "
+            f"train -> {p['n_test']} valid codes; chance {1 / p['num_classes']:.2f})"
+        )
     if summary.get("img_per_s"):
         lines.append(
             f"training time:   {fmt_time(summary['time'])} for {summary['kimg']:g} kimg, "
@@ -446,6 +454,16 @@ def summary_lines(summary: dict) -> list[str]:
     if summary["stopped"]:
         lines.append("stopped early by a signal: re-run the same command to resume")
     return lines
+
+
+def _shape_probes(ae, cfg, root: Path, device) -> dict:
+    """Offline probes of the final code for the labels (dSprites: shape), linear and one-hidden-layer MLP: how much
+    of the shape the code holds, and how much of it a linear read-out (the paper's probe) can use."""
+    encode = make_encode(ae, device)
+    h_tr, y_tr = encode_batches(encode, amr_data.eval_loader(root, "train", 500), limit=10_000)
+    h_va, y_va = encode_batches(encode, amr_data.eval_loader(root, "valid", 500), limit=5_000)
+    ae.train()
+    return {**code_probes(h_tr, y_tr, h_va, y_va, cfg.num_classes), "num_classes": cfg.num_classes}
 
 
 def _factorvae(ae, cfg, device) -> dict | None:

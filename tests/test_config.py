@@ -70,9 +70,9 @@ def test_paper_presets_cover_the_tables_with_the_papers_hyperparameters():
 def test_presets_never_default_to_a_local_dataset_path():
     for name, cfg in PRESETS.items():
         assert cfg.data == "" or cfg.data.startswith("builtin:"), name
-    assert PRESETS["demo"].data == "builtin:dsprites-procedural-large"
-    assert (PRESETS["demo"].mixer, PRESETS["demo"].k) == ("mixup", 3)
-    demo, row = PRESETS["demo"], PRESETS["dsprites-mixup-k3"]  # the demo keeps the maths of its table-4 row
+    assert PRESETS["demo"].data == "builtin:dsprites-procedural-xl"
+    assert (PRESETS["demo"].mixer, PRESETS["demo"].k) == ("bernoulli", 3)
+    demo, row = PRESETS["demo"], PRESETS["dsprites-bernoulli-k3"]  # the demo keeps the maths of its table-4 row
     same = ("arch", "method", "mixer", "k", "alpha", "recon", "code_dim", "gan_weight", "beta", "disc_mix")
     assert all(getattr(demo, f) == getattr(row, f) for f in same)
     for name in ("fashion-mnist-aegan", "fashion-mnist-mixup", "fashion-mnist-bernoulli", "fashion-mnist-mixup-k3"):

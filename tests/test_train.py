@@ -369,8 +369,10 @@ def test_summary_lines_give_probe_recon_factorvae_and_speed():
     probe = {"best_valid_acc": 0.5, "best_kimg": 160.0, "test_acc_at_best": None, "last_valid_acc": 0.48}
     summary = {"run_dir": "r", "snapshot": "s", "samples": "p", "stopped": False, "kimg": 160.0, "time": 300.0,
                "img_per_s": 533.3, "probe": probe, "recon": {"l1": 0.029, "mse": 0.032, "n": 5000, "split": "valid"},
-               "factorvae": {"score": 0.54, "n_train": 200, "n_eval": 200}}  # fmt: skip
+               "factorvae": {"score": 0.54, "n_train": 200, "n_eval": 200},
+               "shape_probes": {"linear": 0.481, "mlp": 0.992, "n_train": 10000, "n_test": 5000, "num_classes": 3}}  # fmt: skip
     text = "\n".join(train.summary_lines(summary))
+    assert "shape probes:    linear 0.481, MLP 0.992 (offline, on the final code: 10000 train -> 5000 valid" in text
     assert "best valid acc 0.5000 at 160.000 kimg, last 0.4800" in text
     assert "recon error:     mean |x_rec - x| 0.0290, MSE 0.0320 (5000 valid images" in text
     assert "FactorVAE score: 0.540" in text and "training time:   5m00s for 160 kimg, 533 img/s" in text

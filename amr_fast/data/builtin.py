@@ -18,7 +18,12 @@ from amr_fast.data.write import make_shards
 
 # Training-set size when the config's subset is 0 (the full dSprites grid is 737k images, far more than a CPU
 # demo sees); None = everything the generator makes.
-BUILTIN_TRAIN_SIZE = {"dsprites-procedural": 20_000, "dsprites-procedural-large": 20_000, "spiral": None}
+BUILTIN_TRAIN_SIZE = {
+    "dsprites-procedural": 20_000,
+    "dsprites-procedural-large": 20_000,
+    "dsprites-procedural-xl": 20_000,
+    "spiral": None,
+}
 
 
 def cache_dir() -> Path:

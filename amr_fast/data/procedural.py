@@ -5,8 +5,9 @@ dSprites (Matthey et al. 2017; the AMR paper's disentanglement experiments, sect
 737,280 binary images. Our renderer draws the same factor grid with exact factor values, in the published index
 order (the last factor varies fastest), vectorised over a batch of grid indices. The shapes are drawn by their
 implicit equations, so they resemble but do not copy the published bitmaps. posX moves the sprite right, posY
-down. Pixels are 0 / 255 (the published file stores 0 / 1). `style="dsprites-procedural-large"` draws the same
-grid with 1.5x larger sprites (the README's demo: shapes a small autoencoder learns within minutes).
+down. Pixels are 0 / 255 (the published file stores 0 / 1). `style="dsprites-procedural-large"` and
+`"dsprites-procedural-xl"` draw the same grid with 1.5x and 1.9x larger sprites (the README's demo uses -xl: shapes
+a small autoencoder learns within minutes).
 
 The spiral (the AMR supplement's toy for the consistency loss): points `t * (cos 4 pi t, sin 4 pi t)` plus a
 little Gaussian noise, t ~ U(0.1, 1); the factor stored with each point is t.
@@ -35,9 +36,14 @@ _MARGIN = 0.18  # the sprite centre stays in [margin, 1 - margin] of the image
 _RADIUS = 0.16  # half-size of a scale-1 sprite, in image widths (about 10 px at 64 x 64)
 # Sprite sizes of the built-in generators: name -> (radius, margin). "dsprites-procedural" resembles the published
 # set; "dsprites-procedural-large" draws the same factor grid 1.5x larger (a scale-1 square is 25 px at 64 x 64,
-# scale 0.5 12 px) with the centres kept 0.30 from the border: shapes cover ~2.3x the pixels, so a small
-# autoencoder tells them apart after far fewer images (the README's demo).
-DSPRITES_STYLES = {"dsprites-procedural": (_RADIUS, _MARGIN), "dsprites-procedural-large": (0.24, 0.30)}
+# scale 0.5 12 px) with the centres kept 0.30 from the border: shapes cover ~2.3x the pixels; "-xl" 1.9x (31 / 15 px,
+# centres 0.36 from the border, so that no sprite is clipped), ~3.5x the pixels, so that a small autoencoder draws
+# squares, ellipses and hearts apart within minutes (the README's demo).
+DSPRITES_STYLES = {
+    "dsprites-procedural": (_RADIUS, _MARGIN),
+    "dsprites-procedural-large": (0.24, 0.30),
+    "dsprites-procedural-xl": (0.30, 0.36),
+}
 
 
 def dsprites_factors(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -554,6 +554,7 @@ SOURCES: dict[str, Callable[..., Source]] = {
     "dsprites": dsprites,
     "dsprites-procedural": dsprites_procedural,
     "dsprites-procedural-large": functools.partial(dsprites_procedural, style="dsprites-procedural-large"),
+    "dsprites-procedural-xl": functools.partial(dsprites_procedural, style="dsprites-procedural-xl"),
     "spiral": spiral,
 }
 

@@ -5,6 +5,8 @@ Offline, after training, a fresh linear classifier is fitted on the frozen codes
 scored on the test split: the codes are standardised with the train split's mean and std and the multinomial
 logistic regression is solved by full-batch L-BFGS with a small L2 penalty (deterministic, no learning-rate
 schedule to tune). `fit_linear` is also the classifier of the beta-VAE metric (`amr_fast.eval.disentangle`).
+`fit_mlp` is the nonlinear counterpart (one hidden layer): it tells "the code holds y, but not linearly" (an
+autoencoder's dSprites code usually holds shape that way) from "the code has lost y".
 """
 
 from __future__ import annotations
@@ -65,6 +67,32 @@ def fit_linear(
     return LinearClassifier(mean, std, weight.detach(), bias.detach())
 
 
+def fit_mlp(
+    f: torch.Tensor, y: torch.Tensor, num_classes: int, hidden: int = 256, steps: int = 1000, seed: int = 0
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A one-hidden-layer ReLU classifier of y [N] on standardised features f [N, D], full-batch Adam (lr 1e-2) for
+    `steps` steps; returns predict(f) -> labels [N]."""
+    f, y = f.float().flatten(1), y.long()
+    if len(f) != len(y) or len(f) == 0:
+        raise ValueError(f"fit_mlp needs as many labels as feature rows (> 0); got {len(f)} rows, {len(y)} labels")
+    mean, std = f.mean(dim=0), f.std(dim=0).clamp_min(1e-6)
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(f.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, num_classes))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    z = (f - mean) / std
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(z), y).backward()
+            opt.step()
+
+    @torch.no_grad()
+    def predict(g: torch.Tensor) -> torch.Tensor:
+        return net((g.float().flatten(1) - mean) / std).argmax(dim=1)
+
+    return predict
+
+
 def encode_batches(
     encode: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[dict], limit: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,4 +124,17 @@ def offline_probe(
         "n_train": len(y_train),
         "n_test": len(y_test),
         "dims": int(h_train.flatten(1).shape[1]),
+    }
+
+
+def code_probes(
+    h_train: torch.Tensor, y_train: torch.Tensor, h_test: torch.Tensor, y_test: torch.Tensor, num_classes: int
+) -> dict:
+    """Test accuracy of the offline linear probe and of the MLP probe fitted on the same train codes."""
+    mlp = fit_mlp(h_train, y_train, num_classes)
+    return {
+        "linear": fit_linear(h_train, y_train, num_classes).accuracy(h_test, y_test),
+        "mlp": float((mlp(h_test) == y_test.long()).float().mean()),
+        "n_train": len(y_train),
+        "n_test": len(y_test),
     }

@@ -69,11 +69,12 @@ def test_scale_shape_and_orientation_are_visible():
     assert set(np.unique(imgs[2])) == {0, 255}
 
 
-def test_the_large_style_draws_the_same_grid_larger():
+@pytest.mark.parametrize("style, factor", [("dsprites-procedural-large", 1.5), ("dsprites-procedural-xl", 1.875)])
+def test_the_larger_styles_draw_the_same_grid_larger(style, factor):
     idx = np.array([index_of(shape=s, scale=5, orientation=3, posX=16, posY=16) for s in range(3)])
-    small, large = P.render_dsprites(idx), P.render_dsprites(idx, style="dsprites-procedural-large")
+    small, large = P.render_dsprites(idx), P.render_dsprites(idx, style=style)
     ratio = (large > 0).sum(axis=(1, 2, 3)) / (small > 0).sum(axis=(1, 2, 3))
-    assert np.all(np.abs(ratio - 1.5**2) < 0.25)  # 1.5x the size: 2.25x the area, every shape
+    assert np.all(np.abs(ratio - factor**2) < 0.3)  # factor x the size: factor^2 the area, every shape
     for img in large:  # centred like the default style (posX = posY = 16 of 0..31: about the middle)
         cx, cy, _ = centroid_and_area(img)
         assert abs(cx - 32) < 3 and abs(cy - 32) < 3
@@ -84,7 +85,7 @@ def test_the_large_style_draws_the_same_grid_larger():
         for x in (0, 31)
         for y in (0, 31)
     ]
-    big = P.render_dsprites(np.array(corners), style="dsprites-procedural-large")[:, 0]
+    big = P.render_dsprites(np.array(corners), style=style)[:, 0]
     border = np.concatenate([big[:, 0], big[:, -1], big[:, :, 0], big[:, :, -1]], axis=1)
     assert border.max() == 0  # the largest sprites, any shape and orientation, stay inside the image
     with pytest.raises(ValueError, match="style"):

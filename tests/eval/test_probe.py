@@ -1,4 +1,5 @@
-"""Offline linear probe: ~100% on linearly separable synthetic codes, chance on unrelated labels."""
+"""Offline probes: the linear one ~100% on linearly separable synthetic codes, chance on unrelated labels; the MLP
+one reads what the linear one cannot."""
 
 import torch
 
@@ -31,3 +32,16 @@ def test_encode_batches_scales_uint8_and_stops_at_limit():
     batches = [{"x": torch.full((4, 1, 2, 2), 255, dtype=torch.uint8), "y": torch.arange(4)} for _ in range(5)]
     h, y = probe.encode_batches(lambda x: x.mean(dim=(2, 3)), batches, limit=10)
     assert h.shape == (10, 1) and torch.allclose(h, torch.ones(10, 1)) and y.tolist() == [0, 1, 2, 3] * 2 + [0, 1]
+
+
+def test_code_probes_tell_a_nonlinear_code_from_a_lost_one():
+    """Labels held by the code but not linearly (the quadrant parity of two coordinates: XOR): the linear probe is
+    at chance, the MLP probe near 1; on unrelated labels both stay at chance."""
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(3000, 4, generator=g)
+    y = ((h[:, 0] > 0) ^ (h[:, 1] > 0)).long()
+    r = probe.code_probes(h[:2000], y[:2000], h[2000:], y[2000:], num_classes=2)
+    assert r["linear"] < 0.6 and r["mlp"] > 0.95 and (r["n_train"], r["n_test"]) == (2000, 1000)
+    noise = torch.randint(0, 2, (3000,), generator=g)
+    r = probe.code_probes(h[:2000], noise[:2000], h[2000:], noise[2000:], num_classes=2)
+    assert abs(r["linear"] - 0.5) < 0.06 and abs(r["mlp"] - 0.5) < 0.08
