@@ -21,6 +21,7 @@ import time
 import torch
 
 from amr_fast.classify import CLASSIFY_PRESETS, build_classifier, mixup_forward, mixup_loss, random_crop_flip
+from amr_fast.precision import keep_freed_memory
 from amr_fast.train_bench import _precisions, autocast_factory
 
 MODES = ("erm", "mixup", "manifold")
@@ -90,7 +91,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-
+    keep_freed_memory()  # as the trainers do on a CPU (amr_fast.run.Run)
     if args.threads:
         torch.set_num_threads(args.threads)
     results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "host": platform.node(),

@@ -441,16 +441,18 @@ def _build_presets() -> tuple[dict[str, TrainConfig], dict[str, PresetRow]]:
     amr32 = TrainConfig(arch="amr32", img_size=32, width=16, code_channels=2, batch=64, lr=1e-4, beta1=0.5, beta2=0.99,
                         weight_decay=1e-5, probe_lr=1e-4, probe_beta1=0.5, probe_beta2=0.99, probe_weight_decay=1e-5,
                         ae_every=5, recon="l1", tick_kimg=10, snapshot_kimg=1000, state_kimg=1000,
-                        probe_kimg=100)  # fmt: skip
+                        probe_kimg=100, channels_last=True)  # fmt: skip
     # Table 4: dSprites, Burgess et al. autoencoder, 10-dim code, BCE-sum reconstruction, D width 32 (--ndf=32; the
     # AE+GAN script passes none: task_launcher's default 64), no weight decay. beta-VAE: exps/dsprite/bvae_beta100.sh,
     # beta 100 with the public code's KL *mean* over the 10 code dims, i.e. vae_beta = 10 with our KL summed over
-    # dims; Adam beta1 0.9 as its script, and no D. channels_last stays off: on an idle 2-core CPU its NHWC steps
-    # ran 0.82x (fp32) and 0.82x (bf16) of the NCHW ones (`amr-fast bench train`, 2026-12-01).
+    # dims; Adam beta1 0.9 as its script, and no D. Both families run channels-last (NHWC): with malloc keeping freed
+    # blocks (amr_fast.precision.keep_freed_memory) and our NHWC InstanceNorm, NHWC steps ran 1.06-1.19x (fp32)
+    # and 1.14-1.19x (bf16) the NCHW ones on the idle 2-core CPU (`amr-fast bench train`, 2026-12-01 17:50 UTC).
     dsprites = TrainConfig(arch="dsprites64", img_size=64, channels=1, width=32, disc_width=32, code_dim=10,
                            num_classes=3, recon="bce", lamb=1.0, batch=64, lr=1e-4, beta1=0.5, beta2=0.99,
                            weight_decay=0.0, probe_lr=1e-4, probe_beta1=0.5, probe_beta2=0.99, ae_every=5,
-                           tick_kimg=10, snapshot_kimg=1000, state_kimg=1000, probe_kimg=100)  # fmt: skip
+                           tick_kimg=10, snapshot_kimg=1000, state_kimg=1000, probe_kimg=100,
+                           channels_last=True)  # fmt: skip
     bases = {
         "mnist": replace(amr32, channels=1),
         "kmnist": replace(amr32, channels=1),

@@ -43,7 +43,7 @@ from amr_fast import checkpoint, stats
 from amr_fast.config import from_dict, parse_overrides, resolve, to_json
 from amr_fast.data import stream_counts
 from amr_fast.eval import tensorboard as eval_tensorboard
-from amr_fast.precision import choose_precision, default_device_type
+from amr_fast.precision import choose_precision, default_device_type, keep_freed_memory
 
 # Fields that may differ when a run is resumed (the schedule and runtime knobs); every other field must match.
 RESUMABLE_FIELDS = (
@@ -168,6 +168,8 @@ class Run:
         check_world_size(self.accelerator.num_processes)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device, self.is_main = self.accelerator.device, self.accelerator.is_main_process
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.fp16 = self.accelerator.mixed_precision == "fp16"
         self.tb = (
             eval_tensorboard.TensorBoardLogger(self.outdir) if tensorboard and self.is_main else None

@@ -443,8 +443,8 @@ def summary_lines(summary: dict) -> list[str]:
     if summary.get("shape_probes"):
         p = summary["shape_probes"]
         lines.append(
-            f"shape probes:    linear {p['linear']:.3f}, MLP {p['mlp']:.3f} (offline, on the final code: {p['n_train']} "
-            f"train -> {p['n_test']} valid codes; chance {1 / p['num_classes']:.2f})"
+            f"shape probes:    linear {p['linear']:.3f}, MLP {p['mlp']:.3f} (offline, on the final code: "
+            f"{p['n_train']} train -> {p['n_test']} valid codes; chance {1 / p['num_classes']:.2f})"
         )
     if summary.get("img_per_s"):
         lines.append(

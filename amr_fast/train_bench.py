@@ -48,7 +48,7 @@ from amr_fast.data import to_unit
 from amr_fast.data.builtin import cache_dir
 from amr_fast.losses import gan_loss, recon_loss
 from amr_fast.models import build_networks
-from amr_fast.precision import choose_precision, cpu_has_native_bf16
+from amr_fast.precision import choose_precision, cpu_has_native_bf16, keep_freed_memory
 from amr_fast.train import Parts, train_iteration
 
 MODELS = {
@@ -259,6 +259,7 @@ def _precisions(spec: str) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
+    keep_freed_memory()  # as the trainers do on a CPU (amr_fast.run.Run)
     if args.threads:
         torch.set_num_threads(args.threads)
     results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),

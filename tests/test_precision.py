@@ -1,5 +1,7 @@
 """amr_fast.precision: what precision=auto gives on each device (bf16 on CPUs with native bf16)."""
 
+import os
+
 import pytest
 
 from amr_fast import precision
@@ -45,3 +47,16 @@ def test_the_trainers_use_it(monkeypatch):
     assert mixed_precision("auto") == "bf16"  # the harness of both trainers (amr_fast.run)
     monkeypatch.setenv("AMR_FAST_CPU_BF16", "0")
     assert mixed_precision("auto") == "no"
+
+
+def test_keep_freed_memory_sets_glibc_malloc_once_and_can_be_turned_off(monkeypatch):
+    import platform
+    import subprocess
+    import sys
+
+    code = "from amr_fast.precision import keep_freed_memory as k; print(k(), k())"
+    for env, expected in (({}, "True True"), ({"AMR_FAST_MALLOC": "0"}, "False False")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
+        assert out.returncode == 0, out.stderr
+        if platform.libc_ver()[0] == "glibc" or env:
+            assert out.stdout.split() == expected.split()

@@ -370,7 +370,8 @@ def test_summary_lines_give_probe_recon_factorvae_and_speed():
     summary = {"run_dir": "r", "snapshot": "s", "samples": "p", "stopped": False, "kimg": 160.0, "time": 300.0,
                "img_per_s": 533.3, "probe": probe, "recon": {"l1": 0.029, "mse": 0.032, "n": 5000, "split": "valid"},
                "factorvae": {"score": 0.54, "n_train": 200, "n_eval": 200},
-               "shape_probes": {"linear": 0.481, "mlp": 0.992, "n_train": 10000, "n_test": 5000, "num_classes": 3}}  # fmt: skip
+               "shape_probes": {"linear": 0.481, "mlp": 0.992, "n_train": 10000, "n_test": 5000,
+                                "num_classes": 3}}  # fmt: skip
     text = "\n".join(train.summary_lines(summary))
     assert "shape probes:    linear 0.481, MLP 0.992 (offline, on the final code: 10000 train -> 5000 valid" in text
     assert "best valid acc 0.5000 at 160.000 kimg, last 0.4800" in text

@@ -158,3 +158,49 @@ class Upsample2(nn.Upsample):
         if x.dim() != 4 or not x.is_contiguous():
             return super().forward(x)
         return _Upsample2.apply(x)
+
+
+class _InstanceNormNHWC(torch.autograd.Function):
+    """Per-example, per-channel normalisation + affine of a channels-last [B, C, H, W] tensor, computed in fp32 on
+        its [B, H*W, C] view (fp64 for fp64; two-pass mean and variance); backward recomputes x_hat from the saved
+    input."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+        B, C, H, W = x.shape
+        acc = torch.promote_types(x.dtype, torch.float32)
+        xf = x.permute(0, 2, 3, 1).reshape(B, H * W, C).to(acc, copy=True)  # [B, HW, C], a copy
+        mean = xf.mean(1, keepdim=True)  # [B, 1, C]
+        xf -= mean
+        rstd = (xf.square().mean(1, keepdim=True) + eps).rsqrt()
+        y = xf.mul_(rstd * weight.to(acc)).add_(bias.to(acc))
+        ctx.save_for_backward(x, mean, rstd, weight)
+        return y.to(x.dtype).view(B, H, W, C).permute(0, 3, 1, 2)  # channels-last again
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, mean, rstd, weight = ctx.saved_tensors
+        B, C, H, W = x.shape
+        n, acc = H * W, mean.dtype
+        g = dy.permute(0, 2, 3, 1).reshape(B, n, C).to(acc)
+        xhat = x.permute(0, 2, 3, 1).reshape(B, n, C).to(acc, copy=True).sub_(mean).mul_(rstd)
+        s1 = g.sum(1, keepdim=True)  # [B, 1, C]: sum of dy
+        s2 = (g * xhat).sum(1, keepdim=True)  # sum of dy * x_hat
+        dx = xhat.mul_(s2 / -n).add_(g).sub_(s1 / n).mul_(rstd * weight.to(acc))
+        dx = dx.to(dy.dtype).view(B, H, W, C).permute(0, 3, 1, 2)
+        return dx, s2.sum((0, 1)).to(weight.dtype), s1.sum((0, 1)).to(weight.dtype), None
+
+
+class InstanceNorm(nn.GroupNorm):
+    """`InstanceNorm2d(C, affine=True)` as `GroupNorm(C, C)` (one channel per group: the same maths, parameter
+    names and eps; torch's CPU instance_norm goes through a batch-norm reshape several times slower). On
+    channels-last input it runs `_InstanceNormNHWC`: torch's channels-last group_norm is 10-40x slower than its
+    NCHW kernel in bf16 on CPU, ours 2-4x, and channels-last makes the model's convolutions ~1.5x faster."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            return _InstanceNormNHWC.apply(x, self.weight, self.bias, self.eps)
+        return super().forward(x)
