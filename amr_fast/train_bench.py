@@ -280,8 +280,8 @@ def main(args: argparse.Namespace) -> int:
             tag = "ours" if p == "fp32" else f"ours {p}"
             if p != "fp32":
                 variants[tag] = {"precision": p}
-            for v in extra:
-                variants[f"{tag}+{v}"] = {"precision": p, v: not getattr(cfg, v)}
+            for v in extra:  # the field flipped: "+channels_last" turns it on, "-channels_last" off
+                variants[f"{tag}{'-' if getattr(cfg, v) else '+'}{v}"] = {"precision": p, v: not getattr(cfg, v)}
         r = bench_model(cfg, args.cycles, args.rounds, variants=variants)
         measured = list(dict.fromkeys(["fp32", *precisions]))  # "ours" (fp32) is always there
         r["flops_per_image"] = {p: flops_per_image(cfg, p) for p in measured}
