@@ -50,6 +50,7 @@ from torch.nn import functional as F
 from amr_fast import kernels, mixing
 from amr_fast.config import TrainConfig
 from amr_fast.models import unwrap
+from amr_fast.models.base import to_channels_last
 
 PHASES = ("ae", "disc", "probe")
 PHASE_MODULES = {"ae": ("ae", "mixer"), "disc": ("disc",), "probe": ("probe",)}  # nets each phase updates
@@ -128,9 +129,14 @@ class AMRLoss:
     # -----------------------------------------------------------------------------------------------------------
     # Network calls (counted).
 
+    def _images(self, x: Tensor) -> Tensor:
+        """Images into a network: channels-last strides in a channels-last run (decoded images lose them in
+        tanh / split / cat when C = 1)."""
+        return to_channels_last(x) if self.cfg.channels_last else x
+
     def _encode(self, x: Tensor) -> Tensor:
         self.passes["enc"] += 1
-        return self.ae.encode(x)
+        return self.ae.encode(self._images(x))
 
     def _decode(self, h: Tensor) -> tuple[Tensor, Tensor]:
         self.passes["dec"] += 1
@@ -139,6 +145,7 @@ class AMRLoss:
     def _disc_run(self, f: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
         if start == 0:
             self.passes["disc"] += 1
+            f = self._images(f)
         return self.disc.run(f, start, stop)
 
     # -----------------------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ from amr_fast.eval.cli import make_encode, recon_error
 from amr_fast.eval.disentangle import factorvae_score, procedural_dsprites
 from amr_fast.eval.probe import code_probes, encode_batches
 from amr_fast.losses import AMRLoss
+from amr_fast.models.base import to_channels_last
 from amr_fast.run import LoopState, Run, config_from_args, configure_run_parser, due, fmt_time, step_status
 
 STATUS_KEYS = (
@@ -117,8 +118,8 @@ class Parts:
 def to_device_batch(batch: dict, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images [N, C, H, W] -> x in [-1, 1] float32 on `device`; float inputs (spiral points) pass as they are."""
     x = amr_data.to_unit(batch["x"], device)
-    if channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
+    if channels_last:
+        x = to_channels_last(x)
     return x, batch["y"].to(device, non_blocking=True).long()
 
 

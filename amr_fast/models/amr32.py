@@ -17,11 +17,12 @@ Quirks of the public code (architectures/arch_kyle.py) and what we did with each
   `weight`); ours start at 1 (bias 0), the usual affine-norm init.
 - CHANGED: the decoder ends in tanh (public: a linear output), so x_rec lies in [-1, 1] like x and BCE can be
   computed from logits (AutoEncoder.decode_with_logits).
-- SAME MATHS, FASTER: InstanceNorm2d(C, affine=True) is computed as GroupNorm(C, C) (one channel per group:
-  the same per-example, per-channel normalisation and affine, same eps and parameter names); torch's CPU
-  instance_norm goes through a batch-norm reshape that is several times slower, forward and backward.
+- SAME MATHS, FASTER: InstanceNorm2d(C, affine=True) is `base.InstanceNorm`, computed as GroupNorm(C, C) (one
+  channel per group: the same per-example, per-channel normalisation and affine, same eps and parameter names;
+  torch's CPU instance_norm goes through a batch-norm reshape that is several times slower), and by our own NHWC
+  function on channels-last maps (the presets' default layout).
 - SAME MATHS, FASTER: the 2x2 average pooling and the nearest 2x upsampling are `base.AvgPool2` / `base.Upsample2`
-  (row-pair and column-pair adds / expand-copies on NCHW; torch's NCHW kernels are 2-5x slower in bf16).
+  (row-pair and column-pair adds / expand-copies; torch's NCHW kernels are 2-5x slower in bf16).
 - The ACGAN head (class-conditional mixer only) is a spectrally normalised linear layer on D's pooled last
   features (public: a separate ResNet discriminator, architectures/discriminators.py).
 """

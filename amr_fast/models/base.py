@@ -83,81 +83,114 @@ class Discriminator(nn.Module):
         return self.outputs(self.run(x), aux=True)
 
 
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """Images [B, C, H, W] in channels-last memory with channels-last strides, also for C = 1: there torch keeps
+    NCHW strides (both describe the same memory) and a channels-last stem conv then returns NCHW maps, which every
+    following conv copies back, forward and backward."""
+    if x.dim() != 4:
+        return x
+    x = x.contiguous(memory_format=torch.channels_last)
+    B, C, H, W = x.shape
+    return x.as_strided(x.shape, (H * W, 1, W, 1)) if C == 1 else x
+
+
 def sn(module: nn.Module) -> nn.Module:
     """Spectral normalisation (Miyato et al. 2018), one power iteration per training forward."""
     return nn.utils.parametrizations.spectral_norm(module)
 
 
-def _sum2x2(x: torch.Tensor) -> torch.Tensor:
-    """[B, C, H, W] -> [B, C, H // 2, W // 2]: sums of the 2x2 blocks (floor mode), on contiguous NCHW: the row
-    pairs first (adds of contiguous rows of 2w), then the column pairs of that half-size result."""
+def _is_nhwc(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _as_nhwd(x: torch.Tensor, nhwc: bool) -> torch.Tensor:
+    """[B, C, H, W] -> [N, H, W, D] without a copy: [B, H, W, C] for channels-last memory, else [B*C, H, W, 1]."""
     B, C, H, W = x.shape
+    return x.permute(0, 2, 3, 1) if nhwc else x.reshape(B * C, H, W, 1)
+
+
+def _from_nhwd(t: torch.Tensor, B: int, C: int, nhwc: bool) -> torch.Tensor:
+    """The inverse of `_as_nhwd` for t [N, h, w, D] of any h, w: [B, C, h, w], channels-last memory if nhwc."""
+    return t.permute(0, 3, 1, 2) if nhwc else t.reshape(B, C, t.shape[1], t.shape[2])
+
+
+def _same_layout(dy: torch.Tensor, nhwc: bool) -> torch.Tensor:
+    return dy.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+
+
+def _sum2x2(t: torch.Tensor) -> torch.Tensor:
+    """[N, H, W, D] -> [N, H // 2, W // 2, D]: sums of the 2x2 blocks (floor mode): the row pairs first (adds of
+    contiguous rows), then the column pairs of that half-size result."""
+    N, H, W, D = t.shape
     h, w = H // 2, W // 2
-    rows = x[..., : 2 * h, : 2 * w].reshape(B, C, h, 2, 2 * w)  # a view when the sides are even
-    pairs = (rows[:, :, :, 0] + rows[:, :, :, 1]).view(B, C, h, w, 2)
-    return pairs[..., 0] + pairs[..., 1]
+    rows = t[:, : 2 * h, : 2 * w].reshape(N, h, 2, 2 * w, D)  # a view when the sides are even
+    pairs = (rows[:, :, 0] + rows[:, :, 1]).view(N, h, w, 2, D)
+    return pairs[:, :, :, 0] + pairs[:, :, :, 1]
 
 
-def _repeat2x2(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    """[B, C, h, w] -> [B, C, H, W]: every value repeated over a 2x2 block (columns, then whole rows: two
+def _repeat2x2(t: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """[N, h, w, D] -> [N, H, W, D]: every value repeated over a 2x2 block (columns, then whole rows: two
     expand-copies), zero-padded to H x W when H or W is odd."""
-    B, C, h, w = x.shape
-    g = x.unsqueeze(-1).expand(B, C, h, w, 2).reshape(B, C, h, 1, 2 * w)
-    g = g.expand(B, C, h, 2, 2 * w).reshape(B, C, 2 * h, 2 * w)
-    return g if (2 * h, 2 * w) == (H, W) else torch.nn.functional.pad(g, (0, W - 2 * w, 0, H - 2 * h))
+    N, h, w, D = t.shape
+    g = t.unsqueeze(3).expand(N, h, w, 2, D).reshape(N, h, 1, 2 * w, D)
+    g = g.expand(N, h, 2, 2 * w, D).reshape(N, 2 * h, 2 * w, D)
+    return g if (2 * h, 2 * w) == (H, W) else torch.nn.functional.pad(g, (0, 0, 0, W - 2 * w, 0, H - 2 * h))
 
 
 class _AvgPool2(torch.autograd.Function):
-    """2x2 average pooling, stride 2, floor mode: block sums / 4; backward repeats dy / 4 over the blocks."""
+    """2x2 average pooling, stride 2, floor mode: block sums / 4; backward repeats dy / 4 over the blocks. NCHW or
+    channels-last memory (the output keeps the input's)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.in_shape = x.shape
-        return _sum2x2(x).mul_(0.25)
+        ctx.in_shape, ctx.nhwc = x.shape, _is_nhwc(x)
+        return _from_nhwd(_sum2x2(_as_nhwd(x, ctx.nhwc)).mul_(0.25), *x.shape[:2], ctx.nhwc)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
-        return _repeat2x2(dy * 0.25, *ctx.in_shape[-2:])
+        B, C, H, W = ctx.in_shape
+        g = _as_nhwd(_same_layout(dy, ctx.nhwc), ctx.nhwc) * 0.25
+        return _from_nhwd(_repeat2x2(g, H, W), B, C, ctx.nhwc)
 
 
 class _Upsample2(torch.autograd.Function):
-    """Nearest-neighbour 2x upsampling: repeat over 2x2 blocks; backward sums dy over the blocks."""
+    """Nearest-neighbour 2x upsampling: repeat over 2x2 blocks; backward sums dy over the blocks. NCHW or
+    channels-last memory (the output keeps the input's)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return _repeat2x2(x, 2 * x.shape[-2], 2 * x.shape[-1])
+        B, C, H, W = x.shape
+        ctx.nhwc = _is_nhwc(x)
+        return _from_nhwd(_repeat2x2(_as_nhwd(x, ctx.nhwc), 2 * H, 2 * W), B, C, ctx.nhwc)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
-        return _sum2x2(dy)
+        B, C = dy.shape[:2]
+        return _from_nhwd(_sum2x2(_as_nhwd(_same_layout(dy, ctx.nhwc), ctx.nhwc)), B, C, ctx.nhwc)
 
 
 class AvgPool2(nn.AvgPool2d):
     """`nn.AvgPool2d(2)`, the same maths, faster on CPU: torch's NCHW avg_pool2d kernel (forward and backward)
-    costs 2-5x our row-pair / column-pair adds at the 32x32 model's sizes in bf16 (four strided adds, our first
-    version, 2-3x; measured one thread, [192, C, 34 / 17 / 8] maps); channels-last inputs keep torch's kernel (fast
-    in that layout). In bf16 the two adds round twice (torch's kernel once): differences of an ulp or two."""
+    costs 2-5x our row-pair / column-pair adds at the 32x32 model's sizes in bf16 (one thread, [192, C, 34 / 17 / 8]
+    maps); in channels-last memory ours ran the whole bf16 step ~2% faster than torch's kernel. In bf16 the two
+    adds round twice (torch's kernel once): differences of an ulp or two."""
 
     def __init__(self) -> None:
         super().__init__(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            return super().forward(x)
-        return _AvgPool2.apply(x)
+        return _AvgPool2.apply(x) if x.dim() == 4 else super().forward(x)
 
 
 class Upsample2(nn.Upsample):
-    """`nn.Upsample(scale_factor=2, mode="nearest")`, the same maths, faster on contiguous NCHW (two expand-copies
-    forward, two adds backward: ~2x torch's kernels in bf16 at the decoder's sizes); other layouts keep torch's."""
+    """`nn.Upsample(scale_factor=2, mode="nearest")`, the same maths, faster on CPU (two expand-copies forward, two
+    adds backward: ~2x torch's NCHW kernels in bf16 at the decoder's sizes), NCHW or channels-last memory."""
 
     def __init__(self) -> None:
         super().__init__(scale_factor=2, mode="nearest")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or not x.is_contiguous():
-            return super().forward(x)
-        return _Upsample2.apply(x)
+        return _Upsample2.apply(x) if x.dim() == 4 else super().forward(x)
 
 
 class _InstanceNormNHWC(torch.autograd.Function):

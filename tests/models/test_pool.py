@@ -16,6 +16,8 @@ def test_avgpool2_matches_torch(shape, channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
     y = AvgPool2()(x)
+    if channels_last and shape[1] > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)  # the output keeps the input's memory format
     ref_x = x.detach().clone().requires_grad_(True)
     ref = F.avg_pool2d(ref_x, 2)
     torch.testing.assert_close(y, ref)
@@ -40,6 +42,8 @@ def test_upsample2_matches_torch(shape, channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
     y = Upsample2()(x)
+    if channels_last and shape[1] > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)
     ref_x = x.detach().clone().requires_grad_(True)
     ref = F.interpolate(ref_x, scale_factor=2, mode="nearest")
     torch.testing.assert_close(y, ref)
@@ -48,3 +52,16 @@ def test_upsample2_matches_torch(shape, channels_last):
     ref.backward(g)
     torch.testing.assert_close(x.grad, ref_x.grad)
     assert torch.autograd.gradcheck(Upsample2(), (x.detach().clone().requires_grad_(True),))
+
+
+def test_to_channels_last_gives_one_channel_images_strides_a_channels_last_stem_keeps():
+    from amr_fast.models.base import to_channels_last
+
+    stem = torch.nn.Conv2d(1, 4, 1, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(3, 1, 8, 8)
+    assert not stem(x.contiguous(memory_format=torch.channels_last)).is_contiguous(memory_format=torch.channels_last)
+    y = to_channels_last(x)
+    assert torch.equal(y, x) and y.stride() == (64, 1, 8, 1)
+    assert stem(y).is_contiguous(memory_format=torch.channels_last)  # NHWC maps from the stem on
+    z = to_channels_last(torch.randn(2, 3, 5, 5))
+    assert z.is_contiguous(memory_format=torch.channels_last) and to_channels_last(torch.randn(4, 2)).shape == (4, 2)
