@@ -530,7 +530,7 @@ def _build_presets() -> tuple[dict[str, TrainConfig], dict[str, PresetRow]]:
     #   the decoder ignores it: the middle of an interpolation fades to a blank image (as the pixel blend does);
     #   with 0.2 the decoded mixes are sprites that move and change between the sources.
     # - probe_lr 1e-3 (1e-4): the online probe follows the changing code.
-    # - budget 256 kimg (8,000 iterations; the paper: 500 epochs of the full grid): ~900 img/s on this CPU in bf16.
+    # - budget 256 kimg (8,000 iterations; the paper: 500 epochs of the full grid): ~1,100 img/s on this CPU in bf16.
     # The online (linear) probe on shape stays ~0.48 (chance 0.33) whatever we tried: the code holds the shape
     # (an MLP probe on the final code reads it at ~0.99) but not linearly; the run's summary prints both.
     p["demo"] = replace(dsprites, data="builtin:dsprites-procedural-xl", mixer="bernoulli", k=3, width=16,
