@@ -7,51 +7,39 @@ from torch.nn import functional as F
 
 from amr_fast.models.base import AvgPool2, Upsample2
 
+CASES = [
+    (AvgPool2, lambda t: F.avg_pool2d(t, 2), shape)
+    for shape in [(2, 3, 9, 7), (2, 3, 8, 8), (1, 1, 2, 3), (3, 4, 17, 17)]
+]
+CASES += [
+    (Upsample2, lambda t: F.interpolate(t, scale_factor=2, mode="nearest"), s) for s in [(2, 3, 4, 5), (1, 1, 1, 1)]
+]
 
-@pytest.mark.parametrize("shape", [(2, 3, 9, 7), (2, 3, 8, 8), (1, 1, 2, 3), (3, 4, 17, 17)])
+
+@pytest.mark.parametrize("module, reference, shape", CASES)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_avgpool2_matches_torch(shape, channels_last):
+def test_pool_and_upsample_match_torch(module, reference, shape, channels_last):
     x = torch.randn(shape, dtype=torch.float64)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
-    y = AvgPool2()(x)
+    y = module()(x)
     if channels_last and shape[1] > 1:
         assert y.is_contiguous(memory_format=torch.channels_last)  # the output keeps the input's memory format
     ref_x = x.detach().clone().requires_grad_(True)
-    ref = F.avg_pool2d(ref_x, 2)
+    ref = reference(ref_x)
     torch.testing.assert_close(y, ref)
     g = torch.randn_like(ref)
     y.backward(g)
     ref.backward(g)
     torch.testing.assert_close(x.grad, ref_x.grad)
-    assert torch.autograd.gradcheck(AvgPool2(), (x.detach().clone().requires_grad_(True),))
+    assert torch.autograd.gradcheck(module(), (x.detach().clone().requires_grad_(True),))
 
 
 def test_avgpool2_bf16_is_within_rounding():
     x = torch.randn(2, 4, 10, 10)
     y = AvgPool2()(x.bfloat16()).float()
     torch.testing.assert_close(y, F.avg_pool2d(x, 2), atol=2e-2, rtol=2e-2)
-
-
-@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 1, 1, 1), (3, 4, 8, 8)])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_upsample2_matches_torch(shape, channels_last):
-    x = torch.randn(shape, dtype=torch.float64)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    x.requires_grad_(True)
-    y = Upsample2()(x)
-    if channels_last and shape[1] > 1:
-        assert y.is_contiguous(memory_format=torch.channels_last)
-    ref_x = x.detach().clone().requires_grad_(True)
-    ref = F.interpolate(ref_x, scale_factor=2, mode="nearest")
-    torch.testing.assert_close(y, ref)
-    g = torch.randn_like(ref)
-    y.backward(g)
-    ref.backward(g)
-    torch.testing.assert_close(x.grad, ref_x.grad)
-    assert torch.autograd.gradcheck(Upsample2(), (x.detach().clone().requires_grad_(True),))
 
 
 def test_to_channels_last_gives_one_channel_images_strides_a_channels_last_stem_keeps():
