@@ -470,14 +470,8 @@ def _shape_probes(ae, cfg, root: Path, device) -> dict:
 def _factorvae(ae, cfg, device) -> dict | None:
     """Kim & Mnih's FactorVAE score of the trained encoder on freshly rendered procedural dSprites (a shorter
     vote count than the paper: a quick figure)."""
-    ae.eval()
-
-    @torch.no_grad()
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        return ae.encode(amr_data.to_unit(x, device)).flatten(1)
-
     sampler = procedural_dsprites(cfg.img_size, cfg.data.split(":", 1)[1])  # the run's own sprites
-    score = factorvae_score(encode, sampler, seed=0, n_train=200, n_eval=200, n_std=2000)
+    score = factorvae_score(make_encode(ae, device), sampler, seed=0, n_train=200, n_eval=200, n_std=2000)
     ae.train()
     return {"score": score.score, "n_train": 200, "n_eval": 200}
 

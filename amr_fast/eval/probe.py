@@ -76,10 +76,11 @@ def fit_mlp(
     if len(f) != len(y) or len(f) == 0:
         raise ValueError(f"fit_mlp needs as many labels as feature rows (> 0); got {len(f)} rows, {len(y)} labels")
     mean, std = f.mean(dim=0), f.std(dim=0).clamp_min(1e-6)
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(f.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, num_classes)
-    )
+    with torch.random.fork_rng(devices=[]):  # a seeded init that leaves the caller's RNG state alone
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(
+            torch.nn.Linear(f.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, num_classes)
+        )
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     z = (f - mean) / std
     with torch.enable_grad():

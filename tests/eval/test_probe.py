@@ -45,3 +45,10 @@ def test_code_probes_tell_a_nonlinear_code_from_a_lost_one():
     noise = torch.randint(0, 2, (3000,), generator=g)
     r = probe.code_probes(h[:2000], noise[:2000], h[2000:], noise[2000:], num_classes=2)
     assert abs(r["linear"] - 0.5) < 0.06 and abs(r["mlp"] - 0.5) < 0.08
+
+
+def test_fit_mlp_leaves_the_global_rng_alone():
+    h, y = torch.randn(50, 3), torch.randint(0, 2, (50,))
+    state = torch.get_rng_state()
+    probe.fit_mlp(h, y, num_classes=2, steps=2)
+    assert torch.equal(torch.get_rng_state(), state)
