@@ -277,7 +277,7 @@ class Run:
         since the last tick (reduced over ranks); rank 0 appends it to stats.jsonl and prints the status line."""
         s, now = self.state, time.time()
         s.time = now - self.start_time
-        counts = stream_counts(self.data_stats, self._data_base, self.device, self.world)  # samples read / skipped
+        counts = stream_counts(self.data_stats, self._data_base)  # samples read / skipped (every rank alike)
         s.data_seen, s.data_skipped = counts["data/seen"], counts["data/skipped"]
         row = {"kimg": s.nimg / 1000, "nimg": s.nimg, **extra}
         train_seconds = now - self.tick_time - self.eval_seconds  # img/s counts training only
