@@ -147,11 +147,11 @@ def _ours(cfg: TrainConfig, seed: int, precision: str = "fp32"):
     if cfg.channels_last:
         for net in nets.values():
             net.to(memory_format=torch.channels_last)
-    parts = Parts.build(cfg, nets, torch.Generator().manual_seed(seed), autocast=autocast_factory(precision))
+    parts = Parts.build(dataclasses.replace(cfg, seed=seed), nets, autocast=autocast_factory(precision))
     state = {"it": 0}
 
     def step(batch):
-        train_iteration(parts, [batch], state["it"] % cfg.ae_every == 0)
+        train_iteration(parts, [batch], state["it"] % cfg.ae_every == 0, step=state["it"])
         state["it"] += 1
 
     return step, parts.loss.passes
