@@ -229,7 +229,9 @@ def training_loop(
         run.say(f"mixing partners are drawn within each accumulation step's {run.world * batch_gpu} images, not the "
                 f"whole batch of {cfg.batch} (raise batch_gpu or the number of processes to widen it)")  # fmt: skip
     stop = False
-    with run:  # SIGTERM / SIGINT set run.stop_requested; the flag rides on the step's all-reduce
+    # SIGTERM / SIGINT set run.stop_requested; the flag rides on the step's all-reduce. The loader is closed (its
+    # threads joined) when the loop ends: never at interpreter exit.
+    with run, contextlib.closing(data_iter):
         while not run.finished:
             parts.loss_scale = s.loss_scale
             mine = next(data_iter)  # this rank's rows of global batch s.it: accum micro-batches of batch_gpu

@@ -381,19 +381,22 @@ def _threaded(stream: _TrainStream, prefetch: int = 4) -> Iterator[dict]:
     done = threading.Event()
     queues = [queue.Queue(maxsize=prefetch) for _ in range(stream.W)]
 
+    def put(w: int, item: tuple) -> bool:
+        while not done.is_set():
+            try:
+                queues[w].put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work(w: int) -> None:
         try:
             for batch in stream.worker_stream(w):
-                while not done.is_set():
-                    try:
-                        queues[w].put((batch, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if done.is_set():
+                if not put(w, (batch, None)):
                     return
         except BaseException as err:  # noqa: BLE001 - handed to the consumer, which raises it
-            queues[w].put((None, err))
+            put(w, (None, err))
 
     threads = [threading.Thread(target=work, args=(w,), daemon=True, name=f"amr-decode-{w}") for w in range(stream.W)]
     for t in threads:
@@ -404,8 +407,10 @@ def _threaded(stream: _TrainStream, prefetch: int = 4) -> Iterator[dict]:
             if err is not None:
                 raise err
             yield batch
-    finally:
-        done.set()
+    finally:  # join the threads: a daemon thread inside torch's C++ code at interpreter exit aborts the process
+        done.set()  # ("terminate called without an active exception", exit 134) after a finished run
+        for t in threads:
+            t.join(timeout=60)
 
 
 def decode_in_threads(workers: int) -> bool:
@@ -419,6 +424,16 @@ def decode_in_threads(workers: int) -> bool:
 
 def _guarded(loader: DataLoader, stats: dict | None, max_skipped: float, window: int, root: str) -> Iterator[dict]:
     """Pop the workers' counters, update `stats`, stop if too many samples were skipped in the last window."""
+    batches = iter(loader)
+    try:
+        yield from _checked(batches, stats, max_skipped, window, root)
+    finally:  # closing this generator stops the decode threads or worker processes at once, not at exit
+        stop = getattr(batches, "close", None) or getattr(batches, "_shutdown_workers", None)
+        if stop is not None:
+            stop()
+
+
+def _checked(loader: Iterator[dict], stats: dict | None, max_skipped: float, window: int, root: str):
     recent: deque[tuple[int, int]] = deque()
     seen_w = skipped_w = 0
     for batch in loader:
