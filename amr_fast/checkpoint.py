@@ -10,8 +10,8 @@
   state dicts (`optim.json`), the loop's own state (`loop.json`), and per rank its RNG states and extra tensors,
   if any (`rank<r>.safetensors`, `rank<r>.json`; a state resumes on any number of processes). It is written into
   `state-<kimg>.tmp/`, renamed, and only then marked complete by the file `COMPLETE`; `find_latest_state`
-  ignores anything without the marker, so a crash mid-write never leaves a newest state that fails to load. Files a state does not name
-  (a planted `*.pkl`) are never opened.
+  ignores anything without the marker, so a crash mid-write never leaves a newest state that fails to load.
+  Files a state does not name (a planted `*.pkl`) are never opened.
 - `write_text_atomic` / `read_json`: every JSON file of a run is replaced atomically, and a parse error names
   the file.
 """
