@@ -3,8 +3,8 @@
 A `Run` is one training run in its directory (NVlabs edm2's `training_loop.py` shape: the trainer is a flat
 sequence of blocks around one state object, `run.state`):
 
-- precision and world size: `mixed_precision` (the config's, or for "auto" what `accelerate launch` chose in
-  ACCELERATE_MIXED_PRECISION, else bf16 on CUDA and fp32 on CPU; fp16 brings a dynamic loss scale) and
+- precision and world size: `mixed_precision` (`amr_fast.precision.precision_choice`, one rule for every
+  launcher, said in the log's first lines; fp16 brings a dynamic loss scale) and
   `check_world_size` (a launcher that silently started one process is an error);
 - the run directory: `config.json` (written atomically), `log.txt` (`run.say`), `stats.jsonl` (one row per
   tick, `run.tick`); an --outdir naming a file is an error;
@@ -43,7 +43,7 @@ from amr_fast import checkpoint, stats
 from amr_fast.config import from_dict, parse_overrides, resolve, to_json
 from amr_fast.data import stream_counts
 from amr_fast.eval import tensorboard as eval_tensorboard
-from amr_fast.precision import choose_precision, default_device_type, keep_freed_memory
+from amr_fast.precision import default_device_type, keep_freed_memory, precision_choice
 
 # Fields that may differ when a run is resumed (the schedule and runtime knobs); every other field must match.
 RESUMABLE_FIELDS = (
@@ -56,9 +56,9 @@ FP16_SCALE_GROWTH = 2000  # and doubled after this many good steps in a row (hal
 
 
 def mixed_precision(precision: str) -> str:
-    """Accelerate's mixed_precision for a config's precision ("auto": as launched, else bf16 on CUDA and on CPUs
-    with native bf16, no elsewhere: `amr_fast.precision`)."""
-    return choose_precision(precision, default_device_type())
+    """Accelerate's mixed_precision for a config's precision ("auto": a launcher's bf16 / fp16, else bf16 on CUDA
+    and on CPUs with native bf16, no elsewhere: `amr_fast.precision`)."""
+    return precision_choice(precision, default_device_type())[0]
 
 
 def check_world_size(num_processes: int) -> None:
@@ -182,6 +182,8 @@ class Run:
             checkpoint.write_text_atomic(self.outdir / "config.json", to_json(cfg) + "\n")
             trim_stats(self.outdir / "stats.jsonl", self.state_nimg or 0)
         self.accelerator.wait_for_everyone()
+        self.say(f"precision {self.accelerator.mixed_precision}: "
+                 f"{precision_choice(cfg.precision, default_device_type())[1]}")  # fmt: skip
         self.collector = stats.Collector(
             self.outdir / "stats.jsonl", self.device, self.rank, self.world, log=self.say, status_keys=status_keys
         )

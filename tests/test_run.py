@@ -36,10 +36,11 @@ class _Launched(Exception):
     pass
 
 
-@pytest.mark.parametrize("launched, expected", [("fp16", "fp16"), ("bf16", "bf16"), (None, "no")])
+@pytest.mark.parametrize("launched, expected", [("fp16", "fp16"), ("bf16", "bf16"), (None, "no"), ("no", "no")])
 def test_the_launched_precision_reaches_both_loops(monkeypatch, tmp_path, launched, expected):
     """`accelerate launch --mixed_precision fp16` sets ACCELERATE_MIXED_PRECISION; precision=auto takes it, in
-    both trainers (on this CPU we check the choice, not the arithmetic)."""
+    both trainers (on this CPU we check the choice, not the arithmetic); its default "no" is the plain run's."""
+    monkeypatch.setenv("AMR_FAST_CPU_BF16", "0")
     if launched:
         monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launched)
     else:
