@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,7 +56,17 @@ from torch.nn import functional as F
 from amr_fast import checkpoint, data, globalbatch, kernels, mixing, stats
 from amr_fast.config import CLASSIFY_PRESETS, ClassifyConfig, from_dict
 from amr_fast.models import build_classifier
-from amr_fast.run import LoopState, Run, config_from_args, configure_run_parser, due, step_status, sum_over_ranks
+from amr_fast.run import (
+    LoopState,
+    Run,
+    config_from_args,
+    configure_run_parser,
+    cpu_processes,
+    due,
+    start_processes,
+    step_status,
+    sum_over_ranks,
+)
 
 STATUS_KEYS = ("kimg", "loss/cls", "train/error", "eval/test_error", "lr", "img/s", "nonfinite", "data/skipped")
 
@@ -381,5 +392,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
     cfg = config_from_args(args, CLASSIFY_PRESETS)
     if cfg is not None:
+        n = cpu_processes(args.procs)
+        if n > 1:  # a CPU: one single-threaded data-parallel process per core, through torch's launcher
+            return start_processes(n, sys.argv[1:])
         train_classifier(cfg, args.outdir or f"runs/{args.preset}", tensorboard=args.tensorboard)
     return 0

@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import signal
 import threading
@@ -61,7 +62,54 @@ def mixed_precision(precision: str) -> str:
     return precision_choice(precision, default_device_type())[0]
 
 
+LAUNCHED = ("WORLD_SIZE", "LOCAL_RANK", "ACCELERATE_DYNAMO_BACKEND")  # set by torchrun / accelerate launch
+
+
+def launched() -> bool:
+    """Under a launcher (torchrun, accelerate launch, Slurm's srun via them): it decides the processes."""
+    return any(name in os.environ for name in LAUNCHED)
+
+
+def cpu_processes(procs: int) -> int:
+    """How many data-parallel processes a plain `amr-fast train|classify` starts: on a CPU (not under a launcher)
+    one single-threaded process per usable core (`os.sched_getaffinity`), or `procs=N` (or AMR_FAST_PROCS=N);
+    1 elsewhere."""
+    if launched() or default_device_type() != "cpu":
+        return 1
+    return procs or int(os.environ.get("AMR_FAST_PROCS") or 0) or len(os.sched_getaffinity(0))
+
+
+def start_processes(n: int, argv: list[str]) -> int:
+    """Run this command line as n single-threaded gloo processes through torch's own launcher (torchrun's
+    `--standalone`: a free port on this machine); returns the exit code (0 when every process exited 0)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    for name in list(logging.root.manager.loggerDict):  # its notes on every start and stop
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.update(AMR_FAST_STARTED="1", ACCELERATE_USE_CPU="1")  # Accelerate: gloo on the CPU
+    args = get_args_parser().parse_args(["--standalone", "--nproc_per_node", str(n), "--module", "amr_fast.cli", *argv])
+    try:
+        run(args)
+    except ChildFailedError as err:
+        return next(iter(err.failures.values())).exitcode or 1
+    except SignalException:  # Ctrl-C / SIGTERM: the processes had it too, saved a state and exited (see Run)
+        return 0
+    return 0
+
+
 def check_world_size(num_processes: int) -> None:
+    if "ACCELERATE_DYNAMO_BACKEND" in os.environ and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
+        raise ValueError(
+            "`accelerate launch --cpu --num_processes N` starts ONE process (accelerate's simple launcher); run "
+            "`amr-fast train|classify ...` alone (on a CPU it starts one process per core; procs=N to choose), or "
+            "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m amr_fast.cli ...`, or "
+            "`torchrun --nproc_per_node N -m amr_fast.cli ...`"
+        )
     expected = int(os.environ.get("WORLD_SIZE", "1"))
     if num_processes != expected:
         raise ValueError(
@@ -322,8 +370,13 @@ class Run:
         return self
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self.stop_requested = True
-        signal.signal(signum, self._handlers.get(signum, signal.SIG_DFL))  # a second signal acts at once
+        # A second signal acts at once; one within a second of the first is the same stop forwarded by a launcher
+        # (torchrun passes the group's Ctrl-C / SIGTERM on to its processes, which had it already).
+        if not self.stop_requested:
+            self.stop_requested, self._stop_time = True, time.time()
+        elif time.time() - self._stop_time > 1.0:
+            signal.signal(signum, self._handlers.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._handlers.items():
@@ -357,11 +410,19 @@ def configure_run_parser(parser: argparse.ArgumentParser, default_preset: str, o
 
 
 def config_from_args(args: argparse.Namespace, presets: dict) -> Any | None:
-    """The validated config of the command line, printed as JSON (once, by rank 0); None after --dry-run."""
+    """The validated config of the command line, printed as JSON (once, by rank 0); None after --dry-run.
+    `procs=N` (not a config field: the launch, not the run) is taken out first (`args.procs`, 0 = one per core)."""
+    args.procs = 0
+    for item in [o for o in args.overrides if o.split("=", 1)[0] == "procs"]:
+        value = item.split("=", 1)[1]
+        if not value.isdigit():
+            raise ValueError(f"procs must be a number of processes (0 = one per usable core); got {value!r}")
+        args.procs = int(value)
+        args.overrides.remove(item)
     overrides = parse_overrides(args.overrides)
     if args.data is not None:
         overrides["data"] = args.data
     cfg = resolve(args.preset, overrides, presets)
-    if args.dry_run or int(os.environ.get("RANK", "0")) == 0:
-        print(to_json(cfg))
+    if args.dry_run or (int(os.environ.get("RANK", "0")) == 0 and "AMR_FAST_STARTED" not in os.environ):
+        print(to_json(cfg))  # once: by the command, not again by the processes it starts
     return None if args.dry_run else cfg

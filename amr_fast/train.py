@@ -42,6 +42,7 @@ import argparse
 import contextlib
 import dataclasses
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,17 @@ from amr_fast.eval.disentangle import factorvae_score, procedural_dsprites
 from amr_fast.eval.probe import code_probes, encode_batches
 from amr_fast.losses import AMRLoss
 from amr_fast.models.base import to_channels_last
-from amr_fast.run import LoopState, Run, config_from_args, configure_run_parser, due, fmt_time, step_status
+from amr_fast.run import (
+    LoopState,
+    Run,
+    config_from_args,
+    configure_run_parser,
+    cpu_processes,
+    due,
+    fmt_time,
+    start_processes,
+    step_status,
+)
 
 STATUS_KEYS = (
     "kimg", "time", "sec/tick", "img/s", "loss/ae", "loss/recon", "loss/disc", "probe/acc", "nonfinite", "data/skipped"
@@ -499,5 +510,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, PRESETS)
     if cfg is not None:
         outdir = args.outdir or Path("runs") / args.preset
+        n = cpu_processes(args.procs)
+        if n > 1:  # a CPU: one single-threaded data-parallel process per core, through torch's launcher
+            return start_processes(n, sys.argv[1:])
         training_loop(cfg, outdir, log=lambda line: print(line, flush=True), tensorboard=args.tensorboard)
     return 0

@@ -53,8 +53,9 @@ def check_amr(cfg, rank: int, world: int) -> dict[str, float]:
     x = torch.rand(8, cfg.channels, cfg.img_size, cfg.img_size, generator=g) * 2 - 1
     y = torch.arange(8) % cfg.num_classes
     out = {}
+    mine = slice(rank * 4, rank * 4 + 4)
     for name, loss, rows in (("ref", AMRLoss(cfg, ref_nets, "cpu"), slice(None)),
-                             ("dist", AMRLoss(cfg, nets, "cpu", rank, world), slice(rank * 4, rank * 4 + 4))):  # fmt: skip
+                             ("dist", AMRLoss(cfg, nets, "cpu", rank, world), mine)):  # fmt: skip
         loss.begin(x[rows], y[rows], True, globalbatch.draws(0, 5, "amr/0"))
         mixes = torch.cat([t for t in (loss._fwd.x_mix, loss._fwd.x_cmix) if t is not None], 1)
         loss.accumulate_gradients("ae")
