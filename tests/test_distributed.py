@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -15,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train import loss_rows, run_driver, tiny
+from test_train import loss_rows, run_driver, tiny, wait_for_rows
 
-from amr_fast import checkpoint, globalbatch
+from amr_fast import checkpoint, globalbatch, stats
 from amr_fast.config import to_json
 from amr_fast.data import make_shards, train_loader
 from amr_fast.models import build_networks
@@ -134,3 +136,48 @@ def test_the_end_of_a_run_leaves_no_loader_thread_and_exits_0(shards, tmp_path):
                            timeout=120)  # fmt: skip
         assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
     assert list(islice(train_loader(shards, 16, workers=0), 1))  # the loader still works after all that
+
+
+def cli_train(root: Path, outdir: Path, *overrides: str, launcher: tuple[str, ...] = ()) -> list[str]:
+    """`amr-fast train` of the tiny config (tests/test_train.py), as a user types it."""
+    cfg = tiny(root)
+    fields = ("data", "arch", "img_size", "channels", "width", "code_channels", "num_classes", "method", "mixer", "k",
+              "ae_every", "lr", "tick_kimg", "snapshot_kimg", "state_kimg", "probe_kimg", "workers")  # fmt: skip
+    args = [f"{name}={getattr(cfg, name)}" for name in fields]
+    return [*(launcher or (sys.executable,)), "-m", "amr_fast.cli", "train", "--outdir", str(outdir), *args, *overrides]
+
+
+def cli_env(**kw: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "AMR_FAST_PROCS"}  # the default: one process per core
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **kw}
+
+
+def test_the_default_cli_starts_processes_stops_on_sigterm_and_resumes_on_one(shards, tmp_path):
+    """`amr-fast train` on a CPU: data-parallel processes through torchrun's launcher (procs=2 here; the default
+    is one per usable core); SIGTERM to the process group saves a state and exits 0, as one process does (the
+    launcher forwards the signal the processes already had); the run then resumes and ends on procs=1."""
+    run = tmp_path / "run"
+    cmd = cli_train(shards, run, "total_kimg=40", "batch=16", "procs=2")
+    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    wait_for_rows(run, proc, 2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-2000:] + err[-3000:]
+    assert "2 process(es)" in out and "stopped by a signal" in out and "Traceback" not in err
+    state = checkpoint.find_latest_state(run)
+    kimg = checkpoint.state_kimg(state)
+    r = subprocess.run(cli_train(shards, run, f"total_kimg={kimg + 0.032}", "batch=16", "procs=1"), env=cli_env(),
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert f"resuming {run} from {state.name}" in r.stdout and "1 process(es)" in r.stdout
+    assert stats.read_jsonl(run / "stats.jsonl")[-1]["kimg"] >= kimg + 0.032
+
+
+def test_accelerate_launch_cpu_num_processes_is_stopped_with_the_right_command(shards, tmp_path):
+    """accelerate 1.x: `accelerate launch --cpu --num_processes 2` starts ONE process with WORLD_SIZE unset."""
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
+    r = subprocess.run(cli_train(shards, tmp_path / "run", "total_kimg=0.016", launcher=tuple(accelerate)),
+                       env=cli_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode != 0 and "starts ONE process" in r.stderr and "--multi_gpu --num_processes N" in r.stderr
+    assert not (tmp_path / "run" / "stats.jsonl").exists()
