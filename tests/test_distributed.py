@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -181,3 +182,28 @@ def test_accelerate_launch_cpu_num_processes_is_stopped_with_the_right_command(s
                        env=cli_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode != 0 and "starts ONE process" in r.stderr and "--multi_gpu --num_processes N" in r.stderr
     assert not (tmp_path / "run" / "stats.jsonl").exists()
+
+
+def test_two_node_ranks_on_localhost_train_as_one_process(shards, tmp_path):
+    """The README's two-node command as two node ranks of one process each on 127.0.0.1 (accelerate launch
+    --num_machines 2 --machine_rank 0|1) ends where the same run on one process ends."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    overrides = ("total_kimg=0.064", "batch=8", "precision=fp32")
+    procs = []
+    for node in (0, 1):
+        launch = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+                  "--num_processes", "2", "--machine_rank", str(node), "--main_process_ip", "127.0.0.1",
+                  "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no")  # fmt: skip
+        cmd = cli_train(shards, tmp_path / "nodes", *overrides, launcher=launch)
+        env = cli_env(ACCELERATE_USE_CPU="1")
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    r = subprocess.run(cli_train(shards, tmp_path / "one", *overrides, "procs=1"), env=cli_env(),
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, out[-2000:] + err[-3000:]
+    assert "2 process(es)" in (tmp_path / "nodes" / "log.txt").read_text()
+    assert_runs_agree(tmp_path / "one", tmp_path / "nodes", tiny(shards))
