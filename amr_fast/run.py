@@ -144,6 +144,20 @@ def due(prev_nimg: int, nimg: int, kimg: float) -> bool:
     return nimg // step > prev_nimg // step
 
 
+CONTENDED = 0.5  # a tick below this fraction of the run's best earlier tick says the cores are contended
+
+
+def contention_note(speeds: list[float], speed: float) -> str:
+    """The status line's note when a tick's img/s falls far below this process's best earlier tick (the first
+    tick, warm-up, does not count); appends `speed` to `speeds`."""
+    best = max(speeds[1:], default=0.0)
+    speeds.append(speed)
+    if not best or speed >= CONTENDED * best:
+        return ""
+    return (f"  <- {speed / best:.0%} of this run's earlier {best:.0f} img/s: the cores are contended (another "
+            "job on this machine?); stop it, or give each run its own cores (procs=N, taskset -c)")  # fmt: skip
+
+
 def fmt_time(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -233,8 +247,10 @@ class Run:
         self.say(f"precision {self.accelerator.mixed_precision}: "
                  f"{precision_choice(cfg.precision, default_device_type())[1]}")  # fmt: skip
         self.collector = stats.Collector(
-            self.outdir / "stats.jsonl", self.device, self.rank, self.world, log=self.say, status_keys=status_keys
-        )
+            self.outdir / "stats.jsonl", self.device, self.rank, self.world,
+            log=lambda line: self.say(line + self._note), status_keys=status_keys,
+        )  # fmt: skip
+        self._note, self._speeds = "", []  # the status line's contention note; img/s of this process's ticks
         self.stop_requested = False
         self._handlers: dict = {}
         self.eval_seconds = 0.0  # time since the last tick spent in `not_training` blocks (sec/eval)
@@ -335,6 +351,7 @@ class Run:
                     "img/s": round((s.nimg - self.tick_start_nimg) / max(train_seconds, 1e-9), 2),
                     "sec/eval": round(self.eval_seconds, 3),
                     "nonfinite": s.nonfinite_total, **counts})  # fmt: skip
+        self._note = contention_note(self._speeds, row["img/s"])
         row = self.collector.tick(row)
         if self.tb is not None:
             self.tb.scalars(row, s.nimg / 1000)
