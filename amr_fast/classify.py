@@ -35,8 +35,9 @@ Commands:
   amr-fast classify --preset fashion-mnist-manifold --data /work/data/fashion-mnist-32 --outdir runs/fm-manifold
   amr-fast classify --preset cifar10-manifold --data DIR --outdir RUN                  # one GPU, bf16
   accelerate launch --multi_gpu --num_processes 8 -m amr_fast.cli classify --preset cifar10-manifold --data DIR
-  ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m amr_fast.cli classify ...   # 2 CPUs
-On a CPU shared with other jobs, OMP_NUM_THREADS=1 per process is several times faster than torch's default.
+  amr-fast classify --preset fashion-mnist-manifold ...                 # a CPU: one process per core (procs=N)
+Partners, lam, crops and cutout are drawn over the global batch (`amr_fast.globalbatch`); BatchNorm statistics
+are per process.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ the whole process group) save a state and exit.
 
 Run it (from the repository root; the same flags everywhere, the launcher decides the processes):
 
-    amr-fast train --preset demo --outdir runs/demo                         # 1 process: CPU or 1 GPU
+    amr-fast train --preset demo --outdir runs/demo         # a CPU: one process per core (procs=N); or 1 GPU
     amr-fast train --preset mnist-mixup --outdir runs/mnist data=/data/mnist-32
     accelerate launch --config_file launch/accelerate/1gpu-bf16.yaml -m amr_fast.cli train --preset ... --outdir ...
     accelerate launch --config_file launch/accelerate/1node-8gpu.yaml -m amr_fast.cli train --preset ... --outdir ...
@@ -33,7 +33,9 @@ Run it (from the repository root; the same flags everywhere, the launcher decide
         -m amr_fast.cli train --preset demo --outdir runs/demo2                                    # CPU x 2
 
 `launch/slurm.sbatch` runs the multi-node command under Slurm, `launch/recipes/<preset>.sh` one per table row.
-(`accelerate launch --cpu --num_processes 2` silently starts ONE process; the loop checks WORLD_SIZE.)
+(`accelerate launch --cpu --num_processes 2` starts ONE process: `amr_fast.run.check_world_size` stops it.)
+The run is a function of its config and seed, not of its launch: global batches and mixing draws are the same on
+any number of processes (`amr_fast.globalbatch`, `amr_fast.data.loader`), and a state resumes on any number.
 """
 
 from __future__ import annotations
