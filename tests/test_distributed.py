@@ -207,3 +207,22 @@ def test_two_node_ranks_on_localhost_train_as_one_process(shards, tmp_path):
         assert p.returncode == 0, out[-2000:] + err[-3000:]
     assert "2 process(es)" in (tmp_path / "nodes" / "log.txt").read_text()
     assert_runs_agree(tmp_path / "one", tmp_path / "nodes", tiny(shards))
+
+
+def test_classify_on_two_processes_trains_like_one(tmp_path):
+    """`amr-fast classify` (manifold mixup under DDP, the hidden state all-gathered inside the forward pass) on 2
+    processes: it runs, and its per-tick losses agree with one process's up to BatchNorm's per-process statistics
+    (the only difference: the batches, partners and lam are the same, tests/dist_checks.py)."""
+    from test_classify import e2e_cfg
+
+    root = make_shards("dsprites-procedural", None, tmp_path / "ds32", size=32, limit=256, shard_size=64)
+    cfg = e2e_cfg(str(root), mode="manifold", num_classes=3, total_kimg=0.064, tick_kimg=0.016, eval_kimg=0.064,
+                  snapshot_kimg=0.064, state_kimg=0.064, batch=16, per_example=True, eval_split="valid")  # fmt: skip
+    run_driver(cfg, tmp_path / "one", "--classify")
+    r = run_driver(cfg, tmp_path / "two", "--classify", launcher=TORCHRUN)
+    assert "2 process(es)" in r.stdout
+    one, two = (stats.read_jsonl(tmp_path / d / "stats.jsonl") for d in ("one", "two"))
+    assert [row["nimg"] for row in one] == [row["nimg"] for row in two] == [16, 32, 48, 64]
+    losses = [(a["loss/cls"], b["loss/cls"]) for a, b in zip(one, two)]
+    assert all(abs(a - b) <= 0.03 * a for a, b in losses), losses  # measured: within 0.6 %
+    assert losses[0][0] != losses[0][1]  # BatchNorm per process: not the same arithmetic
