@@ -401,6 +401,9 @@ class Run:
         self._handlers.clear()
         if self.tb is not None:
             self.tb.close()
+        if self.world > 1 and exc[0] is None:  # the process group's threads end here, not at interpreter exit
+            self.accelerator.wait_for_everyone()
+            self.accelerator.end_training()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -91,13 +91,12 @@ def assert_runs_agree(a: Path, b: Path, cfg) -> None:
         assert float((wa[key] - wb[key]).abs().max()) <= 1e-3 * scale, key
 
 
-def test_one_and_two_processes_train_alike_and_resume_on_another_world_size(shards, tmp_path):
-    """The same run on 1 and on 2 processes (real shards, Bernoulli mixing, fp32), and a run that goes 2 -> 1 -> 2
-    processes by resuming: all three end alike. A resumed run is a rerun with more total_kimg (a schedule field)."""
+def test_one_process_and_two_resumed_on_one_then_two_train_alike(shards, tmp_path):
+    """The same run on 1 process, and on 2 -> 1 -> 2 processes by resuming (real shards, Bernoulli mixing, fp32):
+    every tick's losses and the final weights agree, so 2 processes train as 1 and a state moves between world
+    sizes. A resumed run is a rerun with more total_kimg (a schedule field)."""
     cfg = tiny(shards, mixer="bernoulli", precision="fp32", total_kimg=0.096, batch=8)
     run_driver(cfg, tmp_path / "one")
-    run_driver(cfg, tmp_path / "two", launcher=TORCHRUN)
-    assert_runs_agree(tmp_path / "one", tmp_path / "two", cfg)
     mixed = tmp_path / "mixed"
     run_driver(dataclasses.replace(cfg, total_kimg=0.032), mixed, launcher=TORCHRUN)
     r = run_driver(dataclasses.replace(cfg, total_kimg=0.064), mixed)
@@ -124,7 +123,7 @@ print("ok")
 def test_the_end_of_a_run_leaves_no_loader_thread_and_exits_0(shards, tmp_path):
     """A finished run closes its loader (the trainers' `contextlib.closing`): its decode threads are joined, never
     left inside torch at interpreter exit (an abort with exit 134 after the summary, ~1 run in 18). The end of a
-    run, 40 times in one process, then 5 processes that end right after."""
+    run, 40 times in one process, then 2 processes that end right after."""
     loader = train_loader(shards, 16, workers=2, decode="thread")
     next(loader)
     assert any(t.name.startswith("amr-decode") for t in threading.enumerate())
@@ -132,7 +131,7 @@ def test_the_end_of_a_run_leaves_no_loader_thread_and_exits_0(shards, tmp_path):
     assert not [t for t in threading.enumerate() if t.name.startswith("amr-decode")]
     script = tmp_path / "end.py"
     script.write_text(END)
-    for n in (40, 1, 1, 1, 1, 1):
+    for n in (40, 1, 1):
         r = subprocess.run([sys.executable, str(script), str(shards), str(n)], capture_output=True, text=True,
                            timeout=120)  # fmt: skip
         assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
@@ -216,13 +215,13 @@ def test_classify_on_two_processes_trains_like_one(tmp_path):
     from test_classify import e2e_cfg
 
     root = make_shards("dsprites-procedural", None, tmp_path / "ds32", size=32, limit=256, shard_size=64)
-    cfg = e2e_cfg(str(root), mode="manifold", num_classes=3, total_kimg=0.064, tick_kimg=0.016, eval_kimg=0.064,
-                  snapshot_kimg=0.064, state_kimg=0.064, batch=16, per_example=True, eval_split="valid")  # fmt: skip
+    cfg = e2e_cfg(str(root), mode="manifold", num_classes=3, total_kimg=0.048, tick_kimg=0.016, eval_kimg=0.048,
+                  snapshot_kimg=0.048, state_kimg=0.048, batch=16, per_example=True, eval_split="valid")  # fmt: skip
     run_driver(cfg, tmp_path / "one", "--classify")
     r = run_driver(cfg, tmp_path / "two", "--classify", launcher=TORCHRUN)
     assert "2 process(es)" in r.stdout
     one, two = (stats.read_jsonl(tmp_path / d / "stats.jsonl") for d in ("one", "two"))
-    assert [row["nimg"] for row in one] == [row["nimg"] for row in two] == [16, 32, 48, 64]
+    assert [row["nimg"] for row in one] == [row["nimg"] for row in two] == [16, 32, 48]
     losses = [(a["loss/cls"], b["loss/cls"]) for a, b in zip(one, two)]
     assert all(abs(a - b) <= 0.03 * a for a, b in losses), losses  # measured: within 0.6 %
     assert losses[0][0] != losses[0][1]  # BatchNorm per process: not the same arithmetic
