@@ -46,7 +46,6 @@ order and resume guarantees above. Move batches to the device yourself.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import queue
@@ -284,10 +283,9 @@ class _TrainStream(IterableDataset):
 
     def _slot_stream(self, slot: int, k: int) -> Iterator[dict]:
         """Slot `slot`'s batches from its k-th on (whole rounds before it are skipped without reading them)."""
-        units = copy.copy(self.units)  # its own shard cache: the slots of a worker read different shards
         skip = k % self.batches_per_round
         for r in count(k // self.batches_per_round):
-            for b, batch in enumerate(self._round(units, slot, r)):
+            for b, batch in enumerate(self._round(slot, r)):
                 if b >= skip:
                     yield batch
             skip = 0
@@ -299,9 +297,9 @@ class _TrainStream(IterableDataset):
         rows = torch.from_numpy(self.rows)
         return {k: v if k.startswith("_") else v.index_select(0, rows) for k, v in batch.items()}
 
-    def _samples(self, units: _Units, slot: int, r: int, batcher: _Batcher) -> Iterator[dict[str, np.ndarray]]:
+    def _samples(self, slot: int, r: int, batcher: _Batcher) -> Iterator[dict[str, np.ndarray]]:
         """The slot's samples in round r: its units through a shuffle buffer, then top-ups if damage left it short."""
-        U = self.per_slot
+        units, U = self.units, self.per_slot
         order = np.random.default_rng([self.seed, r]).permutation(len(units.units))  # the same on every rank
         rng = np.random.default_rng([self.seed, r, slot, zlib.crc32(self.split.encode())])
         buffer = None
@@ -326,10 +324,10 @@ class _TrainStream(IterableDataset):
             "damaged: re-create the dataset with `amr-fast shard`"
         )
 
-    def _round(self, units: _Units, slot: int, r: int) -> Iterator[dict]:
+    def _round(self, slot: int, r: int) -> Iterator[dict]:
         batcher = _Batcher(self.batch)
         made = 0
-        for arrays in self._samples(units, slot, r, batcher):
+        for arrays in self._samples(slot, r, batcher):
             for batch in batcher.add(arrays):
                 yield batch
                 made += 1
