@@ -13,9 +13,10 @@ ERM and cutout (DeVries & Taylor 2017) use the same loss on the one-hot targets.
 flips are done on the device. SGD with Nesterov momentum, the learning rate divided by `lr_gamma` at fixed image
 counts. Evaluation: test error every `eval_kimg` (the paper presets: every epoch, as the public main.py) and error
 under white-box FGSM (Goodfellow et al. 2015; one signed-gradient step of the training loss, as the paper's attack
-code) at each of `fgsm_eps` every `fgsm_kimg`, both at the end too, in batches of `eval_batch` under the run's
-autocast, written to stats.jsonl. `fgsm_units=normalised` (the paper presets) steps eps on the standardised input
-(pixel - mean) / std without clipping, as the public attack; `pixel` steps eps in [0, 1] pixels and clamps.
+code) at each of `fgsm_eps` every `fgsm_kimg`, both at the end too, in batches of `eval_batch`, predictions under
+the run's autocast and the attack's gradient in fp32, written to stats.jsonl. `fgsm_units=normalised` (the paper
+presets) steps eps on the standardised input (pixel - mean) / std without clipping, as the public attack; `pixel`
+steps eps in [0, 1] pixels and clamps.
 
 The run machinery is `amr_fast.run`'s, shared with `amr-fast train` (this file holds the classifier, its step,
 its evaluation and what happens at a tick): run directory config.json, log.txt, stats.jsonl,
@@ -45,6 +46,7 @@ On a CPU shared with other jobs, OMP_NUM_THREADS=1 per process is several times 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
@@ -170,10 +172,17 @@ def fgsm(
 
 
 def evaluate(
-    model: nn.Module, batches: Iterator[dict], cfg: ClassifyConfig, device: torch.device, attack: bool = True
+    model: nn.Module,
+    batches: Iterator[dict],
+    cfg: ClassifyConfig,
+    device: torch.device,
+    attack: bool = True,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> dict[str, torch.Tensor]:
     """Per-example 0/1 errors on the clean images and (if `attack`) under FGSM at each cfg.fgsm_eps, as float
-    tensors {"eval/test_error": [n], "eval/fgsm_error@<eps>": [n]} (times 100: the mean is a percentage)."""
+    tensors {"eval/test_error": [n], "eval/fgsm_error@<eps>": [n]} (times 100: the mean is a percentage). The
+    predictions run without gradients under `autocast` (cheap: the clean test error runs every epoch); the attack's
+    gradient in fp32, as the public attack (a gradient's sign may flip or vanish in fp16 / bf16)."""
     was_training = model.training
     model.eval()
     eps_list = cfg.fgsm_eps if attack else ()
@@ -186,11 +195,11 @@ def evaluate(
         x = data.to_unit(batch["x"], device)
         y = batch["y"].to(device)
         seen += len(y)
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             wrong["eval/test_error"].append((model(x).argmax(1) != y).float() * 100)
         for eps in eps_list:
             x_adv = fgsm(model, x, y, eps, cfg.loss, cfg.fgsm_units)
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 wrong[f"eval/fgsm_error@{eps:g}"].append((model(x_adv).argmax(1) != y).float() * 100)
     model.train(was_training)
     return {k: torch.cat(v) if v else torch.zeros(0, device=device) for k, v in wrong.items()}
@@ -305,7 +314,7 @@ def train_classifier(
             prev, s.nimg = s.nimg, s.nimg + cfg.batch
             attack = run.finished or due(prev, s.nimg, cfg.fgsm_kimg)
             if attack or due(prev, s.nimg, cfg.eval_kimg):
-                with run.not_training():  # img/s counts training only; the evaluation is time/eval
+                with run.not_training():  # img/s counts training only; the evaluation is sec/eval
                     _evaluate(net, root, cfg, run, attack)
             if run.finished or due(prev, s.nimg, cfg.tick_kimg):
                 row = run.tick({"lr": lr})
@@ -333,12 +342,10 @@ def train_classifier(
 
 def _evaluate(net: nn.Module, root: Path, cfg: ClassifyConfig, run: Run, attack: bool) -> None:
     """Test error (and, if `attack`, FGSM errors) on this rank's share of cfg.eval_split, in batches of
-    cfg.eval_batch under the run's autocast (bf16 on GPUs), reported for the next tick's row."""
+    cfg.eval_batch, predictions under the run's autocast (bf16 on GPUs), reported for the next tick's row."""
     t_eval = time.time()
     test = data.eval_loader(root, cfg.eval_split, cfg.eval_batch, rank=run.rank, world_size=run.world, workers=0)
-    with run.accelerator.autocast():
-        errors = evaluate(net, test, cfg, run.device, attack)
-    for name, values in errors.items():
+    for name, values in evaluate(net, test, cfg, run.device, attack, run.accelerator.autocast).items():
         stats.report(name, values)
     stats.report("time/eval", time.time() - t_eval)
 

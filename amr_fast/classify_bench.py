@@ -10,8 +10,8 @@ second is the steadier figure) and each mode's time per image over ERM's — man
 one hidden state and on the labels, so it should cost at most a few percent over ERM.
 
 `--eval` times instead what the paper presets' evaluation cadence costs (`bench_eval`): the training step against
-the evaluation the trainer runs (`amr_fast.classify.evaluate` in eval mode under autocast, batches of
-`eval_batch`): the clean test error (no grad; every epoch) and the clean pass plus FGSM (one backward; every 10
+the evaluation the trainer runs (`amr_fast.classify.evaluate` in eval mode, predictions under autocast, batches
+of `eval_batch`): the clean test error (no grad; every epoch) and the clean pass plus FGSM (one backward; every 10
 epochs), as a fraction of an epoch's training time for CIFAR's 10,000 test and 50,000 training images. `--device`
 runs either on a GPU.
 """
@@ -119,8 +119,7 @@ def bench_eval(base, precision: str, device: str = "cpu", iters: int = 4, eval_i
     autocast = autocast_factory(precision, torch.device(device).type)
 
     def run_eval(attack: bool, n: int) -> None:
-        with autocast():
-            evaluate(model, iter([test[i % len(test)] for i in range(n)]), base, torch.device(device), attack)
+        evaluate(model, iter([test[i % len(test)] for i in range(n)]), base, torch.device(device), attack, autocast)
 
     def run_train(n: int) -> None:
         for i in range(n):

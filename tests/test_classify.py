@@ -237,6 +237,28 @@ def test_fgsm_normalised_units_are_the_public_step_on_the_standardised_input(sta
     torch.testing.assert_close(step_pixels, eps * std.flatten(), atol=1e-6, rtol=1e-5)  # eps x the channel's std
 
 
+def test_evaluate_predicts_under_autocast_and_takes_the_attacks_gradient_in_fp32(monkeypatch):
+    cfg = tiny_cfg(mode="erm")
+    model = classify.build_classifier(cfg)
+    seen = {"forward": set(), "fgsm": set()}
+    model.register_forward_pre_hook(lambda mod, args: seen["forward"].add(torch.is_autocast_enabled("cpu")))
+    real_fgsm = classify.fgsm
+
+    def spy(*args, **kwargs):
+        seen["fgsm"].add(torch.is_autocast_enabled("cpu"))
+        return real_fgsm(*args, **kwargs)
+
+    monkeypatch.setattr(classify, "fgsm", spy)
+    batches = [{"x": torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8), "y": torch.tensor([0, 1, 2, 3])}]
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    errors = classify.evaluate(model, iter(batches), cfg, torch.device("cpu"), attack=True, autocast=bf16)
+    assert set(errors) == {"eval/test_error", "eval/fgsm_error@0.03"} and model.training
+    assert seen["fgsm"] == {False} and seen["forward"] == {True, False}  # the gradient pass alone runs fp32
+    seen["forward"].clear()
+    errors = classify.evaluate(model, iter(batches), cfg, torch.device("cpu"), attack=False, autocast=bf16)
+    assert set(errors) == {"eval/test_error"} and seen["forward"] == {True}
+
+
 def test_paper_presets_evaluate_every_epoch_and_attack_in_the_public_units():
     """The public supervised/main.py (commit 83547a7) runs `val_acc, val_los   = validate(test_loader, net, log)`
     after every epoch's `train(...)` and keeps `best_acc` over them; FGSM in the public attack's units."""

@@ -45,7 +45,8 @@ class StagedClassifier(nn.Module):
     def input_unit(self) -> torch.Tensor | float:
         """One unit of the standardised input (pixel - mean) / std, in [-1, 1] units: 2 std per channel [1, C, 1, 1]
         (1 when the network does not standardise: its input, [-1, 1], is then (pixel - 0.5) / 0.5)."""
-        return getattr(self, "in_std", None) if getattr(self, "in_std", None) is not None else 1.0
+        unit = getattr(self, "in_std", None)
+        return 1.0 if unit is None else unit
 
     @property
     def num_mix_layers(self) -> int:
