@@ -318,13 +318,15 @@ def e2e_cfg(data: str, **kw) -> ClassifyConfig:
     return ClassifyConfig(**{**base, **kw}).validate()
 
 
-@pytest.mark.parametrize("mode", ["erm", "mixup", "manifold", "cutout"])
-def test_each_mode_trains_two_iterations(shards, tmp_path, mode):
+@pytest.mark.parametrize("mode, arch", [("erm", "preactresnet18"), ("mixup", "preactresnet18"),
+                                        ("manifold", "preactresnet18"), ("cutout", "preactresnet18"),
+                                        ("manifold", "wrn28_10")])  # fmt: skip
+def test_each_mode_trains_two_iterations(shards, tmp_path, mode, arch):
     from amr_fast.stats import read_jsonl
 
-    cfg = e2e_cfg(shards, mode=mode, loss="ce" if mode == "cutout" else "bce")
+    cfg = e2e_cfg(shards, mode=mode, arch=arch, loss="ce" if mode == "cutout" else "bce")
     messages = []
-    run = classify.train_classifier(cfg, tmp_path / mode, log=messages.append)
+    run = classify.train_classifier(cfg, tmp_path / f"{mode}-{arch}", log=messages.append)
     assert "best eval/test_error over the evaluations" in messages[-1]  # best and final, as the public code's best
     rows = read_jsonl(run / "stats.jsonl")
     assert [r["kimg"] for r in rows] == [0.008, 0.016]

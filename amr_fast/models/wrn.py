@@ -6,8 +6,9 @@ public network, and unlike the PreActResNet blocks: every convolution has a bias
 (stride 1) - BN-ReLU - conv3x3 (the stage's stride here, on the second conv); the shortcut (a 1x1 conv with bias
 where the shape changes) takes the block's raw input, not BN-ReLU of it; the head is BN-ReLU-pool-linear with the
 final BN built with momentum 0.9 in PyTorch's meaning (running = 0.1 running + 0.9 batch: the evaluation uses
-almost the last training batch's statistics; the public code is PyTorch, so this is what it ran). The public code
-removed WRN's dropout; `dropout` > 0 puts it back between the two convs (off by default).
+almost the last training batch's statistics; the public code is PyTorch, so this is what it ran). Weights keep
+PyTorch's default initialisation, as there (its `conv_init` is never applied). The public code removed WRN's
+dropout; `dropout` > 0 puts it back between the two convs (off by default).
 
 Stages for mixing (see `StagedClassifier`): [stem conv + stage 1, stage 2, stage 3, head], so mix layers 0 (input),
 1 and 2 are the public code's `random.randint(0, 2)`. The width multiplier scales every channel count on top of k.
