@@ -190,10 +190,11 @@ def evaluate(
     wrong.update({f"eval/fgsm_error@{eps:g}": [] for eps in eps_list})
     seen = 0
     for batch in batches:
-        if cfg.eval_max and seen >= cfg.eval_max:
+        take = cfg.eval_max - seen if cfg.eval_max else len(batch["y"])  # eval_max: at most that many images
+        if take <= 0:
             break
-        x = data.to_unit(batch["x"], device)
-        y = batch["y"].to(device)
+        x = data.to_unit(batch["x"][:take], device)
+        y = batch["y"][:take].to(device)
         seen += len(y)
         with torch.no_grad(), autocast():
             wrong["eval/test_error"].append((model(x).argmax(1) != y).float() * 100)

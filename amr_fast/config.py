@@ -728,11 +728,18 @@ def _fashion_preset(mode: str) -> ClassifyConfig:
     )
 
 
-# Images per epoch, in thousands, of the public code (load_data_subset with the README's --labels_per_class):
-# CIFAR-10/100 50000 (5000 / 500 per class, valid 0); SVHN 62156 (at most 7325 per class of the 73257 train images).
-# (dataset, images per epoch in thousands, classes, flips)
+# The paper's datasets: (name, images per epoch in thousands, classes, flips). Images per epoch of the public code
+# (load_data_subset with the README's --labels_per_class): CIFAR-10/100 50000 (5000 / 500 per class, valid 0); SVHN
+# 62156 (at most 7325 per class of the 73257 train images).
 _PAPER_DATASETS = [("cifar10", 50.0, 10, True), ("cifar100", 50.0, 100, True), ("svhn", 62.156, 10, False)]
-WRN_MODES = ("erm", "mixup", "manifold")  # the public README's WRN-28-10 commands (no cutout)
+# The networks of the public README's commands and their modes (no WRN-28-10 cutout command).
+_PAPER_ARCH_MODES = (("preactresnet18", MODES), ("wrn28_10", ("erm", "mixup", "manifold")))
+_PAPER_ROWS = [
+    (dataset, arch, mode, epoch, classes, flip)
+    for dataset, epoch, classes, flip in _PAPER_DATASETS
+    for arch, modes in _PAPER_ARCH_MODES
+    for mode in modes
+]
 
 
 def paper_preset_name(dataset: str, arch: str, mode: str) -> str:
@@ -741,19 +748,9 @@ def paper_preset_name(dataset: str, arch: str, mode: str) -> str:
 
 
 # The paper's presets: name -> (dataset, mode).
-CLASSIFY_PAPER_PRESETS: dict[str, tuple[str, str]] = {
-    paper_preset_name(d, arch, m): (d, m)
-    for d, *_ in _PAPER_DATASETS
-    for arch, modes in (("preactresnet18", MODES), ("wrn28_10", WRN_MODES))
-    for m in modes
-}
+CLASSIFY_PAPER_PRESETS = {paper_preset_name(d, a, m): (d, m) for d, a, m, *_ in _PAPER_ROWS}
 CLASSIFY_PRESETS: dict[str, ClassifyConfig] = {
-    **{
-        paper_preset_name(d, arch, m): _paper_preset(d, arch, m, epoch, classes, flip)
-        for d, epoch, classes, flip in _PAPER_DATASETS
-        for arch, modes in (("preactresnet18", MODES), ("wrn28_10", WRN_MODES))
-        for m in modes
-    },
+    **{paper_preset_name(d, a, m): _paper_preset(d, a, m, *rest) for d, a, m, *rest in _PAPER_ROWS},
     **{f"fashion-mnist-{m}": _fashion_preset(m) for m in MODES},
 }
 

@@ -257,6 +257,8 @@ def test_evaluate_predicts_under_autocast_and_takes_the_attacks_gradient_in_fp32
     seen["forward"].clear()
     errors = classify.evaluate(model, iter(batches), cfg, torch.device("cpu"), attack=False, autocast=bf16)
     assert set(errors) == {"eval/test_error"} and seen["forward"] == {True}
+    few = classify.evaluate(model, iter(batches * 2), dataclasses.replace(cfg, eval_max=3), torch.device("cpu"))
+    assert [len(v) for v in few.values()] == [3, 3]  # eval_max images, whatever the batch size
 
 
 def test_paper_presets_evaluate_every_epoch_and_attack_in_the_public_units():
