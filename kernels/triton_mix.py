@@ -103,6 +103,32 @@ def _mix_weight_grad_kernel(
         tl.store(gw_ptr + ((split * B + b) * K + k) * G + grp, tl.sum(acc, axis=1), mask=grp_ok)
 
 
+_COMPILED: dict[str, tuple[object, dict]] = {}  # kernel -> (its last compiled launch, the launch's block sizes)
+
+
+def _remember(name: str, compiled, **blocks) -> None:
+    if compiled is not None:  # None under the interpreter
+        _COMPILED[name] = (compiled, blocks)
+
+
+def _kind(weights: torch.Tensor) -> str:
+    return "mask_mix" if weights.dim() > 2 else "simplex_mix"
+
+
+def compiled_info() -> dict[str, dict]:
+    """Registers, spills, warps and shared memory of each kernel's last launch (the GPU check prints them)."""
+    info = {}
+    for name, (k, blocks) in _COMPILED.items():
+        if hasattr(k, "_init_handles"):
+            k._init_handles()  # n_regs / n_spills are read when the binary is loaded
+        meta = getattr(k, "metadata", None)
+        info[name] = {
+            **blocks, "n_regs": getattr(k, "n_regs", None), "n_spills": getattr(k, "n_spills", None),
+            "num_warps": getattr(meta, "num_warps", None), "shared": getattr(meta, "shared", None),
+        }  # fmt: skip
+    return info
+
+
 def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(1, n))
 
@@ -126,10 +152,11 @@ def mix(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor) -> torch.Ten
     BLOCK_D = min(_pow2(D), TILE)
     BLOCK_B = min(_pow2(B), max(1, TILE // BLOCK_D))
     grid = (triton.cdiv(B, BLOCK_B), triton.cdiv(D, BLOCK_D))
-    _mix_fwd_kernel[grid](
+    compiled = _mix_fwd_kernel[grid](
         h_rows, perm, wg, out_rows, B, K, D, lay.groups, lay.inner, perm.stride(0), wg.stride(0), wg.stride(1),
         PER_GROUP=weights.dim() > 2, BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D, num_warps=_warps(BLOCK_B * BLOCK_D),
     )  # fmt: skip
+    _remember(f"_mix_fwd_kernel {_kind(weights)}", compiled, BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D)
     return out
 
 
@@ -153,8 +180,9 @@ def weight_grad(grad: torch.Tensor, h: torch.Tensor, perm: torch.Tensor, weights
     split = triton.cdiv(n_j, chunk_j)
     gw = torch.empty(split, B, K, G, device=h.device, dtype=torch.float32)
     grid = (B, triton.cdiv(G, BLOCK_G), split)
-    _mix_weight_grad_kernel[grid](
+    compiled = _mix_weight_grad_kernel[grid](
         g_rows, h_rows, perm, gw, K, lay.row_len, G, lay.inner, n_j, chunk_j, B, perm.stride(0),
         BLOCK_G=BLOCK_G, BLOCK_J=BLOCK_J, num_warps=_warps(BLOCK_G * BLOCK_J),
     )  # fmt: skip
+    _remember(f"_mix_weight_grad_kernel {_kind(weights)}", compiled, BLOCK_G=BLOCK_G, BLOCK_J=BLOCK_J)
     return ungroup_weights(gw.sum(0), lay, weights.shape, h.shape).to(weights.dtype)

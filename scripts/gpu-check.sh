@@ -57,6 +57,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PYTHONUNBUFFERED=1
 rm -f "$OUTDIR"/summary.json "$OUTDIR"/summary.txt "$OUTDIR"/bench-kernels.json "$OUTDIR"/logs.tar.gz
 : >"$LOGS/steps.jsonl"
 T0=$(date +%s.%N)
+echo "$T0" >"$LOGS/start" # the summary's elapsed_s counts from here
 START=$SECONDS
 FAILED=0
 # The budget's arithmetic (gpu_check.py `plan`): how long STEP may take now, or 0 to skip it.

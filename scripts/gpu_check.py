@@ -444,6 +444,8 @@ def summarise(logs: Path) -> dict:
     steps = [json.loads(line) for line in (logs / "steps.jsonl").read_text().splitlines() if line.strip()]
     env = json.loads((logs / "env.json").read_text()) if (logs / "env.json").exists() else {}
     summary: dict = {"env": env, "steps": steps, "failures": []}
+    if (logs / "start").exists():  # seconds since the check started, when this summary was written
+        summary["elapsed_s"] = round(time.time() - float((logs / "start").read_text()), 1)
     fails = summary["failures"]
     for s in steps:
         if s["status"] in ("failed", "timeout"):
@@ -520,6 +522,8 @@ def check_out(out: Path) -> list[str]:
 def cmd_check_out(args) -> int:
     errors = check_out(Path(args.out))
     summary = json.loads((Path(args.out) / "summary.json").read_text()) if not errors else {}
+    if args.budget is not None and summary.get("elapsed_s", 0) > args.budget + 5:
+        errors.append(f"the check took {summary['elapsed_s']} s, over its budget of {args.budget:g} s")
     for name in args.ran:
         status = summary.get("train", {}).get(name, {})
         if status.get("status") != "ok" or not status.get("ticks"):
@@ -588,7 +592,7 @@ def report_text(summary: dict) -> str:
     lines.append(f"GPU: {gpu if env.get('cuda_available') else 'none'}; missing modules: "
                  + (", ".join(env.get("missing", [])) or "none"))  # fmt: skip
     lines.append("")
-    lines.append(f"{'step':<5}{'name':<30}{'status':<9}{'sec':>6}  note")
+    lines.append(f"{'step':<5}{'name':<30}{'status':<9}{'sec':>6}  note   (elapsed {summary.get('elapsed_s')} s)")
     for s in summary["steps"]:
         lines.append(f"{s['step']:<5}{s['name']:<30}{s['status']:<9}{s.get('seconds', 0):>6.0f}  {s.get('note', '')}")
     if summary.get("train"):
@@ -659,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check-out")
     p.add_argument("out")
     p.add_argument("--ran", action="append", default=[], help="a training run that must have run (repeatable)")
+    p.add_argument("--budget", type=float, default=None, help="the check's budget: it must have ended by then + 5 s")
     p.set_defaults(fn=cmd_check_out)
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = argv[argv.index("--") + 1 :] if "--" in argv else []  # train-for: the command after "--"

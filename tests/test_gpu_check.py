@@ -243,7 +243,7 @@ def test_a_slow_check_returns_four_files_with_the_bf16_amr_run_in_the_budget(tmp
     status = {s["name"]: s["status"] for s in summary["steps"]}
     assert status["install"] == "timeout" and status["amr-bf16"] == "ok" and status["bench-kernels"] == "ok", log
     assert summary["train"]["amr-bf16"]["ticks"] > 0 and proc.returncode == 1  # the install's timeout fails it
-    assert gpu_check.main(["check-out", str(out), "--ran", "amr-bf16"]) == 0
+    assert gpu_check.main(["check-out", str(out), "--ran", "amr-bf16", "--budget", "20"]) == 0
 
 
 @needs_bash
