@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import pytest
 import torch
@@ -68,13 +67,15 @@ def test_backward_rows_count_three_times_the_bytes():
 
 
 class _FakeEvent:
-    """torch.cuda.Event on a CPU: records perf_counter."""
+    """torch.cuda.Event on a CPU, reading a fake clock that the timed functions advance (no real time)."""
+
+    clock = 0.0
 
     def __init__(self, enable_timing=False):
         self.t = None
 
     def record(self):
-        self.t = time.perf_counter()
+        self.t = _FakeEvent.clock
 
     def synchronize(self):
         pass
@@ -88,14 +89,11 @@ def test_cuda_timing_runs_many_back_to_back_calls_between_two_events(monkeypatch
     monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
     calls = {"fast": 0, "slow": 0}
 
-    def fast():
-        calls["fast"] += 1
-        time.sleep(0.0005)
+    def call(name, seconds):
+        calls[name] += 1
+        _FakeEvent.clock += seconds
 
-    def slow():
-        calls["slow"] += 1
-        time.sleep(0.03)
-
-    ms = bench.time_ms({"fast": fast, "slow": slow}, torch.device("cuda"), budget_s=0.0, min_reps=3)
-    assert calls["slow"] == 2 + 3 and calls["fast"] > 2 + 3 * 10  # warm-up, then one call vs many per repeat
-    assert ms["slow"][0] > 10 * ms["fast"][0] and ms["fast"][0] < 5  # per call, not per repeat
+    fns = {"fast": lambda: call("fast", 0.0005), "slow": lambda: call("slow", 0.03)}
+    ms = bench.time_ms(fns, torch.device("cuda"), budget_s=0.0, min_reps=3)
+    assert calls == {"fast": 2 + 3 * 40, "slow": 2 + 3}  # warm-up, then 40 calls (20 ms) vs one per repeat
+    assert abs(ms["fast"][0] - 0.5) < 1e-6 and abs(ms["slow"][0] - 30) < 1e-6  # per call
