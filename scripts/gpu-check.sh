@@ -97,7 +97,9 @@ run_step() {
         return 1
     fi
     say "step $step $name (limit ${limit}s)"
-    timeout -k 5 "$limit" bash -c 'sleep "$1" && shift && exec "$@"' _ "$(slow "$name")" "$@" >"$LOGS/$name.log" 2>&1
+    # SIGINT first: pytest then still writes its XML of the tests that ran, the bench keeps its JSON.
+    timeout -s INT -k 10 "$limit" bash -c 'trap "kill \$! 2>/dev/null; exit 130" INT; sleep "$1" & wait $!; shift
+        exec "$@"' _ "$(slow "$name")" "$@" >"$LOGS/$name.log" 2>&1
     rc=$?
     status=ok
     [ "$rc" -ne 0 ] && status=failed
@@ -234,10 +236,12 @@ if want 3 && [ "$FAKE" = 1 ]; then
 elif want 3 && [ "$HAS_CUDA" = 1 ]; then
     # Only the files that hold `cuda` tests: a test module elsewhere may import what this machine lacks.
     mapfile -t cuda_files < <(grep -rl --include="test_*.py" "pytest.mark.cuda" "$ROOT/tests" | sort)
-    # Workers share Triton's on-disk compile cache; compiling each kernel variant on first use dominates.
-    xdist=()
-    "$PY" -c "import xdist" 2>/dev/null && xdist=(-n 8)
-    run_step 3 cuda-tests "${PYTEST[@]}" "${xdist[@]}" -m cuda "${cuda_files[@]}" --junitxml="$LOGS/pytest-cuda.xml"
+    # Workers share Triton's on-disk compile cache; compiling each kernel variant on first use dominates. A test
+    # that hangs fails on its own (pytest-timeout) instead of taking the step's whole limit.
+    extra=()
+    "$PY" -c "import xdist" 2>/dev/null && extra+=(-n 8)
+    "$PY" -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout 75)
+    run_step 3 cuda-tests "${PYTEST[@]}" "${extra[@]}" -m cuda "${cuda_files[@]}" --junitxml="$LOGS/pytest-cuda.xml"
 elif want 3; then
     # The CPU form: the CUDA test file's small cases with the Triton kernels in the interpreter (TRITON_INTERPRET=1
     # is read when triton is imported: a fresh process). The GPU-only cases skip and say so.
