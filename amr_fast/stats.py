@@ -16,18 +16,22 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-# name -> [sum (tensor on the value's device, float64), count (python int: known without a sync)]
+# name -> [sum (tensor on the value's device, float64), count (python int: known without a sync; a tensor on the
+# value's device once a `keep` flag took part)]
 _accum: dict[str, list] = {}
 
 
-def report(name: str, value: torch.Tensor | float) -> None:
-    """Add `value` (a scalar or every element of a tensor) to the running mean of `name`. Never syncs."""
+def report(name: str, value: torch.Tensor | float, keep: torch.Tensor | None = None) -> None:
+    """Add `value` (a scalar or every element of a tensor) to the running mean of `name`. Never syncs. `keep`, a
+    0/1 tensor on the value's device, counts the value only where it is 1 (a step skipped on the device)."""
     if isinstance(value, torch.Tensor):
         v = value.detach()
         s, n = v.double().sum(), v.numel()
+        if keep is not None:
+            s, n = torch.where(keep > 0, s, 0.0), keep.double() * n
     else:
         s, n = float(value), 1
-    if n == 0:
+    if isinstance(n, int) and n == 0:
         return
     acc = _accum.get(name)
     if acc is None:
