@@ -170,16 +170,21 @@ MIN_STEP = 5  # a step with less than this left is skipped
 
 def plan_step(step: str, budget: float, elapsed: float, train_s: float = 0, first_startup: float | None = None):
     """The seconds `step` may take now, or None to skip it. The steps run in the order install, make-data, the
-    training runs, cuda-tests, bench-kernels. Training ends by `budget - LIMITS[cuda-tests] - LIMITS[bench]`; the
+    training runs, cuda-tests, bench-kernels. install and make-data have their LIMITS. Training ends by
+    `budget - LIMITS[cuda-tests] - LIMITS[bench]`; after it, each step gets what is left but the LIMITS of the
+    steps after it (half of them once training ran over its share), the bench all that is left. The
     first run (FIRST_RUN) has its full slot whatever the clock says (install and make-data are capped, so it
     starts by 90 s of 420 and ends by 230 s); a later run goes only if its expected start-up (the first run's,
     measured) + its seconds + the SIGKILL grace still end before that: its hard limit then keeps it there. A
     training run gets (seconds after the first tick, the longest wait for that tick, SIGTERM -> SIGKILL grace)."""
     f = budget / DEFAULT_BUDGET
     rest = budget - elapsed
+    if step in AFTER_TRAINING:
+        after = sum(LIMITS[a] for a in AFTER_TRAINING[AFTER_TRAINING.index(step) + 1 :]) * f
+        limit = max(rest - after, min(LIMITS[step] * f, rest - after / 2))
+        return round(limit, 1) if limit >= MIN_STEP * f else None
     if step in LIMITS:
-        after = AFTER_TRAINING[AFTER_TRAINING.index(step) + 1 :] if step in AFTER_TRAINING else ()
-        limit = min(LIMITS[step] * f, rest - sum(LIMITS[a] * f for a in after) / 2)  # half of what follows is kept
+        limit = min(LIMITS[step] * f, rest)
         return round(limit, 1) if limit >= MIN_STEP * f else None
     first_s = train_s or TRAIN_S * f
     if step == FIRST_RUN:
