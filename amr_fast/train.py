@@ -223,8 +223,10 @@ def training_loop(
     nets = _networks(cfg, run)
     generator = torch.Generator(run.device).manual_seed(cfg.seed * 1_000_003 + run.rank)  # mixing draws, per rank
     parts = Parts.build(cfg, nets, generator, run.world, run.accelerator.autocast)
-    parts.defer_skips = run.defer_skips
     generator.set_state(run.resume(nets, parts.optimizers).get("generator", generator.get_state()))
+    # after the resume: a state saved by a run with unfused optimisers (on a CPU) keeps them unfused
+    fused = all(g.get("fused") for opt in parts.optimizers.values() for g in opt.param_groups)
+    parts.defer_skips = run.defer_skips and fused
 
     def save_state() -> Path:
         return run.save_state(nets, parts.optimizers, {"generator": generator.get_state()})
