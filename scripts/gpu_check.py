@@ -357,7 +357,7 @@ def run_summary(run: Path) -> dict:
     # Losses, and the figures that show learning: the classifier's train error, the AMR probe's accuracy.
     loss_keys = sorted({k for r in rows for k in r if k.startswith("loss/") or k in ("train/error", "probe/acc")})
     s["kimg"] = last.get("kimg")
-    s["seconds"] = next((last[k] for k in ("seconds", "time") if _finite(last.get(k))), None)  # train / classify
+    s["seconds"] = next((round(last[k], 1) for k in ("seconds", "time") if _finite(last.get(k))), None)
     speeds = [r["img/s"] for r in rows[1:] if _finite(r.get("img/s"))]  # the first tick holds the start-up
     s["img_per_s"] = round(statistics.median(speeds), 1) if speeds else None
     s["loss_first"] = {k: first.get(k) for k in loss_keys}
