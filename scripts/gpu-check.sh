@@ -112,6 +112,7 @@ run_step() {
 # Step 1: install. A function run by `bash -c` (timeout cannot run a shell function).
 step_install() {
     set -x
+    if command -v nvidia-smi >/dev/null; then nvidia-smi >"$LOGS/nvidia-smi.txt" 2>&1; fi # clocks, power, memory
     "$PY" "$HELPER" env --out "$LOGS/env-before.json" || return 1
     local missing pp=""
     missing=$("$PY" "$HELPER" missing-wheels "$WHEELS") || return 1
