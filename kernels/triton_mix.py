@@ -34,7 +34,8 @@ import triton.language as tl
 
 from .layout import empty_out, group_weights, row_layout, ungroup_weights
 
-TILE_BYTES = 16384  # of h per partner per program in the forward: 4096 fp32 / 8192 bf16 elements
+TILE_BYTES = 16384  # of h per partner per program in the forward (4096 fp32 / 8192 bf16 elements) at most,
+IN_FLIGHT = 16384  # and at most this many elements loaded at once (K partners' tiles, + their weight tiles for masks)
 WGRAD_TILE = 8192  # elements per program in the weight-grad kernel, all K partners together (K x BLOCK_G x BLOCK_J)
 MIN_PROGRAMS = 1024  # the weight-grad reduction splits long rows until it has about this many programs
 
@@ -165,8 +166,30 @@ def _pow2(n: int) -> int:
 
 
 def _warps(tile: int) -> int:
-    """4 warps for small tiles, 8 for full ones (4096 elements: 16 per thread)."""
-    return 8 if tile >= 4096 else 4
+    """8 warps from 1024 elements a program (4 to 32 a thread), 4 below."""
+    return 8 if tile >= 1024 else 4
+
+
+def _fwd_blocks(B: int, D: int, K: int, elem_size: int, per_group: bool) -> tuple[int, int]:
+    """(BLOCK_B, BLOCK_D) of the forward: TILE_BYTES of h per partner, fewer elements for more partners and for
+    per-group weights: every partner's gather (and its weight tile) is in flight at once, and at 8 warps the
+    registers grow with the elements in flight per thread. IN_FLIGHT keeps sm_90's ptxas at 54-120 registers
+    without spills (simplex_mix and mask_mix, fp32 and bf16, K = 2..8; compiled ahead of time)."""
+    tile = IN_FLIGHT // (_pow2(K) * (2 if per_group else 1))
+    tile = max(512, min(TILE_BYTES // elem_size, tile))
+    BLOCK_D = min(_pow2(D), tile)
+    return min(_pow2(B), max(1, tile // BLOCK_D)), BLOCK_D
+
+
+def _wgrad_blocks(G: int, n_j: int, K: int, cols: int) -> tuple[int, int]:
+    """(BLOCK_G, BLOCK_J) of the weight-grad kernel: WGRAD_TILE elements for all K partners together, along the
+    contiguous dim first (the groups when they interleave, cols == 1; a group's elements otherwise)."""
+    per_k = max(1, WGRAD_TILE // _pow2(K))  # elements of each partner per chunk
+    if cols == 1:
+        BLOCK_G = min(_pow2(G), per_k)
+        return BLOCK_G, min(_pow2(n_j), max(1, per_k // BLOCK_G))
+    BLOCK_J = min(_pow2(n_j), per_k)
+    return min(_pow2(G), max(1, per_k // BLOCK_J)), BLOCK_J
 
 
 def _check_row(D: int) -> None:
@@ -186,9 +209,7 @@ def mix(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor) -> torch.Ten
     K, B = perm.shape
     D = lay.row_len
     _check_row(D)
-    tile = max(1, TILE_BYTES // h.element_size())
-    BLOCK_D = min(_pow2(D), tile)
-    BLOCK_B = min(_pow2(B), max(1, tile // BLOCK_D))
+    BLOCK_B, BLOCK_D = _fwd_blocks(B, D, K, h.element_size(), weights.dim() > 2)
     grid = (triton.cdiv(B, BLOCK_B), triton.cdiv(D, BLOCK_D))
     compiled = _mix_fwd_kernel[grid](
         h_rows, perm, wg, out_rows, B, D, lay.groups, lay.inner, perm.stride(0), wg.stride(0), wg.stride(1),
@@ -212,13 +233,7 @@ def weight_grad(grad: torch.Tensor, h: torch.Tensor, perm: torch.Tensor, weights
     n_j = lay.outer * lay.inner  # elements per group
     cols = 0 if lay.outer == 1 else 1 if lay.inner == 1 else 2  # the kernel's COLS: how a group's columns lie
     KP = _pow2(K)
-    per_k = max(1, WGRAD_TILE // KP)  # elements of each partner per chunk
-    if cols == 1:  # groups interleave: a chunk spans many groups (the contiguous dim) first
-        BLOCK_G = min(_pow2(G), per_k)
-        BLOCK_J = min(_pow2(n_j), max(1, per_k // BLOCK_G))
-    else:  # a group's elements are the contiguous dim (or a mix): a long piece of few groups
-        BLOCK_J = min(_pow2(n_j), per_k)
-        BLOCK_G = min(_pow2(G), max(1, per_k // BLOCK_J))
+    BLOCK_G, BLOCK_J = _wgrad_blocks(G, n_j, K, cols)
     # Few long rows (simplex_mix at small B): split each row's sum over up to MIN_PROGRAMS / programs pieces so
     # that the GPU has work; the pieces are summed by torch in a fixed order (deterministic, no atomics).
     programs = B * triton.cdiv(G, BLOCK_G)
