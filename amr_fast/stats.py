@@ -9,7 +9,6 @@ line. Used by both trainers through `amr_fast.run`; `read_jsonl` reads the rows 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -58,8 +57,9 @@ def _all_names(names: list[str], world_size: int) -> list[str]:
 
 
 def collect(device: torch.device | str = "cpu", world_size: int = 1) -> dict[str, float]:
-    """Means over all ranks of everything reported since the last call, then reset. The only sync point:
-    one all-reduce of a [names, 2] float64 tensor and one device->host copy. Every rank must call it."""
+    """Means over all ranks of everything reported since the last call, then reset (a name whose every report
+    was masked out by `keep` is left out). The only sync point: one all-reduce of a [names, 2] float64 tensor and
+    one device->host copy. Every rank must call it."""
     names = _all_names(list(_accum), world_size)
     buf = torch.zeros(len(names), 2, dtype=torch.float64, device=device)
     for i, name in enumerate(names):
@@ -71,7 +71,7 @@ def collect(device: torch.device | str = "cpu", world_size: int = 1) -> dict[str
         dist.all_reduce(buf)
     host = buf.cpu().tolist()
     reset()
-    return {name: (s / n if n else math.nan) for name, (s, n) in zip(names, host)}
+    return {name: s / n for name, (s, n) in zip(names, host) if n}  # n = 0: only skipped steps reported it
 
 
 def format_status(row: dict, keys: Iterable[str]) -> str:
