@@ -164,7 +164,7 @@ FIRST_RUN = "amr-bf16"  # its slot is reserved: it starts by install + make-data
 STARTUP = 90  # the longest wait for a run's first tick (imports, data workers, Triton's first compiles)
 COMPILE_STARTUP = 60  # what compile=true adds to it (inductor compiling the model), on top of the measured one
 GRACE = 20  # after SIGTERM, before SIGKILL
-TRAIN_S = 30  # the first run's seconds after its first tick; the later runs get half
+TRAIN_S = 20  # the first run's seconds after its first tick; the later runs get half
 MIN_STEP = 5  # a step with less than this left is skipped
 
 
@@ -174,7 +174,7 @@ def plan_step(step: str, budget: float, elapsed: float, train_s: float = 0, firs
     `budget - LIMITS[cuda-tests] - LIMITS[bench]`; after it, each step gets what is left but the LIMITS of the
     steps after it (half of them once training ran over its share), the bench all that is left. The
     first run (FIRST_RUN) has its full slot whatever the clock says (install and make-data are capped, so it
-    starts by 90 s of 420 and ends by 230 s); a later run goes only if its expected start-up (the first run's,
+    starts by 90 s of 420 and ends by 220 s); a later run goes only if its expected start-up (the first run's,
     measured) + its seconds + the SIGKILL grace still end before that: its hard limit then keeps it there. A
     training run gets (seconds after the first tick, the longest wait for that tick, SIGTERM -> SIGKILL grace)."""
     f = budget / DEFAULT_BUDGET
@@ -271,7 +271,8 @@ def _rows(stats_path: Path) -> list[dict]:
 
 def cmd_train_for(args) -> int:
     """Start CMD; SECONDS after RUN/stats.jsonl gets its first row send SIGTERM (save a state, exit 0); SIGKILL
-    after --grace more seconds. --startup caps the wait for the first row. Returns the command's exit status."""
+    after --grace more seconds. --startup caps the wait for the first row. Returns the command's exit status, 124
+    when it was stopped before its first row (too slow to start), 137 when it had to be killed."""
     stats_path = Path(args.run) / "stats.jsonl"
     t0 = time.time()
     time.sleep(args.sleep)  # a slow start-up, simulated (GPU_CHECK_SLEEP)
@@ -288,17 +289,19 @@ def cmd_train_for(args) -> int:
             if (first is None and now - t0 > args.startup) or (first is not None and now - first > args.seconds):
                 break
             time.sleep(min(0.5, args.seconds / 10))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(args.grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                print(f"  no exit {args.grace:.0f} s after SIGTERM: killed", flush=True)
-                return 137
+        if proc.poll() is not None:  # it ended by itself: a crash, or a run that finished
+            return proc.returncode
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(args.grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            print(f"  no exit {args.grace:.0f} s after SIGTERM: killed", flush=True)
+            return 137
         if first is None:
-            print(f"  no stats row within {args.startup:.0f} s of the start", flush=True)
+            print(f"  no stats row within {args.startup:.0f} s of the start: stopped", flush=True)
+            return 124
     return proc.returncode
 
 
@@ -463,7 +466,7 @@ def summarise(logs: Path) -> dict:
         r = run_summary(Path(rec["run"]))
         r.update({"name": rec["name"], "status": rec["status"], "rc": rec.get("rc")})
         runs[rec["name"]] = r
-        if rec["status"] == "skipped":
+        if rec["status"] in ("skipped", "slow"):  # slow: a compile=true run without a tick in its limit (speed)
             continue
         if not r["ticks"]:
             fails.append(f"train {rec['name']}: no stats row (see {rec['name']}.log)")

@@ -144,6 +144,16 @@ def test_train_for_stops_a_run_after_its_first_tick(tmp_path):
     assert summary["ticks"] >= 3 and summary["loss_last"]["loss/x"] < summary["loss_first"]["loss/x"]
 
 
+@pytest.mark.parametrize(("code", "rc"), [("import time; time.sleep(60)", 124), ("raise SystemExit(3)", 3)])
+def test_train_for_tells_a_run_too_slow_to_start_from_a_crash(tmp_path, code, rc):
+    """No stats row within --startup: stopped, 124 (the check reports a compile=true run so as `slow`); a command
+    that ends by itself: its own exit status."""
+    run = tmp_path / "run"
+    run.mkdir()
+    args = ["train-for", "1", str(run), "--log", str(tmp_path / "log"), "--startup", "0.5", "--grace", "5"]
+    assert gpu_check.main([*args, "--", sys.executable, "-c", code]) == rc
+
+
 def test_synthetic_fashion_mnist_is_learnable_shaped(tmp_path):
     np = pytest.importorskip("numpy")
     x, y = gpu_check.synth_images(200, 32, seed=0)
