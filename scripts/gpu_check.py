@@ -163,7 +163,7 @@ AFTER_TRAINING = ("cuda-tests", "bench-kernels")  # reserved after the training 
 FIRST_RUN = "amr-bf16"  # its slot is reserved: it starts by install + make-data's limits and is never dropped
 STARTUP = 90  # the longest wait for a run's first tick (imports, data workers, Triton's first compiles)
 COMPILE_STARTUP = 60  # what compile=true adds to it (inductor compiling the model), on top of the measured one
-GRACE = 20  # after SIGTERM, before SIGKILL
+GRACE = 10  # after SIGTERM, before SIGKILL (a state of these small models saves in ~1 s)
 TRAIN_S = 20  # the first run's seconds after its first tick; the later runs get half
 MIN_STEP = 5  # a step with less than this left is skipped
 
@@ -174,7 +174,7 @@ def plan_step(step: str, budget: float, elapsed: float, train_s: float = 0, firs
     `budget - LIMITS[cuda-tests] - LIMITS[bench]`; after it, each step gets what is left but the LIMITS of the
     steps after it (half of them once training ran over its share), the bench all that is left. The
     first run (FIRST_RUN) has its full slot whatever the clock says (install and make-data are capped, so it
-    starts by 90 s of 420 and ends by 220 s); a later run goes only if its expected start-up (the first run's,
+    starts by 90 s of 420 and ends by 210 s); a later run goes only if its expected start-up (the first run's,
     measured) + its seconds + the SIGKILL grace still end before that: its hard limit then keeps it there. A
     training run gets (seconds after the first tick, the longest wait for that tick, SIGTERM -> SIGKILL grace)."""
     f = budget / DEFAULT_BUDGET
