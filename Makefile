@@ -34,9 +34,10 @@ bench: $(BIN)/amr-fast
 	$(BIN)/amr-fast bench data --out bench-data.json
 	$(BIN)/amr-fast bench train --out bench-train.json
 
-# The GPU acceptance run (README "Running the GPU check"): on a CUDA machine every step, here the CPU form of steps
-# 1-2. Needs no registry and builds no venv: it uses .venv/bin/python when there is one, else the machine's python3
-# (PYTHON=... to choose). Writes $(OUT)/summary.{txt,json} (OUT defaults to runs/gpu-check).
+# The GPU acceptance run (README "Running the GPU check"), a wrapper of `bash scripts/gpu-check.sh` for CI: on a CUDA
+# machine every step, here the CPU form (steps 1 and 3). Needs no registry and builds no venv: it uses .venv/bin/python
+# when there is one, else the machine's python3 (PYTHON=... to choose). Writes $(OUT)/summary.{txt,json},
+# bench-kernels.json and logs.tar.gz (OUT defaults to runs/gpu-check).
 OUT ?= runs/gpu-check
 gpu-check:
 	PYTHON="$${PYTHON:-$(if $(wildcard $(BIN)/python),$(BIN)/python,python3)}" bash scripts/gpu-check.sh "$(OUT)"

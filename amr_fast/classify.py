@@ -23,8 +23,9 @@ its evaluation and what happens at a tick): run directory config.json, log.txt, 
 snapshot-<kimg>.safetensors (module "classifier"), state-<kimg>/ (safetensors and JSON; re-running the same
 command resumes from the newest complete one, and raising total_kimg extends a finished run). SIGTERM / SIGINT
 (also to the whole process group) save a state and exit. A non-finite loss or gradient (on any rank: one
-all-reduce of a flag per step, the step's only host sync, as `amr-fast train`) skips the optimiser step and puts
-back the BatchNorm statistics of that forward pass; `max_nonfinite` such steps in a row stop the run with an error.
+all-reduce of a flag per step, the step's only host sync, as `amr-fast train`; on one GPU no sync: fused SGD skips
+the step on the device, as `amr-fast train`'s Adam) skips the optimiser step and puts back the BatchNorm statistics
+of that forward pass; `max_nonfinite` such steps in a row stop the run with an error.
 Neither a snapshot nor a resume state is ever written with non-finite weights. precision=fp16 (or fp16 chosen by
 `accelerate launch`) scales the loss dynamically, as `amr-fast train`.
 
@@ -59,6 +60,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from amr_fast import checkpoint, data, globalbatch, kernels, mixing, stats
+from amr_fast import run as run_lib
 from amr_fast.config import CLASSIFY_PRESETS, ClassifyConfig, from_dict
 from amr_fast.models import build_classifier
 from amr_fast.run import (
@@ -260,10 +262,11 @@ class Step:
         self.params = list(model.parameters())
         self.bn_stats = [b for b in model.buffers() if b.is_floating_point()]
         self.bn_stats_before = [b.clone() for b in self.bn_stats]
+        self.defer = run.defer_skips and all(g.get("fused") for g in opt.param_groups)  # after the resume
 
-    def __call__(self, batch: dict, lr: float, step: int = 0) -> tuple[str, bool]:
-        """Step `step` on this rank's rows of a global batch. Returns (status of `amr_fast.run.step_status`, stop
-        requested on some rank)."""
+    def __call__(self, batch: dict, lr: float, step: int = 0) -> tuple[str | torch.Tensor, bool]:
+        """Step `step` on this rank's rows of a global batch. Returns (status of `amr_fast.run.step_status`, or with
+        `run.defer_skips` the 0/1 device flag of `run.skip_on_device`; stop requested on some rank)."""
         cfg, run = self.cfg, self.run
         g, where = globalbatch.draws(cfg.seed, step, "classify"), dict(rank=run.rank, world=run.world)
         x = data.to_unit(batch["x"], run.device)  # [B, C, H, W] in [-1, 1]
@@ -281,6 +284,13 @@ class Step:
         self.opt.zero_grad(set_to_none=True)
         (loss * run.state.loss_scale).backward()  # DDP averages the gradients over ranks
         grads = [p.grad for p in self.params if p.grad is not None]
+        if self.defer:  # one process, fused SGD: skipped on the device, no host sync
+            bad = run_lib.skip_on_device([self.opt], run_lib.step_flags([loss], grads, None, lambda f: f))
+            for cur, before in zip(self.bn_stats, self.bn_stats_before):
+                cur.copy_(torch.where(bad > 0, before, cur))
+            stats.report("loss/cls", loss, 1 - bad)
+            stats.report("train/error", (logits.detach().argmax(1) != y).float() * 100, 1 - bad)
+            return bad, run.stop_requested
         status, stop = step_status([loss], grads, run.stop_requested, lambda f: sum_over_ranks(f, run.world))
         if status == "ok":
             if run.state.loss_scale != 1.0:
@@ -318,9 +328,12 @@ def train_classifier(
     s = run.state
     torch.manual_seed(cfg.seed)  # the same initial weights for every rank and every rerun of a seed
     net = build_classifier(cfg).to(run.device)
-    opt = torch.optim.SGD(
-        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
-    )
+    fused = run_lib.fused_optimizers(run.device) or None  # on CUDA: one kernel a step, skipped on the device
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                          weight_decay=cfg.weight_decay, fused=fused)  # fmt: skip
+    if fused and cfg.momentum:  # zero momentum buffers: a first step skipped on the device leaves no garbage
+        for p in net.parameters():  # (fused SGD's own first step fills empty buffers); buf = 0 * m + g is exact
+            opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
     model = run.accelerator.prepare(net)  # DDP on several processes (BatchNorm statistics: per rank)
     run.resume({"classifier": net}, {"opt": opt})
 

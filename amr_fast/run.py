@@ -16,7 +16,9 @@ sequence of blocks around one state object, `run.state`):
   workers ignore them) set `run.stop_requested`; the trainer finishes its step, `run.stop` saves a state, and the
   process exits cleanly; a second signal acts at once;
 - the kimg schedule (`due`), the non-finite step counter with the divergence stop and the fp16 loss scale
-  (`run.count_step`, `step_status`);
+  (`run.count_step`, `step_status`); with fused optimisers on one process (CUDA; not fp16) a step's flags stay on
+  the device: the optimisers skip a non-finite step there (`skip_on_device`) and the counter is settled at the
+  next tick or state (`run.defer_skips`), so no iteration waits for the GPU;
 - the command line both trainers share: --preset, --outdir, --data, field=value overrides (anywhere on the line),
   --list-presets, --dry-run, --tensorboard (`configure_run_parser`, `config_from_args`).
 """
@@ -172,22 +174,52 @@ def trim_stats(path: Path, nimg: int) -> None:
     checkpoint.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def step_status(
-    losses: Iterable[torch.Tensor], grads: list[torch.Tensor], stop: bool, reduce: Callable[[torch.Tensor], Any]
-) -> tuple[str, bool]:
-    """After the backward pass: ("ok" | "loss" (a non-finite loss on some rank) | "grad" (finite losses, a non-
-    finite gradient, e.g. an fp16 overflow), stop requested on some rank), the same on every rank. `reduce` sums
-    the three float32 flags over ranks (one all-reduce, or none on one process); `.tolist()` is the step's one
-    host sync."""
+def step_flags(
+    losses: Iterable[torch.Tensor], grads: list[torch.Tensor], stop: bool | None, reduce: Callable[[torch.Tensor], Any]
+) -> torch.Tensor:
+    """After the backward pass, on the device: float32 [loss_bad, grad_bad(, stop)] summed over ranks by `reduce`
+    (one all-reduce, or none on one process): non-finite losses, a non-finite gradient norm (e.g. an fp16 overflow),
+    a stop request (left out when `stop` is None: copying a host flag to a GPU waits for it)."""
     values = [v.detach().float().reshape(-1) for v in losses]
     device = values[0].device if values else grads[0].device if grads else torch.device("cpu")
     loss_bad = (~torch.isfinite(torch.cat(values))).sum().float() if values else torch.zeros((), device=device)
     norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device)
-    flags = torch.stack(
-        [loss_bad, (~torch.isfinite(norm)).float().to(device), torch.tensor(float(stop), device=device)]
-    )
-    loss_n, grad_n, stop_n = reduce(flags).tolist()
+    flags = [loss_bad, (~torch.isfinite(norm)).float().to(device)]
+    if stop is not None:
+        flags.append(torch.tensor(float(stop), device=device))
+    return reduce(torch.stack(flags))
+
+
+def step_status(
+    losses: Iterable[torch.Tensor], grads: list[torch.Tensor], stop: bool, reduce: Callable[[torch.Tensor], Any]
+) -> tuple[str, bool]:
+    """`step_flags` on the host: ("ok" | "loss" (a non-finite loss on some rank) | "grad" (finite losses, a non-
+    finite gradient), stop requested on some rank), the same on every rank. `.tolist()` is the step's one host
+    sync."""
+    loss_n, grad_n, stop_n = step_flags(losses, grads, stop, reduce).tolist()
     return ("loss" if loss_n else "grad" if grad_n else "ok"), stop_n > 0
+
+
+def fused_optimizers(device: torch.device) -> bool:
+    """Whether the trainers build fused optimisers: on CUDA (one kernel a step for all parameters; a fused
+    optimiser also skips a step on the device, `skip_on_device`)."""
+    return device.type == "cuda"
+
+
+def skip_on_device(optimizers: Iterable[torch.optim.Optimizer], flags: torch.Tensor) -> torch.Tensor:
+    """Step fused `optimizers` unless `flags` (of `step_flags`) say the step is non-finite, decided on the device:
+    a fused optimiser leaves its parameters and state (step count included) as they were when `found_inf` is 1
+    (the mechanism of torch's GradScaler). Returns that 0/1 float32 flag, on the device."""
+    bad = (flags[:2].sum() > 0).float()
+    for opt in optimizers:
+        if not all(group.get("fused") for group in opt.param_groups):
+            raise ValueError("skip_on_device needs fused optimisers (fused=True); use step_status instead")
+        opt.found_inf = bad
+        try:
+            opt.step()
+        finally:
+            del opt.found_inf
+    return bad
 
 
 def sum_over_ranks(flags: torch.Tensor, world_size: int) -> torch.Tensor:
@@ -233,6 +265,10 @@ class Run:
         if self.device.type == "cpu":
             keep_freed_memory()
         self.fp16 = self.accelerator.mixed_precision == "fp16"
+        # Non-finite steps counted on the device (`count_step` of a flag tensor), settled at a tick or a state: one
+        # process (a stop request needs no all-reduce), no fp16 (its loss scale changes with every step's status).
+        self.defer_skips = fused_optimizers(self.device) and self.world == 1 and not self.fp16
+        self._skips: torch.Tensor | None = None  # [total, in a row, most in a row] since the last settle
         self.tb = (
             eval_tensorboard.TensorBoardLogger(self.outdir) if tensorboard and self.is_main else None
         )  # fails before any work
@@ -317,10 +353,18 @@ class Run:
         finally:
             self.eval_seconds += time.time() - start
 
-    def count_step(self, status: str, what: str | None = None) -> None:
+    def count_step(self, status: str | torch.Tensor, what: str | None = None) -> None:
         """After each step (status of `step_status`): count skipped steps, stop a diverged run, and in fp16 grow
-        the loss scale after FP16_SCALE_GROWTH good steps and halve it on an overflow (not a divergence)."""
+        the loss scale after FP16_SCALE_GROWTH good steps and halve it on an overflow (not a divergence). A 0/1
+        tensor (`skip_on_device`'s) is counted on the device, without a sync, until `settle_skips`."""
         s = self.state
+        if isinstance(status, torch.Tensor):
+            if self._skips is None:
+                self._skips = torch.tensor([0.0, s.nonfinite, s.nonfinite], device=status.device)
+            total, in_row, most = self._skips.unbind()
+            in_row = (in_row + 1) * status
+            self._skips = torch.stack([total + status, in_row, torch.maximum(most, in_row)])
+            return
         if status == "ok":
             s.nonfinite, s.scale_ok = 0, s.scale_ok + 1
             if self.fp16 and s.scale_ok % FP16_SCALE_GROWTH == 0:
@@ -330,17 +374,31 @@ class Run:
             s.loss_scale, s.scale_ok = s.loss_scale / 2, 0
             return
         s.nonfinite, s.nonfinite_total = s.nonfinite + 1, s.nonfinite_total + 1
-        if s.nonfinite >= self.cfg.max_nonfinite:
-            what = what or {"loss": "losses", "grad": "gradients"}[status]
+        self._check_diverged(s.nonfinite, what or {"loss": "losses", "grad": "gradients"}[status])
+
+    def _check_diverged(self, in_a_row: int, what: str, when: str = "at") -> None:
+        if in_a_row >= self.cfg.max_nonfinite:
             raise ValueError(
-                f"{s.nonfinite} non-finite {what} in a row at {s.nimg / 1000:g} kimg (max_nonfinite="
+                f"{in_a_row} non-finite {what} in a row {when} {self.state.nimg / 1000:g} kimg (max_nonfinite="
                 f"{self.cfg.max_nonfinite}); the run diverged: lower lr, use precision=fp32, or check the data, in a "
                 f"new --outdir; the states and snapshots already in {self.outdir} are finite"
             )
 
+    def settle_skips(self) -> None:
+        """The device's count of skipped steps into `state` (one host sync); stop a run that diverged meanwhile."""
+        if self._skips is None:
+            return
+        t = self._skips
+        total, in_row, most = (round(v) for v in t.tolist())
+        self._skips = torch.stack([torch.zeros_like(t[0]), t[1], t[1]])  # the run in a row goes on
+        self.state.nonfinite_total += total
+        self.state.nonfinite = in_row
+        self._check_diverged(most, "losses/gradients", "by")  # counted on the device: by this tick
+
     def tick(self, extra: dict) -> dict:
         """One stats row: kimg, nimg, the trainer's `extra`, times, speed, skipped steps, and every value reported
         since the last tick (reduced over ranks); rank 0 appends it to stats.jsonl and prints the status line."""
+        self.settle_skips()
         s, now = self.state, time.time()
         s.time = now - self.start_time
         counts = stream_counts(self.data_stats, self._data_base)  # samples read / skipped (every rank alike)
@@ -365,6 +423,7 @@ class Run:
         rank_tensors: dict[str, torch.Tensor],
     ) -> Path:
         """`state-<kimg>/` at the current nimg (every rank calls it)."""
+        self.settle_skips()
         self.state.time = time.time() - self.start_time
         state = dataclasses.asdict(self.state)
         with self.not_training():

@@ -9,25 +9,28 @@ line. Used by both trainers through `amr_fast.run`; `read_jsonl` reads the rows 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-# name -> [sum (tensor on the value's device, float64), count (python int: known without a sync)]
+# name -> [sum (tensor on the value's device, float64), count (python int: known without a sync; a tensor on the
+# value's device once a `keep` flag took part)]
 _accum: dict[str, list] = {}
 
 
-def report(name: str, value: torch.Tensor | float) -> None:
-    """Add `value` (a scalar or every element of a tensor) to the running mean of `name`. Never syncs."""
+def report(name: str, value: torch.Tensor | float, keep: torch.Tensor | None = None) -> None:
+    """Add `value` (a scalar or every element of a tensor) to the running mean of `name`. Never syncs. `keep`, a
+    0/1 tensor on the value's device, counts the value only where it is 1 (a step skipped on the device)."""
     if isinstance(value, torch.Tensor):
         v = value.detach()
         s, n = v.double().sum(), v.numel()
+        if keep is not None:
+            s, n = torch.where(keep > 0, s, 0.0), keep.double() * n
     else:
         s, n = float(value), 1
-    if n == 0:
+    if isinstance(n, int) and n == 0:
         return
     acc = _accum.get(name)
     if acc is None:
@@ -54,8 +57,9 @@ def _all_names(names: list[str], world_size: int) -> list[str]:
 
 
 def collect(device: torch.device | str = "cpu", world_size: int = 1) -> dict[str, float]:
-    """Means over all ranks of everything reported since the last call, then reset. The only sync point:
-    one all-reduce of a [names, 2] float64 tensor and one device->host copy. Every rank must call it."""
+    """Means over all ranks of everything reported since the last call, then reset (a name whose every report
+    was masked out by `keep` is left out). The only sync point: one all-reduce of a [names, 2] float64 tensor and
+    one device->host copy. Every rank must call it."""
     names = _all_names(list(_accum), world_size)
     buf = torch.zeros(len(names), 2, dtype=torch.float64, device=device)
     for i, name in enumerate(names):
@@ -67,7 +71,7 @@ def collect(device: torch.device | str = "cpu", world_size: int = 1) -> dict[str
         dist.all_reduce(buf)
     host = buf.cpu().tolist()
     reset()
-    return {name: (s / n if n else math.nan) for name, (s, n) in zip(names, host)}
+    return {name: s / n for name, (s, n) in zip(names, host) if n}  # n = 0: only skipped steps reported it
 
 
 def format_status(row: dict, keys: Iterable[str]) -> str:

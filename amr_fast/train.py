@@ -10,7 +10,9 @@ updated modules are averaged across ranks in ONE all-reduce of a flat buffer (ou
 `ae.encode` / `ae.decode`, which DDP's forward hooks would not see, so we do not wrap them in DDP), the same
 buffer carries the non-finite and stop flags, and the optimisers step unless a loss or gradient is non-finite:
 such a step is skipped and counted, `max_nonfinite` in a row stop the run. That flag is the only host sync of an
-iteration; metrics are reported with `amr_fast.stats.report` and reduced once per tick.
+iteration; on one process with fused optimisers (CUDA; not fp16) not even that: the optimisers skip a non-finite
+step on the device and the count is settled at the tick (`amr_fast.run.skip_on_device`). Metrics are reported
+with `amr_fast.stats.report` and reduced once per tick.
 
 Every `tick_kimg`: a status line and a `stats.jsonl` row. Every `probe_kimg`: the online probe's exact
 validation accuracy (every rank evaluates its share), and the test accuracy whenever validation improves (the
@@ -54,6 +56,7 @@ import torch.distributed as dist
 
 from amr_fast import checkpoint, globalbatch, models, stats
 from amr_fast import data as amr_data
+from amr_fast import run as run_lib
 from amr_fast.config import PRESETS, TrainConfig, preset_line, probe_adam_args
 from amr_fast.eval import grids
 from amr_fast.eval.cli import make_encode, recon_error
@@ -101,6 +104,7 @@ class Parts:
     channels_last: bool = False
     autocast: Callable = contextlib.nullcontext  # a context-manager factory (accelerator.autocast)
     loss_scale: float = 1.0  # fp16 only: dynamic loss scale
+    defer_skips: bool = False  # `Run.defer_skips`: a non-finite step is skipped on the device, no host sync
 
     @classmethod
     def build(cls, cfg: TrainConfig, nets: dict[str, torch.nn.Module], world_size: int = 1, rank: int = 0,
@@ -109,11 +113,12 @@ class Parts:
         cfg.compile the compiled methods the loss calls, for `nets` already on their device."""
         ae, disc, probe, mixer = nets["ae"], nets["disc"], nets["probe"], nets.get("mixer")
         ae_modules = [ae] + ([mixer] if mixer is not None else [])
-        adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+        device = next(ae.parameters()).device
+        fused = run_lib.fused_optimizers(device) or None  # on CUDA: one kernel a step, and a step skipped on the device
+        adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, fused=fused)
         opt_ae = torch.optim.Adam([p for m in ae_modules for p in m.parameters()], **adam)
         opt_disc = torch.optim.Adam(disc.parameters(), **adam)
-        opt_probe = torch.optim.Adam(probe.parameters(), **probe_adam_args(cfg))
-        device = next(ae.parameters()).device
+        opt_probe = torch.optim.Adam(probe.parameters(), **probe_adam_args(cfg), fused=fused)
         loss = AMRLoss(cfg, nets, device, rank, world_size)
         if cfg.compile:  # compile the methods the loss calls; instance attributes keep the state_dict keys unchanged
             for net, names in ((ae, ("encode", "decode", "decode_with_logits", "encode_stats")), (disc, ("run",))):
@@ -162,8 +167,9 @@ def train_iteration(
 ) -> tuple[str, bool, list[dict[str, torch.Tensor]]]:
     """Optimisation step `step` over this rank's micro-batches of one global batch. Returns (status, stop requested
     on any rank, the phases' reported scalars); status "ok" (stepped), "loss" (a non-finite loss on some rank: step
-    skipped) or "grad" (finite losses but a non-finite gradient, e.g. an fp16 overflow: step skipped). Micro-batch
-    a mixes over every rank's micro-batch a, with draws from (seed, step, a): the same on every launch."""
+    skipped) or "grad" (finite losses but a non-finite gradient, e.g. an fp16 overflow: step skipped); with
+    `parts.defer_skips`, a 0/1 tensor on the device instead (1: skipped; `run.skip_on_device`). Micro-batch a mixes
+    over every rank's micro-batch a, with draws from (seed, step, a): the same on every launch."""
     gain = parts.loss_scale / len(batches)
     groups = ([(parts.ae_modules, parts.opt_ae)] if update_ae else []) + [
         ([parts.disc], parts.opt_disc),
@@ -181,6 +187,12 @@ def train_iteration(
     params = [p for modules, _ in groups for m in modules for p in m.parameters()]
     losses = [v for r in reported for v in r.values()]
     grads = [p.grad for p in params if p.grad is not None]
+    if parts.defer_skips:  # one process, no fp16: the fused optimisers skip a non-finite step on the device
+        flags = run_lib.step_flags(losses, grads, None, lambda f: f)  # one process: nothing to reduce
+        bad = run_lib.skip_on_device([opt for _, opt in groups], flags)
+        for _, opt in groups:
+            opt.zero_grad(set_to_none=True)
+        return bad, stop, reported
     # the flags ride on the gradients' one all-reduce; their .tolist() is THE host sync of an iteration
     status, stop_any = step_status(
         losses, grads, stop, lambda flags: _reduce_gradients(params, flags, parts.world_size)
@@ -226,6 +238,9 @@ def training_loop(
     nets = _networks(cfg, run)
     parts = Parts.build(cfg, nets, run.world, run.rank, run.accelerator.autocast)
     run.resume(nets, parts.optimizers)
+    # after the resume: a state saved by a run with unfused optimisers (on a CPU) keeps them unfused
+    fused = all(g.get("fused") for opt in parts.optimizers.values() for g in opt.param_groups)
+    parts.defer_skips = run.defer_skips and fused
 
     def save_state() -> Path:
         return run.save_state(nets, parts.optimizers, {})
@@ -252,8 +267,9 @@ def training_loop(
             update_ae = s.it % cfg.ae_every == 0
             status, stop, reported = train_iteration(parts, batches, update_ae, run.stop_requested, s.it)
             run.count_step(status, "losses/gradients")
-            for name, value in (kv for r in reported for kv in r.items()) if status == "ok" else ():
-                stats.report(name, value)
+            keep = 1 - status if isinstance(status, torch.Tensor) else None  # decided on the device: 0 if skipped
+            for name, value in (kv for r in reported for kv in r.items()) if keep is not None or status == "ok" else ():
+                stats.report(name, value, keep)  # a skipped step's values do not count
             s.it, s.nimg = s.it + 1, s.nimg + cfg.batch
 
             if run.finished or due(s.tick_nimg, s.nimg, cfg.tick_kimg):  # a tick: probe, stats, snapshot, state

@@ -10,6 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from amr_fast import classify, kernels
+from amr_fast import run as run_lib
 from amr_fast.checkpoint import find_latest_state, latest_snapshot, load_snapshot
 from amr_fast.classify import mixup_forward, mixup_loss
 from amr_fast.config import ClassifyConfig, from_dict
@@ -474,10 +475,16 @@ def saved_tensors(run):
     return files, [t for f in files for t in load_file(f).values()]
 
 
+@pytest.mark.parametrize("deferred", [False, True], ids=["synced", "on-device"])
 @pytest.mark.parametrize("where", ["loss", "input"])
-def test_a_non_finite_step_is_skipped_counted_and_training_continues(shards, tmp_path, nan_steps, where):
+def test_a_non_finite_step_is_skipped_counted_and_training_continues(
+    shards, tmp_path, nan_steps, where, deferred, monkeypatch
+):
+    """Also with the skip decided on the device (one GPU: fused SGD, `Run.defer_skips`; forced here on the CPU):
+    the same rows, the same untouched weights and BatchNorm statistics."""
     from amr_fast.stats import read_jsonl
 
+    monkeypatch.setattr(run_lib, "fused_optimizers", lambda device: deferred)
     seen = nan_steps({2}, where)
     cfg = e2e_cfg(shards, mode="manifold", total_kimg=0.032, snapshot_kimg=0.032, state_kimg=0.032, eval_kimg=0.032)
     run = classify.train_classifier(cfg, tmp_path / where, log=lambda msg: None)
@@ -503,6 +510,20 @@ def test_non_finite_steps_in_a_row_stop_the_run_and_nothing_saved_is_non_finite(
     assert [r["nonfinite"] for r in rows] == [0, 0, 1, 2]  # the step that stopped the run wrote no row
     files, tensors = saved_tensors(tmp_path / "nan")
     assert len(list((tmp_path / "nan").glob("snapshot-*"))) == 4 and all_finite(tensors)
+
+
+def test_non_finite_steps_skipped_on_the_device_stop_the_run_at_the_next_tick(shards, tmp_path, nan_steps, monkeypatch):
+    """One GPU (forced here on the CPU): the steps are skipped on the device and counted there; the first tick or
+    state after the third in a row stops the run, and nothing saved is non-finite."""
+    monkeypatch.setattr(run_lib, "fused_optimizers", lambda device: True)
+    nan_steps(set(range(3, 100)), "input")
+    cfg = e2e_cfg(shards, mode="mixup", total_kimg=0.064, snapshot_kimg=0.008, state_kimg=0.008, max_nonfinite=3)
+    with pytest.raises(ValueError, match=r"3 non-finite losses/gradients in a row by 0\.04 kimg \(max_nonfinite=3\)"):
+        classify.train_classifier(cfg, tmp_path / "nan", log=lambda msg: None)
+    rows = read_jsonl(tmp_path / "nan" / "stats.jsonl")
+    assert [r["nonfinite"] for r in rows] == [0, 0, 1, 2]  # as the synced path; the state due at 0.04 read the third
+    files, tensors = saved_tensors(tmp_path / "nan")
+    assert all_finite(tensors)
 
 
 def test_a_resume_state_is_never_written_with_non_finite_weights(shards, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import torch
 from accelerate.state import AcceleratorState
 from PIL import Image
 
-from amr_fast import checkpoint, classify, cli, run, train
+from amr_fast import checkpoint, classify, cli, run, stats, train
 from amr_fast.config import ClassifyConfig, TrainConfig, to_json
 from amr_fast.models import build_classifier, build_networks
 
@@ -178,3 +178,59 @@ def test_a_tick_far_below_the_runs_earlier_speed_says_the_cores_are_contended():
     notes = [run.contention_note(speeds, v) for v in (50.0, 400.0, 420.0, 390.0, 150.0, 410.0)]
     assert notes[:4] == ["", "", "", ""] and notes[5] == ""  # the warm-up tick and normal ticks: no note
     assert "36% of this run's earlier 420 img/s: the cores are contended" in notes[4] and "procs=N" in notes[4]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Non-finite steps decided on the device (fused optimisers, one process): no host sync per step, the same skips.
+
+
+def _adam_step(opt, w, grad_value, bad_loss=False):
+    w.grad = torch.full_like(w, grad_value)
+    loss = torch.tensor(float("nan") if bad_loss else 1.0)
+    return run.skip_on_device([opt], run.step_flags([loss], [w.grad], None, lambda f: f))
+
+
+def test_skip_on_device_leaves_a_non_finite_step_out_entirely():
+    """A fused Adam given a non-finite step leaves the parameters, moments and step count exactly as they were;
+    a good step then moves them as if the bad one never happened."""
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([w], lr=0.1, fused=True)
+    ref_w = torch.nn.Parameter(torch.ones(3))
+    ref = torch.optim.Adam([ref_w], lr=0.1, fused=True)
+    assert _adam_step(opt, w, 1.0).item() == 0 and _adam_step(ref, ref_w, 1.0).item() == 0
+    before = (w.detach().clone(), {k: v.clone() for k, v in opt.state[w].items()})
+    assert _adam_step(opt, w, float("nan")).item() == 1  # a non-finite gradient
+    assert _adam_step(opt, w, 0.5, bad_loss=True).item() == 1  # a non-finite loss, finite gradients
+    assert torch.equal(w.detach(), before[0])
+    assert all(torch.equal(opt.state[w][k], v) for k, v in before[1].items())
+    _adam_step(opt, w, 2.0)
+    _adam_step(ref, ref_w, 2.0)
+    assert torch.equal(w.detach(), ref_w.detach())
+    with pytest.raises(ValueError, match="fused"):
+        run.skip_on_device([torch.optim.Adam([w])], torch.zeros(2))
+
+
+def test_skips_counted_on_the_device_settle_exactly_and_stop_a_diverged_run(tmp_path):
+    r = run.Run(TrainConfig(max_nonfinite=3), tmp_path / "r", run.LoopState(), log=None)
+    r.resume({}, {})
+    flags = [0, 1, 1, 0, 1, 1]
+    for bad in flags:
+        r.count_step(torch.tensor(float(bad)))
+    assert r.state.nonfinite_total == 0  # nothing read yet: no sync per step
+    r.settle_skips()
+    assert (r.state.nonfinite_total, r.state.nonfinite) == (4, 2)  # exact total; the run in a row goes on
+    r.count_step(torch.tensor(0.0))
+    r.settle_skips()
+    assert (r.state.nonfinite_total, r.state.nonfinite) == (4, 0)
+    for bad in (1, 1, 1, 0):  # 3 in a row between two ticks: the run stops at the next one
+        r.count_step(torch.tensor(float(bad)))
+    with pytest.raises(ValueError, match=r"3 non-finite losses/gradients in a row by .*max_nonfinite=3"):
+        r.settle_skips()
+
+
+def test_reports_of_a_step_skipped_on_the_device_do_not_count():
+    stats.reset()
+    stats.report("loss", torch.tensor(2.0), keep=torch.tensor(1.0))
+    stats.report("loss", torch.tensor(float("nan")), keep=torch.tensor(0.0))
+    stats.report("loss", torch.tensor([4.0, 6.0]), keep=torch.tensor(1.0))
+    assert stats.collect() == {"loss": 4.0}

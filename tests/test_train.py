@@ -3,6 +3,7 @@ matches one process, NaNs never reach a snapshot, snapshots load alone, the CLI 
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -321,12 +322,31 @@ def test_a_nan_step_is_skipped_and_counted_and_the_run_finishes(shards, tmp_path
         assert torch.isfinite(t).all()
 
 
-def test_nans_in_a_row_stop_the_run_and_never_reach_a_snapshot(shards, tmp_path, monkeypatch):
+def test_a_nan_step_skipped_on_the_device_is_counted_as_the_synced_path_counts_it(shards, tmp_path, monkeypatch):
+    """On one GPU the fused optimisers skip a non-finite step on the device and the count is read at the tick
+    (`Run.defer_skips`); forced here on the CPU (fused Adam runs there too), the same injected NaN steps give the
+    same count in every stats row, and the reported losses leave the skipped steps out (finite means)."""
+    rows = {}
+    for deferred in (False, True):
+        monkeypatch.setattr(run, "fused_optimizers", lambda device, on=deferred: on)
+        _nan_after(monkeypatch, 8, 13)  # the disc phases of a few iterations in the first two ticks
+        out = tmp_path / f"run-{deferred}"
+        summary = train.training_loop(tiny(shards, total_kimg=0.064, probe_kimg=1), out, log=None)
+        monkeypatch.undo()
+        rows[deferred] = stats.read_jsonl(out / "stats.jsonl")
+        assert summary["nonfinite_steps"] == rows[deferred][-1]["nonfinite"] >= 2
+        assert all(math.isfinite(r["loss/disc"]) for r in rows[deferred])
+    assert [r["nonfinite"] for r in rows[True]] == [r["nonfinite"] for r in rows[False]]
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_nans_in_a_row_stop_the_run_and_never_reach_a_snapshot(shards, tmp_path, monkeypatch, deferred):
+    monkeypatch.setattr(run, "fused_optimizers", lambda device: deferred)  # True: skipped on the device
     _nan_after(monkeypatch, 12)  # every step from iteration ~5 on
-    run = tmp_path / "run"
+    out = tmp_path / "run"
     with pytest.raises(ValueError, match="non-finite losses/gradients in a row.*max_nonfinite=3"):
-        train.training_loop(tiny(shards, max_nonfinite=3, snapshot_kimg=0.016, probe_kimg=1), run, log=None)
-    snaps = sorted(run.glob("snapshot-*.safetensors"))
+        train.training_loop(tiny(shards, max_nonfinite=3, snapshot_kimg=0.016, probe_kimg=1), out, log=None)
+    snaps = sorted(out.glob("snapshot-*.safetensors"))
     assert snaps  # snapshots from before the NaNs exist, and all are finite
     for snap in snaps:
         for t in load_file(str(snap)).values():
@@ -471,4 +491,4 @@ def test_the_probe_optimiser_takes_its_config_fields(shards, tmp_path, monkeypat
     monkeypatch.setattr(torch.optim, "Adam", Recording)
     cfg = tiny(shards, total_kimg=0.016, probe_lr=3e-4, probe_beta1=0.5, probe_beta2=0.99, probe_weight_decay=1e-5)
     train.training_loop(cfg, tmp_path / "run", log=None)
-    assert dict(lr=3e-4, betas=(0.5, 0.99), weight_decay=1e-5) in made, made
+    assert dict(lr=3e-4, betas=(0.5, 0.99), weight_decay=1e-5, fused=None) in made, made  # fused: on CUDA only

@@ -99,6 +99,12 @@ def sn(module: nn.Module) -> nn.Module:
     return nn.utils.parametrizations.spectral_norm(module)
 
 
+def _cpu_4d(x: torch.Tensor) -> bool:
+    """Whether the CPU tunings below apply: they win on a CPU; on a GPU torch's own kernel is one fused launch where
+    ours are several (and inductor fuses torch's), so CUDA (and every other device) takes torch's op."""
+    return x.dim() == 4 and x.device.type == "cpu"
+
+
 def _is_nhwc(x: torch.Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
@@ -173,24 +179,25 @@ class AvgPool2(nn.AvgPool2d):
     """`nn.AvgPool2d(2)`, the same maths, faster on CPU: torch's NCHW avg_pool2d kernel (forward and backward)
     costs 2-5x our row-pair / column-pair adds at the 32x32 model's sizes in bf16 (one thread, [192, C, 34 / 17 / 8]
     maps); in channels-last memory ours ran the whole bf16 step ~2% faster than torch's kernel. In bf16 the two
-    adds round twice (torch's kernel once): differences of an ulp or two."""
+    adds round twice (torch's kernel once): differences of an ulp or two. Other devices: torch's kernel."""
 
     def __init__(self) -> None:
         super().__init__(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _AvgPool2.apply(x) if x.dim() == 4 else super().forward(x)
+        return _AvgPool2.apply(x) if _cpu_4d(x) else super().forward(x)
 
 
 class Upsample2(nn.Upsample):
     """`nn.Upsample(scale_factor=2, mode="nearest")`, the same maths, faster on CPU (two expand-copies forward, two
-    adds backward: ~2x torch's NCHW kernels in bf16 at the decoder's sizes), NCHW or channels-last memory."""
+    adds backward: ~2x torch's NCHW kernels in bf16 at the decoder's sizes), NCHW or channels-last memory. Other
+    devices: torch's kernel."""
 
     def __init__(self) -> None:
         super().__init__(scale_factor=2, mode="nearest")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _Upsample2.apply(x) if x.dim() == 4 else super().forward(x)
+        return _Upsample2.apply(x) if _cpu_4d(x) else super().forward(x)
 
 
 class _InstanceNormNHWC(torch.autograd.Function):
@@ -228,12 +235,13 @@ class InstanceNorm(nn.GroupNorm):
     """`InstanceNorm2d(C, affine=True)` as `GroupNorm(C, C)` (one channel per group: the same maths, parameter
     names and eps; torch's CPU instance_norm goes through a batch-norm reshape several times slower). On
     channels-last input it runs `_InstanceNormNHWC`: torch's channels-last group_norm is 10-40x slower than its
-    NCHW kernel in bf16 on CPU, ours 2-4x, and channels-last makes the model's convolutions ~1.5x faster."""
+    NCHW kernel in bf16 on CPU, ours 2-4x, and channels-last makes the model's convolutions ~1.5x faster. Other
+    devices (CUDA): torch's group_norm, one kernel each way (and fused by inductor with compile=true)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        if _cpu_4d(x) and _is_nhwc(x):
             return _InstanceNormNHWC.apply(x, self.weight, self.bias, self.eps)
         return super().forward(x)

@@ -10,7 +10,7 @@ import os
 
 import pytest
 import torch
-from mix_cases import assert_deterministic_backward, check_against_ref
+from mix_cases import assert_deterministic_backward, check_against_ref, make_case
 
 from amr_fast import kernels
 
@@ -47,3 +47,39 @@ def test_triton_backward_is_deterministic_and_opcheck_passes():
     for kind in ("mask", "mask_pos"):
         h, perm, m = assert_deterministic_backward("triton", 5, 3, (2,), 3, kind)
         torch.library.opcheck(kernels.ops.mask_mix_op, (h.requires_grad_(), perm, m.requires_grad_(), "triton"))
+
+
+@pytest.mark.parametrize("kind", ("simplex", "mask", "mask_pos"))
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+def test_each_kernel_moves_k_plus_one_h_per_launch(kind, layout, monkeypatch):
+    """The bytes of h-sized tensors (fp16 here; the weights are fp32, perm int64) that the kernels load and store,
+    counted in the interpreter: the forward reads each partner row once (K x |h|) and writes |h|; the weight-grad
+    kernel reads the gradient once and each partner row once ((K+1) x |h|), not the gradient once per partner."""
+    from amr_fast.kernels import triton_mix
+    from triton.runtime import interpreter
+
+    moved = {"load": 0, "store": 0}
+    builder = interpreter.InterpreterBuilder
+    load, store = builder.create_masked_load, builder.create_masked_store
+
+    def counting_load(self, ptrs, mask, *args):
+        out = load(self, ptrs, mask, *args)
+        if out.data.dtype.itemsize == 2:
+            moved["load"] += 2 * int(mask.data.sum())
+        return out
+
+    def counting_store(self, ptrs, value, mask, *args):
+        if value.data.dtype.itemsize == 2:
+            moved["store"] += 2 * int(mask.data.sum())
+        return store(self, ptrs, value, mask, *args)
+
+    monkeypatch.setattr(builder, "create_masked_load", counting_load)
+    monkeypatch.setattr(builder, "create_masked_store", counting_store)
+    B, C, S, K = 6, 3, (4, 5), 3
+    h, perm, weights, grad = make_case(B, C, S, K, kind, torch.float16, layout)
+    h_bytes = h.numel() * h.element_size()
+    triton_mix.mix(h, perm, weights)
+    assert moved == {"load": K * h_bytes, "store": h_bytes}
+    moved.update(load=0, store=0)
+    triton_mix.weight_grad(grad, h, perm, weights)
+    assert moved == {"load": (K + 1) * h_bytes, "store": 0}

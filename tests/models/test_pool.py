@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from amr_fast.models import base
 from amr_fast.models.base import AvgPool2, Upsample2
 
 CASES = [
@@ -53,3 +54,21 @@ def test_to_channels_last_gives_one_channel_images_strides_a_channels_last_stem_
     assert stem(y).is_contiguous(memory_format=torch.channels_last)  # NHWC maps from the stem on
     z = to_channels_last(torch.randn(2, 3, 5, 5))
     assert z.is_contiguous(memory_format=torch.channels_last) and to_channels_last(torch.randn(4, 2)).shape == (4, 2)
+
+
+@pytest.mark.parametrize(
+    "module, tuned", [(AvgPool2, "_AvgPool2"), (Upsample2, "_Upsample2"), (None, "_InstanceNormNHWC")]
+)
+def test_cpu_tunings_run_on_cpu_only(module, tuned, monkeypatch):
+    """The CPU tunings (our pooling, upsampling, NHWC InstanceNorm) are chosen by device: on a CPU tensor they run,
+    on any other device (a meta tensor here, CUDA on a GPU) torch's own op does, in either memory format."""
+    calls = []
+    fn = getattr(base, tuned)
+    real = fn.apply
+    monkeypatch.setattr(fn, "apply", lambda *a: calls.append(a[0].device.type) or real(*a))
+    net = module() if module else base.InstanceNorm(4)
+    for device in ("cpu", "meta"):
+        x = torch.randn(2, 4, 6, 6, device=device).contiguous(memory_format=torch.channels_last)
+        y = net.to(device)(x)
+        assert y.shape[:2] == x.shape[:2]
+    assert calls == ["cpu"]
