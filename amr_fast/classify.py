@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from amr_fast import checkpoint, data, kernels, mixing, stats
+from amr_fast import checkpoint, data, kernels, mixing, progress, stats
 from amr_fast.config import CLASSIFY_PRESETS, ClassifyConfig, from_dict
 from amr_fast.models import build_classifier
 from amr_fast.run import LoopState, Run, config_from_args, configure_run_parser, due, step_status, sum_over_ranks
@@ -249,13 +249,18 @@ def first_nonfinite(model: nn.Module, opt: torch.optim.Optimizer) -> str | None:
 
 
 def train_classifier(
-    cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str], None] | None = print, tensorboard: bool = False
+    cfg: ClassifyConfig,
+    outdir: str | Path,
+    log: Callable[[str], None] | None = print,
+    tensorboard: bool = False,
+    preset: str | None = None,
 ) -> Path:
-    """Train (or resume) the classifier of `cfg` in `outdir`; returns the run directory."""
+    """Train (or resume) the classifier of `cfg` in `outdir`; returns the run directory. preset: the name the
+    first line of the log gives the config."""
     cfg = cfg.validate()
     root = data.resolve_data_root(cfg.data)
     data.check_index(data.load_index(root), cfg.img_size, cfg.channels, cfg.num_classes)
-    run = Run(cfg, outdir, ClassifyState(), log, STATUS_KEYS, tensorboard)
+    run = Run(cfg, outdir, ClassifyState(), log, STATUS_KEYS, tensorboard, preset)
     if cfg.batch % run.world:
         raise ValueError(f"batch={cfg.batch} must be a multiple of the number of processes ({run.world})")
     s, batch_gpu = run.state, cfg.batch // run.world
@@ -300,7 +305,7 @@ def train_classifier(
                     s.best_test_error = min(row["eval/test_error"], s.best_test_error or 100.0)
             if (run.finished or due(prev, s.nimg, cfg.snapshot_kimg)) and run.is_main:
                 path = run.outdir / f"snapshot-{checkpoint.kimg_tag(s.nimg)}.safetensors"
-                with run.not_training():
+                with run.not_training(), progress.phase(f"writing {path.name}"):
                     checkpoint.save_snapshot(path, {"classifier": net}, dataclasses.asdict(cfg), s.nimg / 1000)
             if run.finished or due(prev, s.nimg, cfg.state_kimg):
                 save_state()
@@ -309,19 +314,28 @@ def train_classifier(
         if stop and not run.finished:
             run.stop(save_state)
             return run.outdir
-    figures = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith("eval/"))
-    if s.best_test_error is not None:
-        figures += f"; best eval/test_error over the evaluations {s.best_test_error:.2f}"
-    run.say(
-        f"done: {s.nimg / 1000:g} kimg in {run.outdir}" + (f"; {figures}" if figures else " (nothing left to train)")
-    )
+    run.say(done_line(run, row))
     return run.outdir
+
+
+def done_line(run: Run, row: dict) -> str:
+    """The last line of a run: where it is and its final figures (the last row's; none on a re-run of a finished
+    run) and the best test error over its evaluations."""
+    s = run.state
+    evals = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith("eval/"))
+    parts = [f"done: {s.nimg / 1000:g} kimg in {run.outdir}", "nothing left to train" if not row else "", evals]
+    if s.best_test_error is not None:
+        parts.append(f"best eval/test_error over the evaluations {s.best_test_error:.2f}")
+    return "; ".join(p for p in parts if p)
 
 
 def _evaluate(net: nn.Module, root: Path, cfg: ClassifyConfig, batch_gpu: int, run: Run) -> None:
     """Test error and FGSM errors on this rank's share of cfg.eval_split, reported for the next tick's row."""
     t_eval = time.time()
     test = data.eval_loader(root, cfg.eval_split, batch_gpu, rank=run.rank, world_size=run.world, workers=0)
+    total = -(-data.load_index(root)["splits"][cfg.eval_split]["num_samples"] // run.world)
+    what = "test error" + "".join(f" + FGSM {eps:g}" for eps in cfg.fgsm_eps)
+    test = progress.counted(test, min(total, cfg.eval_max or total), f"{what} on {cfg.eval_split}", run.is_main)
     for name, values in evaluate(net, test, cfg, run.device).items():
         stats.report(name, values)
     stats.report("time/eval", time.time() - t_eval)
@@ -356,5 +370,5 @@ def main(args: argparse.Namespace) -> int:
         return 0
     cfg = config_from_args(args, CLASSIFY_PRESETS)
     if cfg is not None:
-        train_classifier(cfg, args.outdir or f"runs/{args.preset}", tensorboard=args.tensorboard)
+        train_classifier(cfg, args.outdir or f"runs/{args.preset}", tensorboard=args.tensorboard, preset=args.preset)
     return 0

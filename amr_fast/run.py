@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -39,7 +40,7 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 
-from amr_fast import checkpoint, stats
+from amr_fast import checkpoint, progress, stats
 from amr_fast.config import from_dict, parse_overrides, resolve, to_json
 from amr_fast.data import stream_counts
 from amr_fast.eval import tensorboard as eval_tensorboard
@@ -160,8 +161,10 @@ class Run:
         log: Callable[[str], None] | None = print,
         status_keys: Iterable[str] | None = None,
         tensorboard: bool = False,
+        preset: str | None = None,
     ) -> None:
         self.cfg, self.outdir, self.state, self.log = cfg, Path(outdir), state, log
+        status_keys = None if status_keys is None else [*status_keys, "eta"]
         if self.outdir.exists() and not self.outdir.is_dir():
             raise ValueError(f"--outdir {self.outdir} is a file; pass a directory (a new one, or a run to resume)")
         self.accelerator = Accelerator(mixed_precision=mixed_precision(cfg.precision))
@@ -182,9 +185,11 @@ class Run:
             checkpoint.write_text_atomic(self.outdir / "config.json", to_json(cfg) + "\n")
             trim_stats(self.outdir / "stats.jsonl", self.state_nimg or 0)
         self.accelerator.wait_for_everyone()
+        self.say(start_line(self, preset))
         self.collector = stats.Collector(
             self.outdir / "stats.jsonl", self.device, self.rank, self.world, log=self.say, status_keys=status_keys
         )
+        self.bar = progress.bar(show=False)  # the run's own bar, from `resume` on
         self.stop_requested = False
         self._handlers: dict = {}
         self.eval_seconds = 0.0  # time since the last tick spent in `not_training` blocks (sec/eval)
@@ -196,13 +201,14 @@ class Run:
         return dict(stats=self.data_stats, max_skipped=self.cfg.max_skipped, window=self.cfg.skip_window)
 
     def say(self, line: str) -> None:
-        """Rank 0: append to log.txt and echo to `log`. Other ranks: silent."""
+        """Rank 0: append to log.txt and echo to `log` (above the progress bar). Other ranks: silent."""
         if not self.is_main:
             return
         with open(self.outdir / "log.txt", "a") as f:
             f.write(line + "\n")
         if self.log is not None:
-            self.log(line)
+            progress.write(line, self.log)
+            sys.stdout.flush()
 
     @property
     def total_nimg(self) -> int:
@@ -239,6 +245,7 @@ class Run:
             time.time(),
             self.state.nimg,
         )
+        self._start_progress()
         return tensors
 
     @contextlib.contextmanager
@@ -255,6 +262,7 @@ class Run:
         """After each step (status of `step_status`): count skipped steps, stop a diverged run, and in fp16 grow
         the loss scale after FP16_SCALE_GROWTH good steps and halve it on an overflow (not a divergence)."""
         s = self.state
+        self.bar.update(s.nimg - self.bar.n)  # the images before this step
         if status == "ok":
             s.nonfinite, s.scale_ok = 0, s.scale_ok + 1
             if self.fp16 and s.scale_ok % FP16_SCALE_GROWTH == 0:
@@ -284,7 +292,8 @@ class Run:
         row.update({"time": fmt_time(s.time), "seconds": round(s.time, 3), "sec/tick": round(now - self.tick_time, 3),
                     "img/s": round((s.nimg - self.tick_start_nimg) / max(train_seconds, 1e-9), 2),
                     "sec/eval": round(self.eval_seconds, 3),
-                    "nonfinite": s.nonfinite_total, **counts})  # fmt: skip
+                    "nonfinite": s.nonfinite_total, **counts, "eta": self._eta(now)})  # fmt: skip
+        self.bar.update(s.nimg - self.bar.n)
         row = self.collector.tick(row)
         if self.tb is not None:
             self.tb.scalars(row, s.nimg / 1000)
@@ -300,7 +309,8 @@ class Run:
         """`state-<kimg>/` at the current nimg (every rank calls it)."""
         self.state.time = time.time() - self.start_time
         state = dataclasses.asdict(self.state)
-        with self.not_training():
+        writing = f"writing state-{checkpoint.kimg_tag(self.state.nimg)}/"
+        with self.not_training(), progress.phase(writing, self.is_main):
             self.latest = checkpoint.save_state(self.accelerator, self.outdir, self.state.nimg, state, modules,
                                                 optimizers, rank_tensors)  # fmt: skip
         self.state_nimg = self.state.nimg
@@ -310,6 +320,21 @@ class Run:
         """After a signal: make sure a state at the current nimg exists (`save` writes one), say how to resume."""
         path = self.latest if self.state_nimg == self.state.nimg else save()
         self.say(f"stopped by a signal at {self.state.nimg / 1000:g} kimg; saved {path}; re-run the command to resume")
+
+    # Progress (`amr_fast.progress`): the run's bar and the status line's ETA.
+    def _start_progress(self) -> None:
+        """The run's bar (images, rate and the run's ETA) and the clock the status line's ETA is measured on."""
+        self.bar.close()
+        self.bar = progress.bar(total=self.total_nimg, initial=min(self.state.nimg, self.total_nimg), desc="train",
+                                unit="img", unit_scale=True, show=self.is_main and not self.finished,
+                                smoothing=0)  # fmt: skip
+        self._eta_from = (time.time(), self.state.nimg)
+
+    def _eta(self, now: float) -> str:
+        """Time left to total_kimg at this process's pace so far (probes, snapshots and states included)."""
+        t0, n0 = self._eta_from
+        done, left = self.state.nimg - n0, self.total_nimg - self.state.nimg
+        return fmt_time(left * (now - t0) / done) if done > 0 and left > 0 else "0m00s" if left <= 0 else "-"
 
     # Signals: `with run:` around the loop.
     def __enter__(self) -> Run:
@@ -324,6 +349,7 @@ class Run:
         signal.signal(signum, self._handlers.get(signum, signal.SIG_DFL))  # a second signal acts at once
 
     def __exit__(self, *exc: Any) -> None:
+        self.bar.close()
         for sig, handler in self._handlers.items():
             signal.signal(sig, handler)
         self._handlers.clear()
@@ -332,7 +358,18 @@ class Run:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The command line of both trainers: preset -> overrides -> validate -> print JSON (--dry-run stops) -> train.
+# The command line of both trainers: preset -> overrides -> validate (--dry-run prints the JSON and stops) -> train,
+# whose first line (`start_line`) sums the config up; the whole config is the run's config.json.
+
+
+def start_line(run: Run, preset: str | None) -> str:
+    """The one line a run starts with: what it trains, on what, where (the full config is in config.json)."""
+    cfg, precision = run.cfg, run.accelerator.mixed_precision
+    return (
+        f"preset {preset or '-'}, data {cfg.data}, {cfg.total_kimg:g} kimg, {run.world} process"
+        f"{'es' if run.world > 1 else ''} on {run.device.type}, precision {'fp32' if precision == 'no' else precision}"
+        f", outdir {run.outdir} (full config: {run.outdir / 'config.json'})"
+    )
 
 
 def configure_run_parser(parser: argparse.ArgumentParser, default_preset: str, overrides_help: str) -> None:
@@ -347,7 +384,8 @@ def configure_run_parser(parser: argparse.ArgumentParser, default_preset: str, o
     )
     parser.add_argument("overrides", nargs="*", metavar="field=value", help=overrides_help)
     parser.add_argument("--list-presets", action="store_true", help="list the presets and exit")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit (a run "
+                        "prints a one-line summary and writes the JSON to RUN/config.json)")  # fmt: skip
     parser.add_argument(
         "--tensorboard", action="store_true",
         help="also log every stats row (and sample grid) to RUN/tensorboard/ (needs the tensorboard package)",
@@ -355,11 +393,12 @@ def configure_run_parser(parser: argparse.ArgumentParser, default_preset: str, o
 
 
 def config_from_args(args: argparse.Namespace, presets: dict) -> Any | None:
-    """The validated config of the command line, printed as JSON (once, by rank 0); None after --dry-run."""
+    """The validated config of the command line; None after --dry-run, which prints it as JSON."""
     overrides = parse_overrides(args.overrides)
     if args.data is not None:
         overrides["data"] = args.data
     cfg = resolve(args.preset, overrides, presets)
-    if args.dry_run or int(os.environ.get("RANK", "0")) == 0:
+    if args.dry_run:
         print(to_json(cfg))
-    return None if args.dry_run else cfg
+        return None
+    return cfg
