@@ -32,7 +32,7 @@ eval/test_error and eval/fgsm_error@<eps> (%, e.g. eval/fgsm_error@0.03) and tim
 evaluation ran. `amr-fast report RUN...` shows them (`amr_fast.eval.report.classify_table`).
 
 Commands:
-  amr-fast classify --preset fashion-mnist-manifold --data /work/data/fashion-mnist-32 --outdir runs/fm-manifold
+  amr-fast classify --preset fashion-mnist-manifold --data data/fashion-mnist-32 --outdir runs/fm-manifold
   amr-fast classify --preset cifar10-manifold --data DIR --outdir RUN                  # one GPU, bf16
   accelerate launch --multi_gpu --num_processes 8 -m amr_fast.cli classify --preset cifar10-manifold --data DIR
   ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m amr_fast.cli classify ...   # 2 CPUs
@@ -54,7 +54,16 @@ from torch.nn import functional as F
 from amr_fast import checkpoint, data, kernels, mixing, progress, stats
 from amr_fast.config import CLASSIFY_PRESETS, ClassifyConfig, from_dict
 from amr_fast.models import build_classifier
-from amr_fast.run import LoopState, Run, config_from_args, configure_run_parser, due, step_status, sum_over_ranks
+from amr_fast.run import (
+    LoopState,
+    Run,
+    config_from_args,
+    configure_run_parser,
+    due,
+    exit_status,
+    step_status,
+    sum_over_ranks,
+)
 
 STATUS_KEYS = ("kimg", "loss/cls", "train/error", "eval/test_error", "lr", "img/s", "nonfinite", "data/skipped")
 
@@ -358,9 +367,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    fields = ", ".join(ClassifyConfig.__dataclass_fields__)
-    help = f"config overrides, e.g. width=0.25 mix_layers=0,1,2 (tuples comma-separated); fields: {fields}"
-    configure_run_parser(parser, "fashion-mnist-manifold", help)
+    configure_run_parser(parser, "fashion-mnist-manifold", "width=0.25 mix_layers=0,1,2", ClassifyConfig)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -371,4 +378,4 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, CLASSIFY_PRESETS)
     if cfg is not None:
         train_classifier(cfg, args.outdir or f"runs/{args.preset}", tensorboard=args.tensorboard, preset=args.preset)
-    return 0
+    return exit_status()

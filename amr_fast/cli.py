@@ -13,6 +13,8 @@ import importlib
 import os
 import sys
 
+from amr_fast.bench import BENCHES
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("amr_fast.train", "train an AMR autoencoder (or a baseline) on shards; re-run to resume"),
     "shard": ("amr_fast.data.shard", "convert a dataset's published files into WebDataset shards"),
@@ -21,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "explore": ("amr_fast.eval.explore", "live mix explorer in the browser (local web app) for a snapshot"),
     "report": ("amr_fast.eval.report", "results table (markdown) and learning curves from run directories"),
     "classify": ("amr_fast.classify", "train a Manifold Mixup / mixup / ERM / cutout classifier; re-run to resume"),
-    "bench": ("amr_fast.bench", "benchmarks: kernels, data, train"),
+    "bench": ("amr_fast.bench", "benchmarks: " + ", ".join(BENCHES)),
 }
 
 

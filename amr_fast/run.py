@@ -56,6 +56,16 @@ FP16_MAX_SCALE = 2.0**24  # its ceiling,
 FP16_SCALE_GROWTH = 2000  # and doubled after this many good steps in a row (halved on an overflow)
 
 
+_stop_signal: list[int | None] = [None]  # the signal that stopped the last run of this process (`exit_status`)
+
+
+def exit_status() -> int:
+    """The trainers' exit status: 130 after Ctrl-C (SIGINT) stopped the run (the state is saved), so that `make`
+    or a shell script stops instead of going on with the next step; else 0 (SIGTERM too: a scheduler stopping
+    a job that saved its state is not a failure)."""
+    return 130 if _stop_signal[0] == signal.SIGINT else 0
+
+
 def mixed_precision(precision: str) -> str:
     """Accelerate's mixed_precision for a config's precision ("auto": as launched, else bf16 on CUDA and on CPUs
     with native bf16, no elsewhere: `amr_fast.precision`)."""
@@ -338,6 +348,7 @@ class Run:
 
     # Signals: `with run:` around the loop.
     def __enter__(self) -> Run:
+        _stop_signal[0] = None
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._handlers[sig] = signal.getsignal(sig)
@@ -346,6 +357,7 @@ class Run:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
+        _stop_signal[0] = signum
         signal.signal(signum, self._handlers.get(signum, signal.SIG_DFL))  # a second signal acts at once
 
     def __exit__(self, *exc: Any) -> None:
@@ -372,7 +384,10 @@ def start_line(run: Run, preset: str | None) -> str:
     )
 
 
-def configure_run_parser(parser: argparse.ArgumentParser, default_preset: str, overrides_help: str) -> None:
+def configure_run_parser(parser: argparse.ArgumentParser, default_preset: str, example: str, config: type) -> None:
+    """The flags both trainers share; `field=value` overrides list every field of `config` in --help."""
+    fields = ", ".join(config.__dataclass_fields__)
+    overrides_help = f"config overrides, e.g. {example} (tuples comma-separated); fields: {fields}"
     parser.add_argument("--preset", default=default_preset, help="starting configuration (see --list-presets)")
     parser.add_argument("--outdir", default=None, help="run directory; re-running the same command resumes it "
                         "(default: runs/<preset>)")  # fmt: skip

@@ -58,7 +58,16 @@ from amr_fast.eval.disentangle import factorvae_score, procedural_dsprites
 from amr_fast.eval.probe import code_probes
 from amr_fast.losses import AMRLoss
 from amr_fast.models.base import to_channels_last
-from amr_fast.run import LoopState, Run, config_from_args, configure_run_parser, due, fmt_time, step_status
+from amr_fast.run import (
+    LoopState,
+    Run,
+    config_from_args,
+    configure_run_parser,
+    due,
+    exit_status,
+    fmt_time,
+    step_status,
+)
 
 STATUS_KEYS = (
     "kimg", "time", "sec/tick", "img/s", "loss/ae", "loss/recon", "loss/disc", "probe/acc", "nonfinite", "data/skipped"
@@ -489,7 +498,7 @@ def _factorvae(ae, cfg, device) -> dict | None:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    configure_run_parser(parser, "demo", "config overrides, e.g. total_kimg=50 lamb=20 k=3")
+    configure_run_parser(parser, "demo", "total_kimg=50 lamb=20 k=3", TrainConfig)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -500,4 +509,4 @@ def main(args: argparse.Namespace) -> int:
     if cfg is not None:
         outdir = args.outdir or Path("runs") / args.preset
         training_loop(cfg, outdir, tensorboard=args.tensorboard, preset=args.preset)
-    return 0
+    return exit_status()
