@@ -1,4 +1,4 @@
-"""Snapshots, resume states, snapshot lookup and atomic file writes (DESIGN.md "Contract: runs and checkpoints").
+"""Snapshots, resume states, snapshot lookup and atomic file writes (docs/design.md, "The run directory").
 
 - A *snapshot* (`snapshot-<kimg>.safetensors`) is pure safetensors: every tensor of every module under
   `"<module>.<name>"`, plus metadata strings `format`, `amr_fast_version`, `config` (JSON) and `kimg`. It loads

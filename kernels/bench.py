@@ -1,7 +1,7 @@
 """`amr-fast bench kernels`: time and effective bandwidth of every impl of the mixing ops next to a same-size copy.
 
-For the papers' sizes (AMR codes of 2x4x4 to 256x8x8, batches 64 to 1024, K = 2, 3, 8; DESIGN.md "Contract: the
-mixing ops") and one h of 256 MiB, well beyond the L2 caches, each impl of `simplex_mix` and `mask_mix` is timed
+For the papers' sizes (AMR codes of 2x4x4 to 256x8x8, batches 64 to 1024, K = 2, 3, 8; docs/design.md, "The
+mixing-op contract") and one h of 256 MiB, well beyond the L2 caches, each impl of `simplex_mix` and `mask_mix` is timed
 (perf_counter, warm-up, median and min of repeats, round-robin; CUDA synchronised) in the same run as
 `Tensor.copy_` of a tensor of h's size. Effective bandwidth counts the bytes a mix must move: K reads of h (one per
 partner), one write of the output, the weights and perm; a copy moves 2 x |h|. "ratio" = mix bandwidth / copy
