@@ -5,8 +5,8 @@ a run, and the commands' help and messages that were wrong."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import stat
 import sys
