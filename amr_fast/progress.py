@@ -3,10 +3,11 @@ rendering, snapshots, downloads), so that a run is never silent for long.
 
 On a terminal (stderr is a TTY): a tqdm bar with count, rate and ETA, cleared when its phase ends (the run's own
 bar stays at the bottom while status lines scroll above it). Anywhere else (a log file, Slurm, a pipe): plain
-lines, no carriage returns: the first after 10 s of a phase, then one every `AMR_FAST_PROGRESS_S` seconds
-(default 30; none within that time after a status line), and a last one when a phase that printed ends. Bars
-and lines go to stderr, only from rank 0 (`RANK` unset or 0), and are not part of `log.txt`, which keeps what
-the run printed on stdout. `AMR_FAST_PROGRESS=0` turns them off.
+lines, no carriage returns, at most one every `AMR_FAST_PROGRESS_S` seconds (default 30) and none within that
+time after a line of the run's own (so the run's bar is a heartbeat between status lines), the first after 10 s
+of a phase, and a last one when a phase that printed ends. Bars and lines go to stderr, only from rank 0 (`RANK`
+unset or 0), and are not part of `log.txt`, which keeps what the run printed on stdout. `AMR_FAST_PROGRESS=0`
+turns them off.
 """
 
 from __future__ import annotations

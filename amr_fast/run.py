@@ -328,6 +328,7 @@ class Run:
 
     def stop(self, save: Callable[[], Path]) -> None:
         """After a signal: make sure a state at the current nimg exists (`save` writes one), say how to resume."""
+        self.bar.close()  # the stop message goes under the bar, not through it
         path = self.latest if self.state_nimg == self.state.nimg else save()
         self.say(f"stopped by a signal at {self.state.nimg / 1000:g} kimg; saved {path}; re-run the command to resume")
 

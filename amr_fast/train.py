@@ -438,8 +438,8 @@ def summary_lines(summary: dict) -> list[str]:
     probe = summary["probe"]
     lines = [
         f"run directory:   {summary['run_dir']}",
-        f"last snapshot:   {summary['snapshot']}",
-        f"last samples:    {summary['samples']}",
+        f"last snapshot:   {summary['snapshot'] or 'none yet (snapshot_kimg)'}",
+        f"last samples:    {summary['samples'] or 'none yet (snapshot_kimg)'}",
     ]
     if probe["best_valid_acc"] is not None:
         test = "n/a (no test split)" if probe["test_acc_at_best"] is None else f"{probe['test_acc_at_best']:.4f}"
