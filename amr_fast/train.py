@@ -24,7 +24,7 @@ the whole process group) save a state and exit.
 Run it (from the repository root; the same flags everywhere, the launcher decides the processes):
 
     amr-fast train --preset demo --outdir runs/demo                         # 1 process: CPU or 1 GPU
-    amr-fast train --preset mnist-mixup --outdir runs/mnist data=/data/mnist-32
+    amr-fast train --preset mnist-mixup --outdir runs/mnist data=data/mnist-32
     accelerate launch --config_file launch/accelerate/1gpu-bf16.yaml -m amr_fast.cli train --preset ... --outdir ...
     accelerate launch --config_file launch/accelerate/1node-8gpu.yaml -m amr_fast.cli train --preset ... --outdir ...
     accelerate launch --config_file launch/accelerate/2node-8gpu.yaml --machine_rank $NODE_RANK \\
