@@ -108,7 +108,7 @@ def phase(desc: str, show: bool = True) -> Iterator[None]:
 
     def announce() -> None:
         said.set()
-        print(f"{desc} ...", file=sys.stderr, flush=True)
+        tqdm.write(f"{desc} ...", file=sys.stderr)  # above any bar on the terminal
 
     timer = threading.Timer(2.0 if interactive() else interval(), announce)
     timer.daemon = True
@@ -118,7 +118,7 @@ def phase(desc: str, show: bool = True) -> Iterator[None]:
     finally:
         timer.cancel()
         if said.is_set():
-            print(f"{desc}: done in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+            tqdm.write(f"{desc}: done in {time.monotonic() - start:.0f} s", file=sys.stderr)
 
 
 def counted(batches: Iterable[dict], total: int | None, desc: str, show: bool = True) -> Iterator[dict]:

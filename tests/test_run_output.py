@@ -64,6 +64,19 @@ def test_a_short_phase_prints_nothing_and_progress_can_be_silenced(monkeypatch, 
     assert capsys.readouterr().err == ""
 
 
+def test_a_step_without_a_count_says_what_it_does_when_it_takes_long(monkeypatch, capsys):
+    monkeypatch.setattr(progress, "interactive", lambda: False)
+    monkeypatch.setenv("AMR_FAST_PROGRESS_S", "0.01")
+    with progress.phase("writing snapshot-x"):
+        progress.time.sleep(0.2)
+    with progress.phase("writing quick"):
+        pass
+    lines = capsys.readouterr().err.splitlines()
+    assert (
+        lines[0] == "writing snapshot-x ..." and lines[1].startswith("writing snapshot-x: done in") and len(lines) == 2
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # A run's first line, log.txt, config.json, the ETA, the file modes, Ctrl-C.
 
