@@ -4,17 +4,21 @@ A `Run` is one training run in its directory (NVlabs edm2's `training_loop.py` s
 sequence of blocks around one state object, `run.state`):
 
 - precision and world size: `mixed_precision` (the config's, or for "auto" what `accelerate launch` chose in
-  ACCELERATE_MIXED_PRECISION, else bf16 on CUDA and fp32 on CPU; fp16 brings a dynamic loss scale) and
+  ACCELERATE_MIXED_PRECISION, else bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere; fp16 brings a
+  dynamic loss scale) and
   `check_world_size` (a launcher that silently started one process is an error);
-- the run directory: `config.json` (written atomically), `log.txt` (`run.say`), `stats.jsonl` (one row per
-  tick, `run.tick`); an --outdir naming a file is an error;
+- the run directory: `config.json` (written atomically), `log.txt` (`run.say`: every line the run prints, from
+  its first, `start_line`), `stats.jsonl` (one row per tick, `run.tick`, whose status line ends with the run's
+  ETA); an --outdir naming a file is an error;
+- progress: the run's bar (`amr_fast.progress`) between the status lines, from `run.resume` to the end;
 - resume: re-running the same command continues from the newest complete state (`run.resume`), refused when the
   config differs in anything but the schedule (`RESUMABLE_FIELDS`: a run can be extended by raising total_kimg);
   `stats.jsonl` is cut back to the rows at or before that state (all of them when there is none), so a run killed
   at any moment ends with the rows of an uninterrupted one;
 - signals: SIGTERM / SIGINT (also sent to the whole process group, as Slurm and systemd do; the data loader's
   workers ignore them) set `run.stop_requested`; the trainer finishes its step, `run.stop` saves a state, and the
-  process exits cleanly; a second signal acts at once;
+  process exits cleanly (`exit_status`: 130 after SIGINT, so that make or a script stops too, else 0); a second
+  signal acts at once;
 - the kimg schedule (`due`), the non-finite step counter with the divergence stop and the fp16 loss scale
   (`run.count_step`, `step_status`);
 - the command line both trainers share: --preset, --outdir, --data, field=value overrides (anywhere on the line),
