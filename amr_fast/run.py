@@ -365,8 +365,9 @@ class Run:
         _stop_signal[0] = signum
         if self.is_main:  # os.write: a print here could interrupt another write to stderr (a progress bar)
             what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-            os.write(2, f"\n{what}: stopping; a state is saved when this step or evaluation ends ({what} again quits "
-                     "at once)\n".encode())  # fmt: skip
+            lead = "\n" if progress.interactive() else ""  # off the bar's line
+            line = f"{what}: stopping; a state is saved when this step or evaluation ends ({what} again quits at once)"
+            os.write(2, f"{lead}{line}\n".encode())
         signal.signal(signum, self._handlers.get(signum, signal.SIG_DFL))  # a second signal acts at once
 
     def __exit__(self, *exc: Any) -> None:
