@@ -22,6 +22,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+# No tqdm monitor thread: with it, a run stopped by SIGTERM with loader threads sometimes aborted at exit
+# ("terminate called without an active exception", tests/test_classify.py's process-group test, 1 in 3 here).
+tqdm.monitor_interval = 0
 _last_output = [0.0]  # when the run last printed a line of its own (`note_output`): plain lines wait after it
 
 
