@@ -3,20 +3,23 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
+# Without an NVIDIA GPU (no nvidia-smi) torch comes from PyTorch's CPU wheel index (+cpu builds, ~200 MB) instead
+# of PyPI's CUDA build (several GB); TORCH_INDEX= (empty) turns this off, or names another index.
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
 
 .PHONY: demo test lint bench fmt gpu-check wheels
 
 $(BIN)/amr-fast: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
+# Ctrl-C stops the run with a saved state and exit status 130, which stops make too: `make demo` again resumes.
 demo: $(BIN)/amr-fast
 	$(BIN)/amr-fast train --preset demo --outdir runs/demo
-	$(BIN)/amr-fast mix $$(ls runs/demo/snapshot-*.safetensors | tail -n 1) docs/demo-ellipse.png docs/demo-square.png \
-		--out runs/demo/mix.png
+	$(BIN)/amr-fast mix runs/demo docs/demo-ellipse.png docs/demo-square.png --out runs/demo/mix.png
 
 test: $(BIN)/amr-fast
 	$(BIN)/python -m pytest -q tests
@@ -45,7 +48,7 @@ gpu-check:
 # wheels/ for a GPU machine without a registry (git-ignored; the device tool's `carry` takes it along): the
 # pure-Python dependencies it may lack, setuptools + wheel (+ packaging) for the editable install, and Pillow (binary: one wheel
 # per Python version in WHEEL_PYS, Linux x86_64). scripts/gpu-check.sh installs the ones that machine lacks.
-WHEEL_DISTS ?= webdataset braceexpand einops pytest-timeout setuptools wheel packaging
+WHEEL_DISTS ?= webdataset braceexpand einops tqdm pytest-timeout setuptools wheel packaging
 WHEEL_PYS   ?= 3.10 3.11 3.12 3.13
 wheels: $(BIN)/amr-fast
 	rm -rf wheels && mkdir -p wheels

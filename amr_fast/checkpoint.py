@@ -1,4 +1,4 @@
-"""Snapshots, resume states, snapshot lookup and atomic file writes (DESIGN.md "Contract: runs and checkpoints").
+"""Snapshots, resume states, snapshot lookup and atomic file writes (docs/design.md, "The run directory").
 
 - A *snapshot* (`snapshot-<kimg>.safetensors`) is pure safetensors: every tensor of every module under
   `"<module>.<name>"`, plus metadata strings `format`, `amr_fast_version`, `config` (JSON) and `kimg`. It loads
@@ -81,15 +81,18 @@ def save_snapshot(
         metadata[key] = json.dumps(value)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
+    _save_file(tensors, tmp, metadata)
     os.replace(tmp, path)
 
 
 def load_snapshot(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """(state dicts per module, metadata). Metadata `config` and extras are parsed from JSON, `kimg` is a float."""
+    """(state dicts per module, metadata) of a snapshot file, or of a run directory's newest snapshot. Metadata
+    `config` and extras are parsed from JSON, `kimg` is a float."""
     path = Path(path)
+    if path.is_dir():
+        path = latest_snapshot(path)
     if not path.is_file():
-        raise FileNotFoundError(f"snapshot {path} does not exist; pass a snapshot-<kimg>.safetensors of a run")
+        raise FileNotFoundError(f"{path} does not exist; pass a run directory or a snapshot-<kimg>.safetensors")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = dict(f.metadata() or {})
@@ -192,6 +195,22 @@ def find_latest_state(run_dir: str | Path) -> Path | None:
     return max(done, key=state_kimg) if done else None
 
 
+def _file_mode() -> int:
+    """The mode open() gives a new file: 0o666 less the process umask (os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()  # read once, at import: setting the umask is not thread-safe
+
+
+def _save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file with the mode of every other file of a run (it creates its files 0o600)."""
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, FILE_MODE)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write `text` to `path` through a synced tmp file and a rename: readers see the old or the new file, never
     a truncated one."""
@@ -273,7 +292,7 @@ def _load_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict[str, to
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}, str(path))
+    _save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}, path)
 
 
 def save_state(

@@ -37,7 +37,7 @@ eval/fgsm_error@0.03) on those where FGSM ran.
 `amr-fast report RUN...` shows them (`amr_fast.eval.report.classify_table`).
 
 Commands:
-  amr-fast classify --preset fashion-mnist-manifold --data /work/data/fashion-mnist-32 --outdir runs/fm-manifold
+  amr-fast classify --preset fashion-mnist-manifold --data data/fashion-mnist-32 --outdir runs/fm-manifold
   amr-fast classify --preset cifar10-manifold --data DIR --outdir RUN                  # one GPU, bf16
   accelerate launch --multi_gpu --num_processes 8 -m amr_fast.cli classify --preset cifar10-manifold --data DIR
   amr-fast classify --preset fashion-mnist-manifold ...                 # a CPU: one process per core (procs=N)
@@ -59,7 +59,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from amr_fast import checkpoint, data, globalbatch, kernels, mixing, stats
+from amr_fast import checkpoint, data, globalbatch, kernels, mixing, progress, stats
 from amr_fast import run as run_lib
 from amr_fast.config import CLASSIFY_PRESETS, ClassifyConfig, from_dict
 from amr_fast.models import build_classifier
@@ -70,6 +70,7 @@ from amr_fast.run import (
     configure_run_parser,
     cpu_processes,
     due,
+    exit_status,
     start_processes,
     step_status,
     sum_over_ranks,
@@ -316,13 +317,18 @@ def first_nonfinite(model: nn.Module, opt: torch.optim.Optimizer) -> str | None:
 
 
 def train_classifier(
-    cfg: ClassifyConfig, outdir: str | Path, log: Callable[[str], None] | None = print, tensorboard: bool = False
+    cfg: ClassifyConfig,
+    outdir: str | Path,
+    log: Callable[[str], None] | None = print,
+    tensorboard: bool = False,
+    preset: str | None = None,
 ) -> Path:
-    """Train (or resume) the classifier of `cfg` in `outdir`; returns the run directory."""
+    """Train (or resume) the classifier of `cfg` in `outdir`; returns the run directory. preset: the name the
+    first line of the log gives the config."""
     cfg = cfg.validate()
     root = data.resolve_data_root(cfg.data)
     data.check_index(data.load_index(root), cfg.img_size, cfg.channels, cfg.num_classes)
-    run = Run(cfg, outdir, ClassifyState(), log, STATUS_KEYS, tensorboard)
+    run = Run(cfg, outdir, ClassifyState(), log, STATUS_KEYS, tensorboard, preset)
     if cfg.batch % run.world:
         raise ValueError(f"batch={cfg.batch} must be a multiple of the number of processes ({run.world})")
     s = run.state
@@ -351,7 +357,7 @@ def train_classifier(
                                 workers=cfg.workers, start_batch=s.nimg // cfg.batch, **run.loader_args())  # fmt: skip
     step = Step(model, opt, cfg, run)
     n_params = sum(p.numel() for p in net.parameters())
-    run.say(f"{cfg.arch} width {cfg.width:g} ({n_params / 1e6:.2f} M params), mode {cfg.mode}, {run.world} process(es)")
+    run.say(f"{cfg.arch} width {cfg.width:g} ({n_params / 1e6:.2f} M params), mode {cfg.mode}")
     model.train()
     row, stop = {}, False
     # SIGTERM / SIGINT: finish the step, save a state, return (the flag rides on the step's all-reduce); the loader's
@@ -372,7 +378,7 @@ def train_classifier(
                     s.best_test_error = min(row["eval/test_error"], s.best_test_error or 100.0)
             if (run.finished or due(prev, s.nimg, cfg.snapshot_kimg)) and run.is_main:
                 path = run.outdir / f"snapshot-{checkpoint.kimg_tag(s.nimg)}.safetensors"
-                with run.not_training():
+                with run.not_training(), progress.phase(f"writing {path.name}"):
                     checkpoint.save_snapshot(path, {"classifier": net}, dataclasses.asdict(cfg), s.nimg / 1000)
             if run.finished or due(prev, s.nimg, cfg.state_kimg):
                 save_state()
@@ -381,13 +387,19 @@ def train_classifier(
         if stop and not run.finished:
             run.stop(save_state)
             return run.outdir
-    figures = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith("eval/"))
-    if s.best_test_error is not None:
-        figures += f"; best eval/test_error over the evaluations {s.best_test_error:.2f}"
-    run.say(
-        f"done: {s.nimg / 1000:g} kimg in {run.outdir}" + (f"; {figures}" if figures else " (nothing left to train)")
-    )
+    run.say(done_line(run, row))
     return run.outdir
+
+
+def done_line(run: Run, row: dict) -> str:
+    """The last line of a run: where it is and its final figures (the last row's; none on a re-run of a finished
+    run) and the best test error over its evaluations."""
+    s = run.state
+    evals = ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith("eval/"))
+    parts = [f"done: {s.nimg / 1000:g} kimg in {run.outdir}", "nothing left to train" if not row else "", evals]
+    if s.best_test_error is not None:
+        parts.append(f"best eval/test_error over the evaluations {s.best_test_error:.2f}")
+    return "; ".join(p for p in parts if p)
 
 
 def _evaluate(net: nn.Module, root: Path, cfg: ClassifyConfig, run: Run, attack: bool) -> None:
@@ -395,6 +407,9 @@ def _evaluate(net: nn.Module, root: Path, cfg: ClassifyConfig, run: Run, attack:
     cfg.eval_batch, predictions under the run's autocast (bf16 on GPUs), reported for the next tick's row."""
     t_eval = time.time()
     test = data.eval_loader(root, cfg.eval_split, cfg.eval_batch, rank=run.rank, world_size=run.world, workers=0)
+    total = -(-data.load_index(root)["splits"][cfg.eval_split]["num_samples"] // run.world)
+    what = "test error" + ("".join(f" + FGSM {eps:g}" for eps in cfg.fgsm_eps) if attack else "")
+    test = progress.counted(test, min(total, cfg.eval_max or total), f"{what} on {cfg.eval_split}", run.is_main)
     for name, values in evaluate(net, test, cfg, run.device, attack, run.accelerator.autocast).items():
         stats.report(name, values)
     stats.report("time/eval", time.time() - t_eval)
@@ -417,9 +432,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    fields = ", ".join(ClassifyConfig.__dataclass_fields__)
-    help = f"config overrides, e.g. width=0.25 mix_layers=0,1,2 (tuples comma-separated); fields: {fields}"
-    configure_run_parser(parser, "fashion-mnist-manifold", help)
+    configure_run_parser(parser, "fashion-mnist-manifold", "width=0.25 mix_layers=0,1,2", ClassifyConfig)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -435,5 +448,5 @@ def main(args: argparse.Namespace) -> int:
         n = cpu_processes(args.procs)
         if n > 1:  # a CPU: one single-threaded data-parallel process per core, through torch's launcher
             return start_processes(n, sys.argv[1:])
-        train_classifier(cfg, args.outdir or f"runs/{args.preset}", tensorboard=args.tensorboard)
-    return 0
+        train_classifier(cfg, args.outdir or f"runs/{args.preset}", tensorboard=args.tensorboard, preset=args.preset)
+    return exit_status()

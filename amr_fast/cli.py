@@ -12,6 +12,9 @@ import argparse
 import importlib
 import os
 import sys
+from types import ModuleType
+
+from amr_fast.bench import BENCHES
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("amr_fast.train", "train an AMR autoencoder (or a baseline) on shards; re-run to resume"),
@@ -21,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "explore": ("amr_fast.eval.explore", "live mix explorer in the browser (local web app) for a snapshot"),
     "report": ("amr_fast.eval.report", "results table (markdown) and learning curves from run directories"),
     "classify": ("amr_fast.classify", "train a Manifold Mixup / mixup / ERM / cutout classifier; re-run to resume"),
-    "bench": ("amr_fast.bench", "benchmarks: kernels, data, train"),
+    "bench": ("amr_fast.bench", "benchmarks: " + ", ".join(BENCHES)),
 }
 
 
@@ -45,6 +48,20 @@ def _top_parser() -> argparse.ArgumentParser:
     )
 
 
+def parse_command(name: str, rest: list[str]) -> tuple[ModuleType, argparse.Namespace]:
+    """(the subcommand's module, its parsed arguments); a bad command line exits as argparse does."""
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(
+        prog=f"amr-fast {name}",
+        description=(module.__doc__ or COMMANDS[name][1]).strip().split("\n\n")[0],
+        formatter_class=_HelpFormatter,
+    )
+    module.configure_parser(parser)
+    # field=value overrides may follow options (`--outdir O lr=1e-3`); a parser of subcommands (bench) cannot intermix
+    intermixed = not any(action.nargs == argparse.PARSER for action in parser._actions)
+    return module, parser.parse_intermixed_args(rest) if intermixed else parser.parse_args(rest)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
@@ -59,16 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         top.print_help()
         return 0
     name, rest = argv[0], argv[1:]
-    module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(
-        prog=f"amr-fast {name}",
-        description=(module.__doc__ or COMMANDS[name][1]).strip().split("\n\n")[0],
-        formatter_class=_HelpFormatter,
-    )
-    module.configure_parser(parser)
-    # field=value overrides may follow options (`--outdir O lr=1e-3`); a parser of subcommands (bench) cannot intermix
-    intermixed = not any(action.nargs == argparse.PARSER for action in parser._actions)
-    args = parser.parse_intermixed_args(rest) if intermixed else parser.parse_args(rest)
+    module, args = parse_command(name, rest)
     try:
         return int(module.main(args) or 0)
     except (ValueError, FileNotFoundError) as err:

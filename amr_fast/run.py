@@ -6,15 +6,18 @@ sequence of blocks around one state object, `run.state`):
 - precision and world size: `mixed_precision` (`amr_fast.precision.precision_choice`, one rule for every
   launcher, said in the log's first lines; fp16 brings a dynamic loss scale) and
   `check_world_size` (a launcher that silently started one process is an error);
-- the run directory: `config.json` (written atomically), `log.txt` (`run.say`), `stats.jsonl` (one row per
-  tick, `run.tick`); an --outdir naming a file is an error;
+- the run directory: `config.json` (written atomically), `log.txt` (`run.say`: every line the run prints, from
+  its first, `start_line`), `stats.jsonl` (one row per tick, `run.tick`, whose status line ends with the run's
+  ETA); an --outdir naming a file is an error;
+- progress: the run's bar (`amr_fast.progress`) between the status lines, from `run.resume` to the end;
 - resume: re-running the same command continues from the newest complete state (`run.resume`), refused when the
   config differs in anything but the schedule (`RESUMABLE_FIELDS`: a run can be extended by raising total_kimg);
   `stats.jsonl` is cut back to the rows at or before that state (all of them when there is none), so a run killed
   at any moment ends with the rows of an uninterrupted one;
 - signals: SIGTERM / SIGINT (also sent to the whole process group, as Slurm and systemd do; the data loader's
   workers ignore them) set `run.stop_requested`; the trainer finishes its step, `run.stop` saves a state, and the
-  process exits cleanly; a second signal acts at once;
+  process exits cleanly (`exit_status`: 130 after SIGINT, so that make or a script stops too, else 0); a second
+  signal acts at once;
 - the kimg schedule (`due`), the non-finite step counter with the divergence stop and the fp16 loss scale
   (`run.count_step`, `step_status`); with fused optimisers on one process (CUDA; not fp16) a step's flags stay on
   the device: the optimisers skip a non-finite step there (`skip_on_device`) and the counter is settled at the
@@ -32,6 +35,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -42,7 +46,7 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 
-from amr_fast import checkpoint, stats
+from amr_fast import checkpoint, progress, stats
 from amr_fast.config import from_dict, parse_overrides, resolve, to_json
 from amr_fast.data import stream_counts
 from amr_fast.eval import tensorboard as eval_tensorboard
@@ -56,6 +60,16 @@ RESUMABLE_FIELDS = (
 FP16_INITIAL_SCALE = 2.0**15  # fp16 dynamic loss scaling: the first scale,
 FP16_MAX_SCALE = 2.0**24  # its ceiling,
 FP16_SCALE_GROWTH = 2000  # and doubled after this many good steps in a row (halved on an overflow)
+
+
+_stop_signal: list[int | None] = [None]  # the signal that stopped the last run of this process (`exit_status`)
+
+
+def exit_status() -> int:
+    """The trainers' exit status: 130 after Ctrl-C (SIGINT) stopped the run (the state is saved), so that `make`
+    or a shell script stops instead of going on with the next step; else 0 (SIGTERM too: a scheduler stopping
+    a job that saved its state is not a failure)."""
+    return 130 if _stop_signal[0] == signal.SIGINT else 0
 
 
 def mixed_precision(precision: str) -> str:
@@ -254,8 +268,10 @@ class Run:
         log: Callable[[str], None] | None = print,
         status_keys: Iterable[str] | None = None,
         tensorboard: bool = False,
+        preset: str | None = None,
     ) -> None:
         self.cfg, self.outdir, self.state, self.log = cfg, Path(outdir), state, log
+        status_keys = None if status_keys is None else [*status_keys, "eta"]
         if self.outdir.exists() and not self.outdir.is_dir():
             raise ValueError(f"--outdir {self.outdir} is a file; pass a directory (a new one, or a run to resume)")
         self.accelerator = Accelerator(mixed_precision=mixed_precision(cfg.precision))
@@ -280,13 +296,13 @@ class Run:
             checkpoint.write_text_atomic(self.outdir / "config.json", to_json(cfg) + "\n")
             trim_stats(self.outdir / "stats.jsonl", self.state_nimg or 0)
         self.accelerator.wait_for_everyone()
-        self.say(f"precision {self.accelerator.mixed_precision}: "
-                 f"{precision_choice(cfg.precision, default_device_type())[1]}")  # fmt: skip
+        self.say(start_line(self, preset))
         self.collector = stats.Collector(
             self.outdir / "stats.jsonl", self.device, self.rank, self.world,
             log=lambda line: self.say(line + self._note), status_keys=status_keys,
         )  # fmt: skip
         self._note, self._speeds = "", []  # the status line's contention note; img/s of this process's ticks
+        self.bar = progress.bar(show=False)  # the run's own bar, from `resume` on
         self.stop_requested = False
         self._handlers: dict = {}
         self.eval_seconds = 0.0  # time since the last tick spent in `not_training` blocks (sec/eval)
@@ -298,13 +314,14 @@ class Run:
         return dict(stats=self.data_stats, max_skipped=self.cfg.max_skipped, window=self.cfg.skip_window)
 
     def say(self, line: str) -> None:
-        """Rank 0: append to log.txt and echo to `log`. Other ranks: silent."""
+        """Rank 0: append to log.txt and echo to `log` (above the progress bar). Other ranks: silent."""
         if not self.is_main:
             return
         with open(self.outdir / "log.txt", "a") as f:
             f.write(line + "\n")
         if self.log is not None:
-            self.log(line)
+            progress.write(line, self.log)
+            sys.stdout.flush()
 
     @property
     def total_nimg(self) -> int:
@@ -341,6 +358,7 @@ class Run:
             time.time(),
             self.state.nimg,
         )
+        self._start_progress()
         return tensors
 
     @contextlib.contextmanager
@@ -358,6 +376,7 @@ class Run:
         the loss scale after FP16_SCALE_GROWTH good steps and halve it on an overflow (not a divergence). A 0/1
         tensor (`skip_on_device`'s) is counted on the device, without a sync, until `settle_skips`."""
         s = self.state
+        self.bar.update(s.nimg - self.bar.n)  # the images before this step
         if isinstance(status, torch.Tensor):
             if self._skips is None:
                 self._skips = torch.tensor([0.0, s.nonfinite, s.nonfinite], device=status.device)
@@ -408,8 +427,9 @@ class Run:
         row.update({"time": fmt_time(s.time), "seconds": round(s.time, 3), "sec/tick": round(now - self.tick_time, 3),
                     "img/s": round((s.nimg - self.tick_start_nimg) / max(train_seconds, 1e-9), 2),
                     "sec/eval": round(self.eval_seconds, 3),
-                    "nonfinite": s.nonfinite_total, **counts})  # fmt: skip
+                    "nonfinite": s.nonfinite_total, **counts, "eta": self._eta(now)})  # fmt: skip
         self._note = contention_note(self._speeds, row["img/s"])
+        self.bar.update(s.nimg - self.bar.n)
         row = self.collector.tick(row)
         if self.tb is not None:
             self.tb.scalars(row, s.nimg / 1000)
@@ -426,7 +446,8 @@ class Run:
         self.settle_skips()
         self.state.time = time.time() - self.start_time
         state = dataclasses.asdict(self.state)
-        with self.not_training():
+        writing = f"writing state-{checkpoint.kimg_tag(self.state.nimg)}/"
+        with self.not_training(), progress.phase(writing, self.is_main):
             self.latest = checkpoint.save_state(self.accelerator, self.outdir, self.state.nimg, state, modules,
                                                 optimizers, rank_tensors)  # fmt: skip
         self.state_nimg = self.state.nimg
@@ -434,11 +455,28 @@ class Run:
 
     def stop(self, save: Callable[[], Path]) -> None:
         """After a signal: make sure a state at the current nimg exists (`save` writes one), say how to resume."""
+        self.bar.close()  # the stop message goes under the bar, not through it
         path = self.latest if self.state_nimg == self.state.nimg else save()
         self.say(f"stopped by a signal at {self.state.nimg / 1000:g} kimg; saved {path}; re-run the command to resume")
 
+    # Progress (`amr_fast.progress`): the run's bar and the status line's ETA.
+    def _start_progress(self) -> None:
+        """The run's bar (images, rate and the run's ETA) and the clock the status line's ETA is measured on."""
+        self.bar.close()
+        self.bar = progress.bar(total=self.total_nimg, initial=min(self.state.nimg, self.total_nimg), desc="train",
+                                unit="img", unit_scale=True, show=self.is_main and not self.finished,
+                                smoothing=0)  # fmt: skip
+        self._eta_from = (time.time(), self.state.nimg)
+
+    def _eta(self, now: float) -> str:
+        """Time left to total_kimg at this process's pace so far (probes, snapshots and states included)."""
+        t0, n0 = self._eta_from
+        done, left = self.state.nimg - n0, self.total_nimg - self.state.nimg
+        return fmt_time(left * (now - t0) / done) if done > 0 and left > 0 else "0m00s" if left <= 0 else "-"
+
     # Signals: `with run:` around the loop.
     def __enter__(self) -> Run:
+        _stop_signal[0] = None
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._handlers[sig] = signal.getsignal(sig)
@@ -448,13 +486,21 @@ class Run:
     def _on_signal(self, signum: int, frame: Any) -> None:
         # A second signal acts at once; one within a second of the first is the same stop forwarded by a launcher
         # (torchrun passes the group's Ctrl-C / SIGTERM on to its processes, which had it already).
-        if not self.stop_requested:
-            self.stop_requested, self._stop_time = True, time.time()
-        elif time.time() - self._stop_time > 1.0:
-            signal.signal(signum, self._handlers.get(signum, signal.SIG_DFL))
-            signal.raise_signal(signum)
+        if self.stop_requested:
+            if time.time() - self._stop_time > 1.0:
+                signal.signal(signum, self._handlers.get(signum, signal.SIG_DFL))
+                signal.raise_signal(signum)
+            return
+        self.stop_requested, self._stop_time = True, time.time()
+        _stop_signal[0] = signum
+        if self.is_main:  # os.write: a print here could interrupt another write to stderr (a progress bar)
+            what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            lead = "\n" if progress.interactive() else ""  # off the bar's line
+            line = f"{what}: stopping; a state is saved when this step or evaluation ends ({what} again quits at once)"
+            os.write(2, f"{lead}{line}\n".encode())
 
     def __exit__(self, *exc: Any) -> None:
+        self.bar.close()
         for sig, handler in self._handlers.items():
             signal.signal(sig, handler)
         self._handlers.clear()
@@ -466,10 +512,25 @@ class Run:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The command line of both trainers: preset -> overrides -> validate -> print JSON (--dry-run stops) -> train.
+# The command line of both trainers: preset -> overrides -> validate (--dry-run prints the JSON and stops) -> train,
+# whose first line (`start_line`) sums the config up; the whole config is the run's config.json.
 
 
-def configure_run_parser(parser: argparse.ArgumentParser, default_preset: str, overrides_help: str) -> None:
+def start_line(run: Run, preset: str | None) -> str:
+    """The one line a run starts with: what it trains, on what, where (the full config is in config.json)."""
+    cfg, precision = run.cfg, run.accelerator.mixed_precision
+    why = precision_choice(cfg.precision, default_device_type())[1]
+    return (
+        f"preset {preset or '-'}, data {cfg.data}, {cfg.total_kimg:g} kimg, {run.world} process"
+        f"{'es' if run.world > 1 else ''} on {run.device.type}, precision {'fp32' if precision == 'no' else precision}"
+        f" ({why}), outdir {run.outdir} (full config: {run.outdir / 'config.json'})"
+    )
+
+
+def configure_run_parser(parser: argparse.ArgumentParser, default_preset: str, example: str, config: type) -> None:
+    """The flags both trainers share; `field=value` overrides list every field of `config` in --help."""
+    fields = ", ".join(config.__dataclass_fields__)
+    overrides_help = f"config overrides, e.g. {example} (tuples comma-separated); fields: {fields}"
     parser.add_argument("--preset", default=default_preset, help="starting configuration (see --list-presets)")
     parser.add_argument("--outdir", default=None, help="run directory; re-running the same command resumes it "
                         "(default: runs/<preset>)")  # fmt: skip
@@ -481,7 +542,8 @@ def configure_run_parser(parser: argparse.ArgumentParser, default_preset: str, o
     )
     parser.add_argument("overrides", nargs="*", metavar="field=value", help=overrides_help)
     parser.add_argument("--list-presets", action="store_true", help="list the presets and exit")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit (a run "
+                        "prints a one-line summary and writes the JSON to RUN/config.json)")  # fmt: skip
     parser.add_argument(
         "--tensorboard", action="store_true",
         help="also log every stats row (and sample grid) to RUN/tensorboard/ (needs the tensorboard package)",
@@ -489,8 +551,8 @@ def configure_run_parser(parser: argparse.ArgumentParser, default_preset: str, o
 
 
 def config_from_args(args: argparse.Namespace, presets: dict) -> Any | None:
-    """The validated config of the command line, printed as JSON (once, by rank 0); None after --dry-run.
-    `procs=N` (not a config field: the launch, not the run) is taken out first (`args.procs`, 0 = one per core)."""
+    """The validated config of the command line; None after --dry-run, which prints it as JSON. `procs=N` (not a
+    config field: the launch, not the run) is taken out first (`args.procs`, 0 = one per core)."""
     args.procs = 0
     for item in [o for o in args.overrides if o.split("=", 1)[0] == "procs"]:
         value = item.split("=", 1)[1]
@@ -502,6 +564,7 @@ def config_from_args(args: argparse.Namespace, presets: dict) -> Any | None:
     if args.data is not None:
         overrides["data"] = args.data
     cfg = resolve(args.preset, overrides, presets)
-    if args.dry_run or (int(os.environ.get("RANK", "0")) == 0 and "AMR_FAST_STARTED" not in os.environ):
-        print(to_json(cfg))  # once: by the command, not again by the processes it starts
-    return None if args.dry_run else cfg
+    if args.dry_run:
+        print(to_json(cfg))
+        return None
+    return cfg

@@ -26,7 +26,7 @@ the whole process group) save a state and exit.
 Run it (from the repository root; the same flags everywhere, the launcher decides the processes):
 
     amr-fast train --preset demo --outdir runs/demo         # a CPU: one process per core (procs=N); or 1 GPU
-    amr-fast train --preset mnist-mixup --outdir runs/mnist data=/data/mnist-32
+    amr-fast train --preset mnist-mixup --outdir runs/mnist data=data/mnist-32
     accelerate launch --config_file launch/accelerate/1gpu-bf16.yaml -m amr_fast.cli train --preset ... --outdir ...
     accelerate launch --config_file launch/accelerate/1node-8gpu.yaml -m amr_fast.cli train --preset ... --outdir ...
     accelerate launch --config_file launch/accelerate/2node-8gpu.yaml --machine_rank $NODE_RANK \\
@@ -54,14 +54,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from amr_fast import checkpoint, globalbatch, models, stats
+from amr_fast import checkpoint, globalbatch, models, progress, stats
 from amr_fast import data as amr_data
 from amr_fast import run as run_lib
 from amr_fast.config import PRESETS, TrainConfig, preset_line, probe_adam_args
 from amr_fast.eval import grids
-from amr_fast.eval.cli import make_encode, recon_error
+from amr_fast.eval.cli import encode_codes, make_encode, recon_error
 from amr_fast.eval.disentangle import factorvae_score, procedural_dsprites
-from amr_fast.eval.probe import code_probes, encode_batches
+from amr_fast.eval.probe import code_probes
 from amr_fast.losses import AMRLoss
 from amr_fast.models.base import to_channels_last
 from amr_fast.run import (
@@ -71,6 +71,7 @@ from amr_fast.run import (
     configure_run_parser,
     cpu_processes,
     due,
+    exit_status,
     fmt_time,
     start_processes,
     step_status,
@@ -225,13 +226,18 @@ class TrainState(LoopState):
 
 
 def training_loop(
-    cfg: TrainConfig, outdir: str | Path, log: Callable[[str], None] | None = print, tensorboard: bool = False
+    cfg: TrainConfig,
+    outdir: str | Path,
+    log: Callable[[str], None] | None = print,
+    tensorboard: bool = False,
+    preset: str | None = None,
 ) -> dict:
     """Train `cfg` into `outdir` (resuming from its newest complete state). Returns a summary (every rank):
     run_dir, kimg, snapshot, samples, probe figures, stopped (True if a signal ended it early).
-    tensorboard: rank 0 also writes every stats row and sample grid to `outdir/tensorboard/`."""
+    tensorboard: rank 0 also writes every stats row and sample grid to `outdir/tensorboard/`; preset: the name
+    the first line of the log gives the config."""
     cfg = cfg.validate()
-    run = Run(cfg, outdir, TrainState(), log, STATUS_KEYS, tensorboard)
+    run = Run(cfg, outdir, TrainState(), log, STATUS_KEYS, tensorboard, preset)
     s = run.state
     batch_gpu, accum = _micro_batches(cfg, run.world)
     root, splits, probe_split = _dataset(cfg, run)
@@ -250,8 +256,8 @@ def training_loop(
                                            **run.loader_args()))  # fmt: skip
     grid = _grid_batch(root, splits, run)
     run.say(
-        f"{run.world} process(es) on {run.device}, batch {cfg.batch} = {run.world} x {batch_gpu} x {accum} "
-        f"accumulation, data {root}, {cfg.total_kimg} kimg"
+        f"batch {cfg.batch} = {run.world} process{'es' if run.world > 1 else ''} x {batch_gpu} x {accum} "
+        f"accumulation, data {root}"
     )
     if accum > 1:
         run.say(f"mixing partners are drawn within each accumulation step's {run.world * batch_gpu} images, not the "
@@ -372,7 +378,9 @@ def probe_accuracy(ae, probe, root: Path, split: str, batch: int, device, rank: 
     ae.eval()
     probe.eval()
     counts = torch.zeros(2, dtype=torch.float64, device=device)  # correct, total
-    for b in amr_data.eval_loader(root, split, batch, rank=rank, world_size=world_size):
+    size = -(-amr_data.load_index(root)["splits"][split]["num_samples"] // world_size)
+    batches = amr_data.eval_loader(root, split, batch, rank=rank, world_size=world_size)
+    for b in progress.counted(batches, size, f"online probe on {split}", rank == 0):
         x, y = to_device_batch(b, device, False)
         with autocast():
             logits = probe(ae.encode(x).flatten(1))
@@ -407,9 +415,10 @@ def _write_snapshot(run: Run, nets: dict[str, torch.nn.Module], grid: tuple | No
     tag = checkpoint.kimg_tag(s.nimg)
     path = run.outdir / f"snapshot-{tag}.safetensors"
     probe_figures = {k: getattr(s, k) for k in ("best_valid_acc", "best_kimg", "test_acc_at_best", "valid_acc")}
-    checkpoint.save_snapshot(
-        path, nets, dataclasses.asdict(cfg), s.nimg / 1000, extra={"nimg": s.nimg, "probe": probe_figures}
-    )
+    with progress.phase(f"writing {path.name}"):
+        checkpoint.save_snapshot(
+            path, nets, dataclasses.asdict(cfg), s.nimg / 1000, extra={"nimg": s.nimg, "probe": probe_figures}
+        )
     s.snapshot = str(path)
     if grid is None:
         return
@@ -458,8 +467,8 @@ def summary_lines(summary: dict) -> list[str]:
     probe = summary["probe"]
     lines = [
         f"run directory:   {summary['run_dir']}",
-        f"last snapshot:   {summary['snapshot']}",
-        f"last samples:    {summary['samples']}",
+        f"last snapshot:   {summary['snapshot'] or 'none yet (snapshot_kimg)'}",
+        f"last samples:    {summary['samples'] or 'none yet (snapshot_kimg)'}",
     ]
     if probe["best_valid_acc"] is not None:
         test = "n/a (no test split)" if probe["test_acc_at_best"] is None else f"{probe['test_acc_at_best']:.4f}"
@@ -498,8 +507,8 @@ def _shape_probes(ae, cfg, root: Path, device) -> dict:
     """Offline probes of the final code for the labels (dSprites: shape), linear and one-hidden-layer MLP: how much
     of the shape the code holds, and how much of it a linear read-out (the paper's probe) can use."""
     encode = make_encode(ae, device)
-    h_tr, y_tr = encode_batches(encode, amr_data.eval_loader(root, "train", 500), limit=10_000)
-    h_va, y_va = encode_batches(encode, amr_data.eval_loader(root, "valid", 500), limit=5_000)
+    h_tr, y_tr = encode_codes(encode, root, "train", 10_000)
+    h_va, y_va = encode_codes(encode, root, "valid", 5_000)
     ae.train()
     return {**code_probes(h_tr, y_tr, h_va, y_va, cfg.num_classes), "num_classes": cfg.num_classes}
 
@@ -514,11 +523,11 @@ def _factorvae(ae, cfg, device) -> dict | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# CLI: preset -> overrides -> validate -> print JSON (--dry-run stops) -> training_loop.
+# CLI: preset -> overrides -> validate (--dry-run prints the JSON and stops) -> training_loop.
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    configure_run_parser(parser, "demo", "config overrides, e.g. total_kimg=50 lamb=20 k=3")
+    configure_run_parser(parser, "demo", "total_kimg=50 lamb=20 k=3", TrainConfig)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -531,5 +540,5 @@ def main(args: argparse.Namespace) -> int:
         n = cpu_processes(args.procs)
         if n > 1:  # a CPU: one single-threaded data-parallel process per core, through torch's launcher
             return start_processes(n, sys.argv[1:])
-        training_loop(cfg, outdir, log=lambda line: print(line, flush=True), tensorboard=args.tensorboard)
-    return 0
+        training_loop(cfg, outdir, tensorboard=args.tensorboard, preset=args.preset)
+    return exit_status()

@@ -242,9 +242,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--public",
-        default="/tmp/public-amr",
-        help=f"the public AMR code's copy made by `{PUBLIC_SETUP}`: its loop is alternated with ours (skipped if "
-        "absent; '' = skip)",
+        default="public-amr",
+        help="the public AMR code with its bench.sh (README, 'Training speed'): its loop is alternated with ours "
+        "(skipped if absent; '' = skip)",
     )
     parser.add_argument("--pairs", type=int, default=2, help="public-loop / our-loop pairs, alternated A B A B")
     parser.add_argument("--public-iters", type=int, default=0, help="timed iterations of the public loop per run "
@@ -329,7 +329,7 @@ def _end_to_end(args: argparse.Namespace, step: dict, tempfile) -> dict:
                 b = run_train_e2e(data, args.e2e_kimg, {}, work)
                 out["pairs"].append({"public": a, "ours": b, "ratio": b["img_per_s"] / a["img_per_s"]})
         elif public is not None:
-            out["public_missing"] = f"{public}/bench.sh not found: set it up with `{PUBLIC_SETUP}`"
+            out["public_missing"] = f"{public}/bench.sh not found (public loop skipped): {PUBLIC_SETUP}"
     default = out["runs"]["train, default config"]
     precision = "bf16" if default["precision"] == "bf16" else "fp32"
     same = {"precision": "bf16"} if precision == "bf16" else {}
@@ -450,7 +450,13 @@ def conv_roofline(cfg: TrainConfig, precision: str, seconds: float = 1.0) -> dic
 # End to end: the real `amr-fast train` loop on real shards, and the public AMR code's own loop, in child processes
 # (their peak RSS is their own), alternated A B A B.
 
-PUBLIC_SETUP = "bash ../shared/public-amr/setup.sh /tmp/public-amr"
+# The public loop's rows need the authors' code (https://github.com/christopher-beckham/amr, BSD-3) with a timing
+# script beside it, in `public-amr/` at the clone's root (git-ignored) or wherever --public points.
+PUBLIC_SETUP = (
+    "put the authors' code (git clone https://github.com/christopher-beckham/amr public-amr/amr) with a script "
+    "public-amr/bench.sh VARIANT that runs its exps/mnist/VARIANT_lamb10.sh training and writes "
+    "public-amr/results/bench_VARIANT.json ({img_per_s, iters, peak_rss_main_mb}); README, 'Training speed'"
+)
 
 
 def default_data_root() -> Path:
@@ -521,12 +527,12 @@ def run_train_e2e(data: Path, kimg: float, overrides: dict[str, str], workdir: P
 
 
 def run_public(public: Path, variant: str = "mixup", iters: int = 0) -> dict:
-    """The public AMR code's own loop (`bash PUBLIC/bench.sh mixup`, set up by `setup.sh`): its img/s and RSS.
+    """The public AMR code's own loop (`bash PUBLIC/bench.sh mixup`, see PUBLIC_SETUP): its img/s and RSS.
     iters: timed iterations (0 = bench.sh's default, 250 after 60 warm-up)."""
     env = {**os.environ, "ITERS": str(iters)} if iters else None
     rc, info = _child(["bash", str(public / "bench.sh"), variant], env=env)
     if rc != 0:
-        raise RuntimeError(f"{public}/bench.sh failed ({rc}); set it up with `{PUBLIC_SETUP}`:\n{info['tail']}")
+        raise RuntimeError(f"{public}/bench.sh failed ({rc}); {PUBLIC_SETUP}:\n{info['tail']}")
     d = json.loads((public / "results" / f"bench_{variant}.json").read_text())
     return {"img_per_s": d["img_per_s"], "peak_rss_mb": d.get("peak_rss_main_mb", info["peak_rss_mb"]),
             "iters": d.get("iters"), "wall_s": info["wall_s"]}  # fmt: skip

@@ -1,4 +1,4 @@
-"""amr_fast.kernels: the mixing ops of both papers with `impl=` dispatch (DESIGN.md "Contract: the mixing ops").
+"""amr_fast.kernels: the mixing ops of both papers with `impl=` dispatch (docs/design.md, "The mixing-op contract").
 
     simplex_mix(h, perm, w)   out[b] = sum_k w[b, k] * h[perm[k, b]]               mixup, k-way mixup (AMR sec. 2),
                                                                                    Manifold Mixup (Verma et al. eq. 2)

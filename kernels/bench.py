@@ -1,8 +1,8 @@
 """`amr-fast bench kernels`: time and effective bandwidth of every impl of the mixing ops next to a same-size copy.
 
 For one h of --big-mib MiB (256; well beyond the caches: it comes first) and the papers' sizes (AMR codes of 2x4x4
-to 256x8x8, batches 64 to 1024, K = 2, 3, 8; DESIGN.md "Contract: the mixing ops"), each impl of `simplex_mix` and
-`mask_mix` is timed in the same run as `Tensor.copy_` of a tensor of h's size, round-robin, median and min of
+to 256x8x8, batches 64 to 1024, K = 2, 3, 8; docs/design.md, "The mixing-op contract"), each impl of `simplex_mix`
+and `mask_mix` is timed in the same run as `Tensor.copy_` of a tensor of h's size, round-robin, median and min of
 repeats. On a CPU each repeat is one call under perf_counter; on CUDA it is CUDA events around many back-to-back
 calls (the copy too), so Python and launch overheads overlap the GPU's work as in training. Effective bandwidth
 counts the bytes a mix must move: K reads of h (one per partner), one write of the output, the weights and perm; a

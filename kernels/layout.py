@@ -1,6 +1,6 @@
 """Memory layout of the mixing ops: every example b of h is one dense row, whatever h's strides.
 
-Both mixes (DESIGN.md "Contract: the mixing ops") act on whole examples: out[b] = sum_k W[b, k] * h[perm[k, b]],
+Both mixes (docs/design.md, "The mixing-op contract") act on whole examples: out[b] = sum_k W[b, k] * h[perm[k, b]],
 with W a scalar (simplex_mix) or one weight per channel (mask_mix). The fast paths therefore see h as a 2-D
 `[B, D]` array of rows in the memory order of the output, which `empty_out(h)` fixes: `torch.empty_like(h)`
 unless the batch is not the outermost dim. The fake (meta) implementations use the same rule, so eager and

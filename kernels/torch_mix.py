@@ -1,4 +1,4 @@
-"""The "torch" impl: the mixing ops (DESIGN.md "Contract: the mixing ops") as fast as plain torch gets on a CPU.
+"""The "torch" impl: the mixing ops (docs/design.md, "The mixing-op contract") as fast as plain torch gets on a CPU.
 
 Forward. out[b] = sum_k W[b, k] * h[perm[k, b]] is a weighted sum of K gathered rows: exactly what
 `torch.nn.functional.embedding_bag(mode="sum", per_sample_weights=...)` computes, in one multithreaded pass that

@@ -1,4 +1,4 @@
-"""The "triton" impl: fused kernels for the mixing ops (DESIGN.md "Contract: the mixing ops").
+"""The "triton" impl: fused kernels for the mixing ops (docs/design.md, "The mixing-op contract").
 
     out[b, d] = sum_k W[b, k, g(d)] * h[perm[k, b], d]            g(d) = (d // inner) % G, the group of column d
 

@@ -55,6 +55,7 @@ MODULES = {
     "pytest": "pytest",
     "pytest_timeout": "pytest-timeout",
     "scipy": "scipy",
+    "tqdm": "tqdm",
     "setuptools": "setuptools",
 }
 NEEDED = ("torch", "accelerate", "safetensors", "numpy", "PIL", "pytest")  # without these no step can run
@@ -133,7 +134,7 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-MIN_VERSIONS = {"setuptools": (68,)}  # pyproject.toml's build-system: an older one is replaced from the wheels
+MIN_VERSIONS = {"setuptools": (77,)}  # pyproject.toml's build-system: an older one is replaced from the wheels
 
 
 def _release(version: str) -> tuple[int, ...]:

@@ -100,9 +100,9 @@ def test_one_process_and_two_resumed_on_one_then_two_train_alike(shards, tmp_pat
     mixed = tmp_path / "mixed"
     run_driver(dataclasses.replace(cfg, total_kimg=0.032), mixed, launcher=TORCHRUN)
     r = run_driver(dataclasses.replace(cfg, total_kimg=0.064), mixed)
-    assert "resuming" in r.stdout and "1 process(es)" in r.stdout
+    assert "resuming" in r.stdout and "1 process on cpu" in r.stdout
     r = run_driver(cfg, mixed, launcher=TORCHRUN)
-    assert "resuming" in r.stdout and "2 process(es)" in r.stdout
+    assert "resuming" in r.stdout and "2 processes on cpu" in r.stdout
     assert_runs_agree(tmp_path / "one", mixed, cfg)
 
 
@@ -164,13 +164,13 @@ def test_the_default_cli_starts_processes_stops_on_sigterm_and_resumes_on_one(sh
     os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out[-2000:] + err[-3000:]
-    assert "2 process(es)" in out and "stopped by a signal" in out and "Traceback" not in err
+    assert "2 processes on cpu" in out and "stopped by a signal" in out and "Traceback" not in err
     state = checkpoint.find_latest_state(run)
     kimg = checkpoint.state_kimg(state)
     r = subprocess.run(cli_train(shards, run, f"total_kimg={kimg + 0.032}", "batch=16", "procs=1"), env=cli_env(),
                        capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert f"resuming {run} from {state.name}" in r.stdout and "1 process(es)" in r.stdout
+    assert f"resuming {run} from {state.name}" in r.stdout and "1 process on cpu" in r.stdout
     assert stats.read_jsonl(run / "stats.jsonl")[-1]["kimg"] >= kimg + 0.032
 
 
@@ -204,7 +204,7 @@ def test_two_node_ranks_on_localhost_train_as_one_process(shards, tmp_path):
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, out[-2000:] + err[-3000:]
-    assert "2 process(es)" in (tmp_path / "nodes" / "log.txt").read_text()
+    assert "2 processes on cpu" in (tmp_path / "nodes" / "log.txt").read_text()
     assert_runs_agree(tmp_path / "one", tmp_path / "nodes", tiny(shards))
 
 
@@ -219,7 +219,7 @@ def test_classify_on_two_processes_trains_like_one(tmp_path):
                   snapshot_kimg=0.048, state_kimg=0.048, batch=16, per_example=True, eval_split="valid")  # fmt: skip
     run_driver(cfg, tmp_path / "one", "--classify")
     r = run_driver(cfg, tmp_path / "two", "--classify", launcher=TORCHRUN)
-    assert "2 process(es)" in r.stdout
+    assert "2 processes on cpu" in r.stdout
     one, two = (stats.read_jsonl(tmp_path / d / "stats.jsonl") for d in ("one", "two"))
     assert [row["nimg"] for row in one] == [row["nimg"] for row in two] == [16, 32, 48]
     losses = [(a["loss/cls"], b["loss/cls"]) for a, b in zip(one, two)]

@@ -367,7 +367,7 @@ def test_two_processes_keep_ranks_identical_and_match_one_process(shards, tmp_pa
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     r = run_driver(dataclasses.replace(cfg, batch=16), tmp_path / "two", "--fixed-batches", "--dump-weights", str(two),
                    launcher=torchrun)  # fmt: skip
-    assert "2 process(es)" in r.stdout
+    assert "2 processes on cpu" in r.stdout
     r0, r1, w1 = (
         load_file(str(p)) for p in (two / "rank0.safetensors", two / "rank1.safetensors", one / "rank0.safetensors")
     )

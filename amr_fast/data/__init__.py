@@ -5,7 +5,7 @@ per rank, equal batch counts, resumable) and `eval_loader` (one exact pass). `lo
 validate a dataset's `index.json` against the model config before training; `resolve_data_root` finds (or
 generates into the cache) a config's dataset, `to_unit` turns stored uint8 images into model inputs in [-1, 1].
 A dataset may live in a local directory, behind an http(s):// URL or a `pipe:COMMAND {}` (`amr_fast.data.remote`).
-Layout: DESIGN.md "Layout".
+Layout: docs/design.md, "Layout".
 """
 
 from amr_fast.data.builtin import resolve_data_root

@@ -1,7 +1,8 @@
 """The one conversion from stored images to model inputs: uint8 pixels [0, 255] -> float32 in [-1, 1].
 
-Shards store images as uint8 `[N, C, H, W]` (DESIGN.md "Data flow"); every network of both papers takes them in
-[-1, 1] (the decoders end in tanh). Point datasets (the spiral) store float32 coordinates, which pass unscaled.
+Shards store images as uint8 `[N, C, H, W]` (docs/design.md, "The flow of one AMR training step"); every network
+of both papers takes them in [-1, 1] (the decoders end in tanh). Point datasets (the spiral) store float32
+coordinates, which pass unscaled.
 """
 
 from __future__ import annotations

@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.request import url2pathname
 
+from amr_fast.progress import bar as progress_bar
+
 RETRIES = 3  # tries after the first one
 RETRY_DELAY = 1.0  # seconds before the first retry, doubled each time
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -56,30 +58,35 @@ def join(root: str, name: str) -> str:
     return root.rstrip("/") + "/" + name
 
 
-def _read_once(url: str) -> tuple[bytes, Exception | None]:
+def _read_once(url: str, desc: str | None = None) -> tuple[bytes, Exception | None]:
     from webdataset.gopen import gopen
 
     chunks: list[bytes] = []
+    bar = progress_bar(desc=desc, unit="B", unit_scale=True, unit_divisor=1024, show=desc is not None)
     try:
         stream = gopen(url, "rb")
         try:
             while chunk := stream.read(_CHUNK):
                 chunks.append(chunk)
+                bar.update(len(chunk))
         finally:
             stream.close()  # a pipe: waits for the command and raises if it failed
     except (OSError, ValueError) as err:  # connection reset, non-zero exit, no curl, ...
         return b"".join(chunks), err
+    finally:
+        bar.close()
     return b"".join(chunks), None
 
 
-def fetch(url: str, retries: int | None = None) -> tuple[bytes, str | None]:
-    """All bytes of `url`: (data, None), or after `retries` failed retries (longest prefix received, the error)."""
+def fetch(url: str, retries: int | None = None, desc: str | None = None) -> tuple[bytes, str | None]:
+    """All bytes of `url`: (data, None), or after `retries` failed retries (longest prefix received, the error).
+    desc: show the download on a progress bar under this name."""
     retries = RETRIES if retries is None else retries
     best, error = b"", None
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(RETRY_DELAY * 2 ** (attempt - 1))
-        data, err = _read_once(url)
+        data, err = _read_once(url, desc)
         if err is None:
             return data, None
         if len(data) > len(best):
@@ -98,7 +105,7 @@ def fetch_shared(url: str, name: str, digest: str) -> tuple[bytes, str | None]:
         folder.mkdir(parents=True, exist_ok=True)
         with file_lock(folder / (name + ".lock")):  # one download per machine; the other readers wait for it
             if not path.is_file():
-                data, error = fetch(url)
+                data, error = fetch(url, desc=f"downloading {name}")
                 if error is not None:
                     return data, error  # a damaged copy is never kept
                 tmp = folder / (name + f".{os.getpid()}.partial")

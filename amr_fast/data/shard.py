@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import pickle
-import sys
 import time
 import zipfile
 import zlib
@@ -58,10 +57,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop", type=int, default=None, help="celeba: centre-crop side before resizing (148)")
 
 
-def _progress(split: str, done: int, total: int) -> None:
-    print(f"\r{split}: {done}/{total} samples", end="", file=sys.stderr, flush=True)
-
-
 def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
@@ -76,7 +71,6 @@ def main(args: argparse.Namespace) -> int:
             limit=args.limit,
             encoding=args.encoding,
             crop=args.crop,
-            progress=_progress if sys.stderr.isatty() else None,
         )
     except (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile, pickle.UnpicklingError) as err:
         # A source file cut short or damaged (the IDX reader names its file itself; these come from the others).
@@ -86,8 +80,6 @@ def main(args: argparse.Namespace) -> int:
             f"a source file under {args.src} is truncated or damaged ({type(err).__name__}: {err}); {state}: "
             "re-download the source files"
         ) from None
-    if sys.stderr.isatty():
-        print("\r\033[K", end="", file=sys.stderr)  # clear the progress line
     index = load_index(out)
     shape = (
         f"dim {index['dim']}"

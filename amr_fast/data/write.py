@@ -30,6 +30,7 @@ from amr_fast.data.index import FORMAT_VERSION, INDEX_NAME, SPLITS, encode_sampl
 from amr_fast.data.remote import file_lock
 from amr_fast.data.sources import Source, Split, open_source
 from amr_fast.data.tario import ShardWriter
+from amr_fast.progress import bar as progress_bar
 
 RAW_MAX_VALUES = 64 * 64 * 3  # auto encoding: raw up to 64x64 RGB, PNG above
 CHUNK = 1024  # samples loaded (decoded / rendered) at a time
@@ -80,8 +81,10 @@ def _write_split(
     targets = [base + (i < extra) for i in range(n_shards)]
     shards, sizes, skipped = [], [], 0
     writer: ShardWriter | None = None
+    bar = progress_bar(total=len(order), desc=f"writing {out.name}/{split}", unit="img", unit_scale=True)
     try:
         for start in range(0, len(order), CHUNK):
+            bar.update(start - bar.n)
             if progress is not None:
                 progress(split, start, len(order))
             idx = order[start : start + CHUNK]
@@ -106,6 +109,7 @@ def _write_split(
             sizes.append(writer.num_samples)
             writer = None
     finally:
+        bar.close()
         if writer is not None:
             writer.abort()
     if skipped:
@@ -132,7 +136,8 @@ def make_shards(
     size: image side after resizing (IDX / SVHN / CIFAR / CelebA / Zappos / procedural dSprites); None keeps
     the source's size (CelebA / Zappos: 64). subset: keep a class-balanced random subset of train with this many
     samples (seeded by `seed`). limit: at most this many samples per split (tests, demos). crop: CelebA's centre
-    crop (148). progress: called as progress(split, done, total) before each chunk of samples. For
+    crop (148). progress: called as progress(split, done, total) before each chunk of samples (a bar shows
+    them anyway: `amr_fast.progress`). For
     "dsprites-procedural" and "spiral" src is None.
     """
     if shard_size < 1:

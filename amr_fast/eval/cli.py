@@ -9,7 +9,7 @@ error on the test split, in [-1, 1] pixel units. Each metric appends one JSON li
 run directory (next to the snapshot) and the command prints a table. `amr-fast report` picks the lines up.
 
 Examples:
-    amr-fast eval /work/runs/fmnist-mixup-s0                       # newest snapshot of the run, probe + recon
+    amr-fast eval runs/fm-mixup                                    # newest snapshot of the run, probe + recon
     amr-fast eval runs/demo/snapshot-0000040.000.safetensors --metrics factorvae,betavae,recon
 """
 
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from amr_fast import data as amr_data
+from amr_fast import progress
 from amr_fast.checkpoint import latest_snapshot, load_networks, load_snapshot
 from amr_fast.data.procedural import DSPRITES_STYLES
 from amr_fast.eval import disentangle as dis
@@ -62,6 +63,13 @@ def make_encode(ae: torch.nn.Module, device: torch.device) -> Callable[[torch.Te
         return ae.encode(amr_data.to_unit(x, device)).flatten(1).float().cpu()
 
     return encode
+
+
+def encode_codes(encode: Callable, root: Path, split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, labels) of the first `limit` images of a split (all without a limit), with a progress bar."""
+    total = split_size(root, split, limit)
+    batches = progress.counted(amr_data.eval_loader(root, split, 500), total, f"encoding {split}")
+    return encode_batches(encode, batches, limit)
 
 
 def _split(index: dict, *names: str) -> str:
@@ -101,23 +109,30 @@ def factor_sampler(index: dict, cfg, pool: int, seed: int = 0):
 
 
 def recon_error(ae: torch.nn.Module, cfg, root: Path, split: str, device: torch.device, limit: int | None) -> dict:
-    """Mean |x_rec - x| and (x_rec - x)^2 over a split, pixels in [-1, 1]."""
+    """Mean |x_rec - x| and (x_rec - x)^2 over a split (its first `limit` images), pixels in [-1, 1]."""
     l1 = l2 = 0.0
     n = 0
+    total = split_size(root, split, limit)
     ae.eval()
     with torch.no_grad():
-        for b in amr_data.eval_loader(root, split, 256):
-            x = amr_data.to_unit(b["x"], device)
+        for b in progress.counted(amr_data.eval_loader(root, split, 256), total, f"recon error on {split}"):
+            x = amr_data.to_unit(b["x"][: total - n], device)
             x_rec = decode(ae, ae.encode(x), cfg)
             l1 += float((x_rec - x).abs().sum())
             l2 += float((x_rec - x).square().sum())
             n += len(x)
-            if limit is not None and n >= limit:
+            if n >= total:
                 break
     if n == 0:
         raise ValueError(f"split {split!r} is empty; check --data")
     per = n * int(np.prod(x.shape[1:]))
     return {"l1": l1 / per, "mse": l2 / per, "split": split, "n": n}
+
+
+def split_size(root: Path, split: str, limit: int | None = None) -> int:
+    """Images in a split of the dataset at `root` (at most `limit`)."""
+    size = int(amr_data.load_index(root)["splits"][split]["num_samples"])
+    return size if limit is None else min(size, limit)
 
 
 def _online_probe(meta: dict, out_dir: Path) -> dict:
@@ -155,8 +170,8 @@ class Target:
 def _probe(t: Target) -> dict:
     if int(t.index.get("num_classes") or 0) < 2:
         raise ValueError(f"the dataset {t.index.get('name')!r} has no class labels; drop probe from --metrics")
-    h_tr, y_tr = encode_batches(t.encode, amr_data.eval_loader(t.root, "train", 500), t.limit)
-    h_te, y_te = encode_batches(t.encode, amr_data.eval_loader(t.root, t.test_split, 500), t.limit)
+    h_tr, y_tr = encode_codes(t.encode, t.root, "train", t.limit)
+    h_te, y_te = encode_codes(t.encode, t.root, t.test_split, t.limit)
     res = offline_probe(h_tr, y_tr, h_te, y_te, int(t.index["num_classes"]))
     return {**res, "split": t.test_split, **_online_probe(t.meta, t.out_dir)}
 
@@ -287,7 +302,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data", default=None, help="dataset directory (default: the one in the snapshot's config)")
     parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda:0, ...")
-    parser.add_argument("--limit", type=int, default=None, help="at most this many examples per split (probe, recon)")
+    parser.add_argument("--limit", type=int, default=None, help="score the first N examples of each split (probe, "
+                        "recon; default: all)")  # fmt: skip
     parser.add_argument(
         "--votes",
         type=int,

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from amr_fast import progress
 from amr_fast.data import procedural
 from amr_fast.eval.probe import fit_linear
 
@@ -165,7 +166,7 @@ def _factorvae_votes(
     """n votes (argmin dimension among the active ones, factor) as int64 [n, 2]."""
     votes = np.empty((n, 2), dtype=np.int64)
     idx = torch.nonzero(active).flatten()
-    for v in range(n):
+    for v in progress.bar(range(n), desc="FactorVAE votes", unit="vote"):
         k = int(rng.integers(0, sampler.num_factors))
         z = _codes(encode, sampler.sample_fixed(k, L, rng)) / scale  # [L, D], unit std over the data
         var = z[:, idx].var(dim=0, unbiased=True)
@@ -215,7 +216,7 @@ def factorvae_score(
 
 def _betavae_features(encode: Encode, sampler: FactorSampler, n: int, L: int, rng) -> tuple[torch.Tensor, torch.Tensor]:
     feats, labels = [], []
-    for _ in range(n):
+    for _ in progress.bar(range(n), desc="beta-VAE points", unit="point"):
         k = int(rng.integers(0, sampler.num_factors))
         x1, x2 = sampler.sample_pairs(k, L, rng)
         feats.append((_codes(encode, x1) - _codes(encode, x2)).abs().mean(dim=0))

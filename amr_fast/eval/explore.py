@@ -20,7 +20,7 @@ pixel mixes as JSON data URLs with the decode time; `/api/strip.png?...` the str
 with a one-line JSON error, which the page shows; nothing prints a traceback.
 
 Example:
-    amr-fast explore runs/fm-cutmix/snapshot-000030.016.safetensors --data /work/data/fashion-mnist-32
+    amr-fast explore runs/fm-cutmix/snapshot-000030.016.safetensors --data data/fashion-mnist-32
     amr-fast explore SNAPSHOT --bench 200    # per-update latency (round trips through a local server), then exit
 """
 
@@ -400,7 +400,12 @@ def bench(explorer: Explorer, n: int = 100) -> dict[str, dict[str, float]]:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("snapshot", help="a snapshot-<kimg>.safetensors written by `amr-fast train` (an image model)")
+    parser.add_argument(
+        "snapshot",
+        metavar="RUN_OR_SNAPSHOT",
+        help="a run directory of `amr-fast train` (its newest snapshot) or a "
+        "snapshot-<kimg>.safetensors (an image model)",
+    )
     parser.add_argument("--data", default=None, help="a shard directory (`amr-fast shard`): its images to pick from")
     parser.add_argument("--limit", type=int, default=64, help="how many images of --data to offer")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")

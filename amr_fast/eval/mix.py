@@ -91,7 +91,11 @@ def mix_images(
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("snapshot", help="a snapshot-<kimg>.safetensors written by `amr-fast train`")
+    parser.add_argument(
+        "snapshot",
+        metavar="RUN_OR_SNAPSHOT",
+        help="a run directory of `amr-fast train` (its newest snapshot) or a snapshot-<kimg>.safetensors",
+    )
     parser.add_argument("images", nargs="+", metavar="IMG", help="two or more image files (any size, any PIL format)")
     parser.add_argument("--out", required=True, help="output PNG file")
     parser.add_argument(

@@ -10,7 +10,7 @@ one panel per run of the `spiral-*` presets (their beta values). Runs of `amr-fa
 (`classify_table`: rows mode, columns dataset x test / FGSM error, the Manifold Mixup paper's tables).
 
 Examples:
-    amr-fast report /work/runs/fmnist-* --out results.md --plot docs/curves.png
+    amr-fast report runs/fm-* --out results.md --plot curves.png
     amr-fast report runs/spiral-beta0 runs/spiral-beta1 --spiral docs/spiral.png
 """
 
@@ -158,14 +158,16 @@ def _row_key(label: tuple[str, str, str]) -> tuple:
     )
 
 
-# (column suffix, how to read a run, scale to the printed unit, decimals)
+# (column suffix, how to read a run, scale to the printed unit, decimals, what the legend says of the column)
 COLUMNS = (
-    ("", best_valid, 100.0, 2),
-    (" offline probe", lambda r: metric_value(r, "probe"), 100.0, 2),
-    (" FactorVAE", lambda r: metric_value(r, "factorvae"), 1.0, 2),
-    (" beta-VAE metric", lambda r: metric_value(r, "betavae"), 1.0, 2),
-    (" recon L1", lambda r: metric_value(r, "recon"), 1.0, 3),
-)
+    ("", best_valid, 100.0, 2, "Dataset columns: best validation accuracy of the online linear probe (%)"),
+    (" offline probe", lambda r: metric_value(r, "probe"), 100.0, 2,
+     "'offline probe': test accuracy (%) of a linear classifier fitted on frozen train codes"),
+    (" FactorVAE", lambda r: metric_value(r, "factorvae"), 1.0, 2, "FactorVAE metric: score in [0, 1]"),
+    (" beta-VAE metric", lambda r: metric_value(r, "betavae"), 1.0, 2, "beta-VAE metric: score in [0, 1]"),
+    (" recon L1", lambda r: metric_value(r, "recon"), 1.0, 3,
+     "recon L1: mean |x_rec - x| on the test split, pixels in [-1, 1]"),
+)  # fmt: skip
 
 
 def results_table(runs: list[Run]) -> str:
@@ -176,8 +178,9 @@ def results_table(runs: list[Run]) -> str:
     datasets = list(dict.fromkeys(r.dataset for r in runs))
     cells: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     columns: list[tuple[str, float, int]] = []
+    legend: dict[str, str] = {}  # the legend of each kind of column the table has, in COLUMNS' order
     for ds in datasets:
-        for suffix, read, scale, digits in COLUMNS:
+        for suffix, read, scale, digits, what in COLUMNS:
             got = False
             for r in runs:
                 if r.dataset != ds:
@@ -188,6 +191,7 @@ def results_table(runs: list[Run]) -> str:
                     got = True
             if got or suffix == "":
                 columns.append((ds + suffix, scale, digits))
+                legend[suffix] = what
     seeds = defaultdict(set)
     for r in runs:
         seeds[(r.label, r.dataset)].add(r.cfg.get("seed", 0))
@@ -197,12 +201,9 @@ def results_table(runs: list[Run]) -> str:
     for label in sorted(cells.keys() | {r.label for r in runs}, key=_row_key):
         row = list(label) + [_fmt(cells[label].get(c, []), scale, digits, n_all) for c, scale, digits in columns]
         lines.append("| " + " | ".join(row) + " |")
-    note = (
-        f"Cells: mean ± std over {n_all} seed{'s' if n_all > 1 else ''} ([n] = fewer seeds in that cell). "
-        "Dataset columns: best validation accuracy of the online linear probe (%); 'offline probe': test accuracy "
-        "(%) of a linear classifier fitted on frozen train codes; FactorVAE / beta-VAE metric: score in [0, 1]; "
-        "recon L1: mean |x_rec - x| on the test split, pixels in [-1, 1]."
-    )
+    legend_text = "; ".join(legend[suffix] for suffix, *_ in COLUMNS if suffix in legend)
+    seeds_text = f"{n_all} seed{'s' if n_all > 1 else ''}"
+    note = f"Cells: mean ± std over {seeds_text} ([n] = fewer seeds in that cell). {legend_text}."
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 

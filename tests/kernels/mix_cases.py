@@ -1,7 +1,7 @@
 """Cases shared by the mixing-op tests: inputs of every shape/layout/dtype, and the check of an impl against "ref".
 
 Imported by `test_ops.py` (impl "torch", in-process) and by `triton_cases.py` (impl "triton", run in its own
-process under TRITON_INTERPRET=1). Spec: DESIGN.md "Contract: the mixing ops"; reference: `amr_fast.mixing`.
+process under TRITON_INTERPRET=1). Spec: docs/design.md, "The mixing-op contract"; reference: `amr_fast.mixing`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tests of `amr_fast.kernels` (DESIGN.md "Contract: the mixing ops"): the "torch" impl against the "ref" spec,
+"""Tests of `amr_fast.kernels` (docs/design.md, "The mixing-op contract"): the "torch" impl against the "ref" spec,
 forward and backward, over odd shapes, K = 2..8, layouts and dtypes; dispatch; custom-op registration (opcheck,
 torch.compile); determinism. The "triton" impl runs in its own process: `test_triton.py`."""
 

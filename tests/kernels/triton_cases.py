@@ -1,4 +1,4 @@
-"""The "triton" impl against "ref" (DESIGN.md "Contract: the mixing ops"), run by `test_triton.py` in its own
+"""The "triton" impl against "ref" (docs/design.md, "The mixing-op contract"), run by `test_triton.py` in its own
 process with TRITON_INTERPRET=1 set before triton is imported (the interpreter runs the kernels on CPU tensors,
 about 1 ms per program instance: a few tiny shapes that still cover B = 1 / odd / 64, C = 1 / 2 / odd, K = 2..8,
 trailing dims none / 1-D / 2-D, every layout and dtype). Not collected by a plain `pytest tests` (no test_ prefix).
