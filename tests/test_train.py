@@ -369,14 +369,17 @@ def test_summary_lines_give_probe_recon_factorvae_and_speed():
     probe = {"best_valid_acc": 0.5, "best_kimg": 160.0, "test_acc_at_best": None, "last_valid_acc": 0.48}
     summary = {"run_dir": "r", "snapshot": "s", "samples": "p", "stopped": False, "kimg": 160.0, "time": 300.0,
                "img_per_s": 533.3, "probe": probe, "recon": {"l1": 0.029, "mse": 0.032, "n": 5000, "split": "valid"},
-               "factorvae": {"score": 0.54, "n_train": 200, "n_eval": 200},
+               "factorvae": {"kim-mnih": {"score": 0.54, "n_train": 200, "n_eval": 200, "batch_size": 100},
+                             "amr-public": {"score": 0.61, "n_train": 800, "n_eval": 800, "batch_size": 800}},
                "shape_probes": {"linear": 0.481, "mlp": 0.992, "n_train": 10000, "n_test": 5000,
                                 "num_classes": 3}}  # fmt: skip
     text = "\n".join(train.summary_lines(summary))
     assert "shape probes:    linear 0.481, MLP 0.992 (offline, on the final code: 10000 train -> 5000 valid" in text
     assert "best valid acc 0.5000 at 160.000 kimg, last 0.4800" in text
     assert "recon error:     mean |x_rec - x| 0.0290, MSE 0.0320 (5000 valid images" in text
-    assert "FactorVAE score: 0.540" in text and "training time:   5m00s for 160 kimg, 533 img/s" in text
+    assert "FactorVAE score: 0.540 kim-mnih (Kim & Mnih, all 5 dSprites factors, 200+200 votes of 100" in text
+    assert "FactorVAE score: 0.610 amr-public (the AMR authors' procedure: train accuracy on 800 votes of 800" in text
+    assert "training time:   5m00s for 160 kimg, 533 img/s" in text
 
 
 def test_grid_images_are_spread_over_the_split_with_the_labels_interleaved(shards):
@@ -472,3 +475,16 @@ def test_the_probe_optimiser_takes_its_config_fields(shards, tmp_path, monkeypat
     cfg = tiny(shards, total_kimg=0.016, probe_lr=3e-4, probe_beta1=0.5, probe_beta2=0.99, probe_weight_decay=1e-5)
     train.training_loop(cfg, tmp_path / "run", log=None)
     assert dict(lr=3e-4, betas=(0.5, 0.99), weight_decay=1e-5) in made, made
+
+
+def test_dsprites_summary_scores_factorvae_under_both_protocols(tmp_path):
+    """The run summary of a dSprites run: FactorVAE under kim-mnih and amr-public, with the config's vote counts."""
+    root = make_shards("dsprites-procedural", None, tmp_path / "data", size=64, limit=60, shard_size=60)
+    cfg = TrainConfig(data=str(root), arch="dsprites64", img_size=64, width=8, code_dim=6, num_classes=3,
+                      mixer="none", factorvae_votes=10, factorvae_vote_batch=4).validate()  # fmt: skip
+    ae = build_networks(cfg)["ae"]
+    out = train._factorvae(ae, cfg, root, torch.device("cpu"))
+    assert list(out) == ["kim-mnih", "amr-public"] and ae.training
+    assert (out["kim-mnih"]["n_train"], out["kim-mnih"]["n_eval"], out["kim-mnih"]["batch_size"]) == (10, 10, 4)
+    assert (out["amr-public"]["n_train"], out["amr-public"]["batch_size"]) == (10, 4)
+    assert 0 <= out["amr-public"]["score"] <= 0.8 and 0 <= out["kim-mnih"]["score"] <= 1
