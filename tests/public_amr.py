@@ -4,7 +4,5 @@ or from a worktree /work/wt/iN). Tests that need it skip with a reason when it i
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[1]
-PUBLIC_AMR = next(
-    (p / "shared" / "public-amr" for p in (_ROOT.parent, _ROOT.parent.parent) if (p / "shared" / "public-amr").exists()),
-    _ROOT.parent / "shared" / "public-amr",
-)
+_CANDIDATES = [p / "shared" / "public-amr" for p in (_ROOT.parent, _ROOT.parent.parent)]
+PUBLIC_AMR = next((p for p in _CANDIDATES if p.exists()), _CANDIDATES[0])

@@ -5,7 +5,6 @@ reproducibility)."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch

@@ -5,8 +5,8 @@ frozen codes of the train split and scores it on the test split (the valid split
 as for dSprites), next to the online probe's best validation accuracy recorded during training (tables 1-3);
 `factorvae` / `factorvae-amr-public` / `betavae` score disentanglement against the dSprites factors (table 4;
 `amr_fast.eval.disentangle`: `factorvae` is Kim & Mnih's metric over all five factors with their parameters,
-`factorvae-amr-public` the AMR authors' own procedure, which table 4 used); `recon` is the mean absolute and squared reconstruction
-error on the test split, in [-1, 1] pixel units. Each metric appends one JSON line to `metric-<name>.jsonl` in the
+`factorvae-amr-public` the AMR authors' own procedure, which table 4 used); `recon` is the mean absolute and
+squared reconstruction error on the test split, in [-1, 1] pixel units. Each metric appends one JSON line to `metric-<name>.jsonl` in the
 run directory (next to the snapshot) and the command prints a table. `amr-fast report` picks the lines up.
 
 Examples:
@@ -306,7 +306,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--pool", type=int, default=50000, help="train examples to draw factor-conditioned batches from"
     )
     parser.add_argument(
-        "--vote-batch", type=int, default=None, help="images (pairs) per vote (default: the published 100 kim-mnih, 800 amr-public, 64 beta-VAE)"
+        "--vote-batch",
+        type=int,
+        default=None,
+        help="images (pairs) per vote (default: the published 100 kim-mnih, 800 amr-public, 64 beta-VAE)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the metrics' random draws")
 
