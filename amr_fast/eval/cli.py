@@ -7,7 +7,8 @@ as for dSprites), next to the online probe's best validation accuracy recorded d
 `amr_fast.eval.disentangle`: `factorvae` is Kim & Mnih's metric over all five factors with their parameters,
 `factorvae-amr-public` the AMR authors' own procedure, which table 4 used); `recon` is the mean absolute and
 squared reconstruction error on the test split, in [-1, 1] pixel units. Each metric appends one JSON line to
-`metric-<name>.jsonl` in the run directory (next to the snapshot) and the command prints a table. `amr-fast report` picks the lines up.
+`metric-<name>.jsonl` in the run directory (next to the snapshot) and the command prints a table.
+`amr-fast report` picks the lines up.
 
 Examples:
     amr-fast eval /work/runs/fmnist-mixup-s0                       # newest snapshot of the run, probe + recon
