@@ -40,6 +40,7 @@ DISC_MIXES = ("none", "pixel", "hidden")
 KWAY_SOURCES = ("uniform", "dirichlet")  # amr_fast.mixing.KWAY_SOURCES
 CLASS_UNSUP_MIXERS = ("bernoulli", "mixup", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AE_SCHEDULES = ("global", "per-epoch")
 IMPLS = ("auto", "ref", "torch", "triton")  # amr_fast.kernels.IMPLS (not imported: config must stay torch-free)
 
 
@@ -96,6 +97,10 @@ class TrainConfig:
     batch: int = 64  # global batch (all ranks, all accumulation steps)
     batch_gpu: int = 0  # per-device micro-batch; 0 = batch / world_size (accumulation derived from it)
     ae_every: int = 5  # autoencoder updated every ae_every-th iteration; D and probe every iteration
+    ae_schedule: str = "global"  # "global": iterations counted over the run; "per-epoch": the counter restarts
+    #                               every epoch of epoch_images (the public loop's; the paper presets)
+    epoch_images: int = 0  # > 0: epochs of this many images as the public loader: ceil(epoch_images / batch)
+    #                        batches an epoch, the last one partial (0: no epochs, every batch full)
     # schedule (images, not epochs)
     total_kimg: float = 1000
     tick_kimg: float = 4  # status line + stats.jsonl row
@@ -127,11 +132,12 @@ class TrainConfig:
         _check_choice("class_unsup_mixer", self.class_unsup_mixer, CLASS_UNSUP_MIXERS)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("impl", self.impl, IMPLS)
+        _check_choice("ae_schedule", self.ae_schedule, AE_SCHEDULES)
         for name in ("channels", "width", "code_channels", "code_dim", "mixer_hidden", "batch", "ae_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)}); set {name}=<positive int>")
         for name in ("disc_width", "batch_gpu", "subset", "workers", "seed", "max_nonfinite", "factorvae_votes",
-                     "factorvae_vote_batch"):  # fmt: skip
+                     "factorvae_vote_batch", "epoch_images"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (got {getattr(self, name)})")
         for name in (
@@ -160,6 +166,9 @@ class TrainConfig:
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (got {self.num_classes}); set num_classes=<labels in data>")
         check_skip_limits(self)
+        if self.ae_schedule == "per-epoch" and not self.epoch_images:
+            raise ValueError("ae_schedule=per-epoch needs epochs: set epoch_images=<images per epoch> (or "
+                             "ae_schedule=global)")  # fmt: skip
         if self.batch_gpu and self.batch % self.batch_gpu:
             raise ValueError(
                 f"batch ({self.batch}) must be a multiple of batch_gpu ({self.batch_gpu}); "
@@ -357,6 +366,13 @@ class PresetRow:
     def total_kimg(self) -> float:
         return self.epochs * self.epoch_images / 1000
 
+    @property
+    def schedule(self) -> dict[str, Any]:
+        """The public loop's schedule: its budget, its epochs (a partial last batch each), the AE counter
+        restarting every epoch (swapgan.py's `iter`) and the online probe scored once per epoch (its valid loop)."""
+        return dict(total_kimg=self.total_kimg, epoch_images=self.epoch_images, ae_schedule="per-epoch",
+                    probe_kimg=self.epoch_images / 1000)  # fmt: skip
+
 
 _METHODS: dict[str, dict[str, Any]] = {
     "aegan": dict(method="amr", mixer="none"),
@@ -480,14 +496,14 @@ def _build_presets() -> tuple[dict[str, TrainConfig], dict[str, PresetRow]]:
                 epochs=epochs,
                 epoch_images=epoch_images,
             )
-            p[name] = replace(base, k=k, lamb=float(lamb), total_kimg=row.total_kimg, **_METHODS[method], **extra)
+            p[name] = replace(base, k=k, lamb=float(lamb), **row.schedule, **_METHODS[method], **extra)
             rows[name] = row
     for name, lamb, script, epochs, epoch_images, why in _EXTRA:
         parts = name.split("-")  # <prefix>-<method>[-k<k>]
         k = int(parts.pop()[1:]) if parts[-1].startswith("k") else 2
         method, prefix = parts.pop(), "-".join(parts)
         row = PresetRow(row=f"not in the tables ({why})", script=script, epochs=epochs, epoch_images=epoch_images)
-        p[name] = replace(bases[prefix], k=k, lamb=float(lamb), total_kimg=row.total_kimg, **_METHODS[method])
+        p[name] = replace(bases[prefix], k=k, lamb=float(lamb), **row.schedule, **_METHODS[method])
         rows[name] = row
     # This machine: Fashion-MNIST resized to 32x32 (`amr-fast shard`), 32-dim code; pass data=DIR. A short budget,
     # so the probe learns faster than the paper's (lr 1e-3, Adam's default betas, no weight decay).

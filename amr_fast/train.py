@@ -224,23 +224,24 @@ def training_loop(
         f"{run.world} process(es) on {run.device}, batch {cfg.batch} = {run.world} x {batch_gpu} x {accum} "
         f"accumulation, precision {run.accelerator.mixed_precision}, data {root}, {cfg.total_kimg} kimg"
     )
-    stop = False
+    stop, probe_row, eval_cache = False, {}, {}
     with run:  # SIGTERM / SIGINT set run.stop_requested; the flag rides on the step's all-reduce
         while not run.finished:
             parts.loss_scale = s.loss_scale
-            batches = [next(data_iter) for _ in range(accum)]
-            status, stop, reported = train_iteration(parts, batches, s.it % cfg.ae_every == 0, run.stop_requested)
+            update_ae, images = schedule(cfg, s.it)
+            batches = partial_batch([next(data_iter) for _ in range(accum)], images, cfg.batch, run.rank, run.world)
+            status, stop, reported = train_iteration(parts, batches, update_ae, run.stop_requested)
             run.count_step(status, "losses/gradients")
             for name, value in (kv for r in reported for kv in r.items()) if status == "ok" else ():
                 stats.report(name, value)
-            s.it, s.nimg = s.it + 1, s.nimg + cfg.batch
+            s.it, s.nimg = s.it + 1, s.nimg + images
 
-            if run.finished or due(s.tick_nimg, s.nimg, cfg.tick_kimg):  # a tick: probe, stats, snapshot, state
+            if probe_split and (run.finished or due(s.nimg - images, s.nimg, cfg.probe_kimg)):
+                with run.not_training():  # img/s counts training only; the rest is sec/eval
+                    probe_row = _probe_figures(run, parts, root, "test" in splits, eval_cache)
+            if run.finished or due(s.tick_nimg, s.nimg, cfg.tick_kimg):  # a tick: stats, snapshot, state
                 prev, done = s.tick_nimg, run.finished
-                row = {"it": s.it}
-                if probe_split and (done or due(prev, s.nimg, cfg.probe_kimg)):
-                    with run.not_training():  # img/s counts training only; the rest is sec/eval
-                        row.update(_probe_figures(run, parts, root, "test" in splits, batch_gpu))
+                row, probe_row = {"it": s.it, **probe_row}, {}
                 run.tick(row)
                 if done or due(prev, s.nimg, cfg.snapshot_kimg):
                     with run.not_training():
@@ -328,18 +329,64 @@ def grid_images(root: Path, split: str, num_samples: int, n: int = 8) -> tuple[t
     return torch.stack([xs[i] for i in order]), torch.tensor([ys[i] for i in order])
 
 
+def schedule(cfg: TrainConfig, it: int) -> tuple[bool, int]:
+    """(update the autoencoder at iteration `it` (0-based), images that iteration trains on). Without epochs
+    (epoch_images = 0) every batch is full and the AE counter is global: it % ae_every == 0. With epochs of
+    epoch_images images, as the public loader: ceil(epoch_images / batch) batches an epoch, the last one partial;
+    ae_schedule=per-epoch restarts the AE counter every epoch, as the public loop's `iter` (so the AE also
+    updates on an epoch's first batch)."""
+    if not cfg.epoch_images:
+        return it % cfg.ae_every == 0, cfg.batch
+    per_epoch = -(-cfg.epoch_images // cfg.batch)
+    j = it % per_epoch
+    images = cfg.epoch_images - j * cfg.batch if j == per_epoch - 1 else cfg.batch
+    return (j if cfg.ae_schedule == "per-epoch" else it) % cfg.ae_every == 0, images
+
+
+def partial_batch(batches: list[dict], images: int, batch: int, rank: int, world: int) -> list[dict]:
+    """This rank's micro-batches cut to a global batch of `images` (< batch: an epoch's partial last batch),
+    spread evenly over all ranks' micro-batches (sizes differ by at most one); empty ones are dropped."""
+    if images >= batch:
+        return batches
+    n, first = world * len(batches), rank * len(batches)
+    sizes = [images // n + (first + j < images % n) for j in range(len(batches))]
+    return [{key: v[:m] for key, v in b.items()} for b, m in zip(batches, sizes) if m > 0]
+
+
+EVAL_CACHE_BYTES = 1 << 30  # eval splits up to this size stay on the device between probe evaluations
+
+
+def _eval_batches(root: Path, split: str, device, rank: int, world_size: int, cache: dict | None):
+    """This rank's share of `split` as device batches (uint8 images, labels) of 1024. With `cache` (a dict the
+    loop keeps), a split of at most EVAL_CACHE_BYTES is read from its shards once and kept on the device: the
+    per-epoch probe of the paper presets then costs the encoder's forward pass only."""
+    if cache is not None and split in cache:
+        yield from cache[split]
+        return
+    kept, size = [], 0
+    for b in amr_data.eval_loader(root, split, 1024, rank=rank, world_size=world_size):
+        xy = (b["x"].to(device, non_blocking=True), b["y"].to(device, non_blocking=True))
+        size += xy[0].numel() * xy[0].element_size()
+        if kept is not None and size <= EVAL_CACHE_BYTES:
+            kept.append(xy)
+        else:
+            kept = None
+        yield xy
+    if cache is not None and kept is not None:
+        cache[split] = kept
+
+
 @torch.no_grad()
-def probe_accuracy(ae, probe, root: Path, split: str, batch: int, device, rank: int, world_size: int, autocast):
+def probe_accuracy(ae, probe, root: Path, split: str, device, rank: int, world_size: int, autocast, cache=None):
     """Exact accuracy of the online probe on a whole split: each rank classifies its share, counts are summed."""
     was_training = ae.training
     ae.eval()
     probe.eval()
     counts = torch.zeros(2, dtype=torch.float64, device=device)  # correct, total
-    for b in amr_data.eval_loader(root, split, batch, rank=rank, world_size=world_size):
-        x, y = to_device_batch(b, device, False)
+    for x, y in _eval_batches(root, split, device, rank, world_size, cache):
         with autocast():
-            logits = probe(ae.encode(x).flatten(1))
-        counts[0] += (logits.argmax(dim=1) == y).sum()
+            logits = probe(ae.encode(amr_data.to_unit(x, device)).flatten(1))
+        counts[0] += (logits.argmax(dim=1) == y.long()).sum()
         counts[1] += y.numel()
     if world_size > 1:
         dist.all_reduce(counts)
@@ -349,15 +396,15 @@ def probe_accuracy(ae, probe, root: Path, split: str, batch: int, device, rank: 
     return correct / total if total else math.nan
 
 
-def _probe_figures(run: Run, parts: Parts, root: Path, has_test: bool, batch_gpu: int) -> dict:
+def _probe_figures(run: Run, parts: Parts, root: Path, has_test: bool, cache: dict) -> dict:
     """The online probe's validation accuracy, and its test accuracy whenever validation improves (stats keys)."""
     s = run.state
-    args = (root, "valid", batch_gpu, run.device, run.rank, run.world, parts.autocast)
-    s.valid_acc = probe_accuracy(parts.ae, parts.probe, *args)
+    args = (run.device, run.rank, run.world, parts.autocast, cache)
+    s.valid_acc = probe_accuracy(parts.ae, parts.probe, root, "valid", *args)
     if s.best_valid_acc is None or s.valid_acc > s.best_valid_acc:
         s.best_valid_acc, s.best_kimg = s.valid_acc, s.nimg / 1000
         if has_test:
-            s.test_acc_at_best = probe_accuracy(parts.ae, parts.probe, root, "test", *args[2:])
+            s.test_acc_at_best = probe_accuracy(parts.ae, parts.probe, root, "test", *args)
     return {
         "probe/valid_acc": s.valid_acc,
         "probe/best_valid_acc": s.best_valid_acc,

@@ -488,3 +488,71 @@ def test_dsprites_summary_scores_factorvae_under_both_protocols(tmp_path):
     assert (out["kim-mnih"]["n_train"], out["kim-mnih"]["n_eval"], out["kim-mnih"]["batch_size"]) == (10, 10, 4)
     assert (out["amr-public"]["n_train"], out["amr-public"]["batch_size"]) == (10, 4)
     assert 0 <= out["amr-public"]["score"] <= 0.8 and 0 <= out["kim-mnih"]["score"] <= 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The public loop's epochs: its AE counter and its partial last batch.
+
+
+def _public_loop(epochs: int, n: int, batch: int, every: int) -> list[tuple[bool, int]]:
+    """(G updated, images) per iteration by the public code's rule, written from its files: models/base.py lines
+    40-50 run `for epoch ...: for b, batch in enumerate(itr_train): train_on_instance(..., iter=b+1)` (the counter
+    restarts every epoch); task_launcher.py lines 573-576 build that loader with batch_size and shuffle only
+    (drop_last False: ceil(n / batch) batches, the last one partial); models/swapgan.py line 263 steps G when
+    `(kwargs['iter']-1) % self.update_g_every == 0`."""
+    out = []
+    for _ in range(epochs):
+        for b, start in enumerate(range(0, n, batch)):
+            it = b + 1
+            out.append(((it - 1) % every == 0, min(batch, n - start)))
+    return out
+
+
+def _our_loop(cfg: TrainConfig) -> list[tuple[bool, int]]:
+    """(AE updated, images) per iteration of our loop: train.schedule until the run's budget is trained on."""
+    out, nimg = [], 0
+    while nimg < round(cfg.total_kimg * 1000):
+        out.append(train.schedule(cfg, len(out)))
+        nimg += out[-1][1]
+    return out
+
+
+def test_paper_presets_follow_the_public_ae_counter_to_the_step():
+    """SVHN(1k): 16 batches an epoch (the last of 40 images), AE steps at iter 1, 6, 11, 16: 4 an epoch, 24,000 in
+    6,000 epochs (a global counter: 19,200 of the same 96,000 iterations; full batches only: 18,750 of 93,750)."""
+    cfg = PRESETS["svhn32-1k-mixup"]
+    ours, public = _our_loop(cfg), _public_loop(6000, 1000, 64, 5)
+    assert ours == public and len(ours) == 96_000 and sum(u for u, _ in ours) == 24_000
+    assert sum(train.schedule(dataclasses.replace(cfg, ae_schedule="global"), i)[0] for i in range(96_000)) == 19_200
+    # every paper preset: the same rule, its own epoch size (a few epochs of each, to keep the test short)
+    for name in ("mnist-mixup", "svhn32-mixup", "cifar10-256-acai", "dsprites-bernoulli-k3", "svhn32-5k-mixup-k3"):
+        cfg = PRESETS[name]
+        short = dataclasses.replace(cfg, total_kimg=3 * cfg.epoch_images / 1000)
+        assert cfg.ae_schedule == "per-epoch" and cfg.probe_kimg == cfg.epoch_images / 1000
+        assert _our_loop(short) == _public_loop(3, cfg.epoch_images, cfg.batch, cfg.ae_every), name
+
+
+@pytest.mark.parametrize("world,accum", [(1, 1), (2, 1), (2, 3)])
+def test_partial_batch_spreads_the_last_batch_over_every_micro_batch(world, accum):
+    batch = 24
+    for images in (24, 23, 7, 5, 1):
+        per_rank = [
+            train.partial_batch(
+                [{"x": torch.arange(batch // (world * accum))} for _ in range(accum)], images, batch, rank, world
+            )  # fmt: skip
+            for rank in range(world)
+        ]
+        sizes = [len(b["x"]) for bs in per_rank for b in bs]
+        assert sum(sizes) == images and max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+
+
+def test_epochs_train_on_partial_last_batches(shards, tmp_path):
+    """epoch_images = 40 with batch 16: iterations of 16, 16, 8 images; two epochs are 6 iterations, 80 images."""
+    cfg = tiny(shards, epoch_images=40, ae_schedule="per-epoch", total_kimg=0.08, tick_kimg=0.04, probe_kimg=0.04,
+               batch=16, snapshot_kimg=1, state_kimg=1)  # fmt: skip
+    summary = train.training_loop(cfg, tmp_path / "run", log=None)
+    rows = stats.read_jsonl(tmp_path / "run" / "stats.jsonl")
+    assert [(r["it"], r["nimg"]) for r in rows] == [(3, 40), (6, 80)] and summary["kimg"] == 0.08
+    assert all(r["probe/valid_acc"] is not None for r in rows)
+    with pytest.raises(ValueError, match="ae_schedule=per-epoch needs epochs: set epoch_images"):
+        tiny(shards, ae_schedule="per-epoch")
