@@ -377,15 +377,17 @@ def _eval_batches(root: Path, split: str, device, rank: int, world_size: int, ca
 
 
 @torch.no_grad()
-def probe_accuracy(ae, probe, root: Path, split: str, device, rank: int, world_size: int, autocast, cache=None):
+def probe_accuracy(ae, probe, root: Path, split: str, device, rank: int, world_size: int, autocast, cache=None,
+                   channels_last: bool = False):  # fmt: skip
     """Exact accuracy of the online probe on a whole split: each rank classifies its share, counts are summed."""
     was_training = ae.training
     ae.eval()
     probe.eval()
     counts = torch.zeros(2, dtype=torch.float64, device=device)  # correct, total
     for x, y in _eval_batches(root, split, device, rank, world_size, cache):
+        x = amr_data.to_unit(x, device)
         with autocast():
-            logits = probe(ae.encode(amr_data.to_unit(x, device)).flatten(1))
+            logits = probe(ae.encode(to_channels_last(x) if channels_last else x).flatten(1))
         counts[0] += (logits.argmax(dim=1) == y.long()).sum()
         counts[1] += y.numel()
     if world_size > 1:
@@ -399,7 +401,7 @@ def probe_accuracy(ae, probe, root: Path, split: str, device, rank: int, world_s
 def _probe_figures(run: Run, parts: Parts, root: Path, has_test: bool, cache: dict) -> dict:
     """The online probe's validation accuracy, and its test accuracy whenever validation improves (stats keys)."""
     s = run.state
-    args = (run.device, run.rank, run.world, parts.autocast, cache)
+    args = (run.device, run.rank, run.world, parts.autocast, cache, parts.channels_last)
     s.valid_acc = probe_accuracy(parts.ae, parts.probe, root, "valid", *args)
     if s.best_valid_acc is None or s.valid_acc > s.best_valid_acc:
         s.best_valid_acc, s.best_kimg = s.valid_acc, s.nimg / 1000
