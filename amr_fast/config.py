@@ -361,6 +361,7 @@ class PresetRow:
     script: str  # the public code's script, e.g. "exps/mnist/mixup_lamb10.sh"
     epochs: int  # the script's --epochs
     epoch_images: int  # images per epoch of the split the public code trains on
+    note: str = ""  # where the preset had to infer what the public code does not contain
 
     @property
     def total_kimg(self) -> float:
@@ -439,6 +440,14 @@ _EXTRA: list[tuple[str, float, str, int, int, str]] = [
 ]  # fmt: skip
 
 
+# Rows whose network the public code does not hold: their scripts name a file that is not in it.
+_INFERRED = {
+    "cifar10-1024": "network inferred: the scripts name architectures/arch_acai_kyle_1024.py, which the public code "
+    "lacks; ours is arch_acai_kyle_256.py with a 64 x 4 x 4 bottleneck (1,024 dims, the probe's n_in) and D's last "
+    "conv to 64 maps, as that file's pattern",
+}
+
+
 def _script(folder: str, method: str, k: int, lamb: float) -> str:
     if folder == "dsprite":
         name = {"betavae": "bvae_beta100", "aegan": "baseline_lamb1"}.get(method)
@@ -495,6 +504,7 @@ def _build_presets() -> tuple[dict[str, TrainConfig], dict[str, PresetRow]]:
                 script=_script(folder, method, k, lamb),
                 epochs=epochs,
                 epoch_images=epoch_images,
+                note=_INFERRED.get(prefix, ""),
             )
             p[name] = replace(base, k=k, lamb=float(lamb), **row.schedule, **_METHODS[method], **extra)
             rows[name] = row
@@ -580,7 +590,7 @@ def preset_line(name: str) -> str:
         return f"{name:<24} {'this machine: ' + what:<52} lambda {cfg.lamb:<4g} {cfg.total_kimg:>9g} kimg ({where})"
     return (
         f"{name:<24} {row.row:<52} lambda {cfg.lamb:<4g} {cfg.total_kimg:>9g} kimg = {row.epochs} epochs x "
-        f"{row.epoch_images:,} ({row.script})"
+        f"{row.epoch_images:,} ({row.script})" + (f" [{row.note}]" if row.note else "")
     )
 
 
