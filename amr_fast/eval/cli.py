@@ -5,7 +5,7 @@ frozen codes of the train split and scores it on the test split (the valid split
 as for dSprites), next to the online probe's best validation accuracy recorded during training (tables 1-3);
 `factorvae` / `factorvae-amr-public` / `betavae` score disentanglement against the dSprites factors (table 4;
 `amr_fast.eval.disentangle`: `factorvae` is Kim & Mnih's metric over all five factors with their parameters,
-`factorvae-amr-public` the AMR authors' own procedure, which table 4 used); `recon` is the mean absolute and
+`factorvae-amr-public` the AMR authors' own procedure, presumably table 4's); `recon` is the mean absolute and
 squared reconstruction error on the test split, in [-1, 1] pixel units. Each metric appends one JSON line to
 `metric-<name>.jsonl` in the run directory (next to the snapshot) and the command prints a table.
 `amr-fast report` picks the lines up.

@@ -13,8 +13,8 @@
     dimension is divided by its own std, hence the score is invariant to rescaling code dimensions by any factors
     within a 10^6 range). ALL FIVE dSprites factors (shape, scale, orientation, posX, posY) are voted on and
     credited: a perfect code scores 1.0; chance is 1/5 = 0.2.
-  - `amr-public` (`factorvae_public_score`): the AMR authors' procedure, the one behind table 4. For every factor
-    in turn, n_votes / F votes (160 of 800 for dSprites' five), each fixing that factor at a uniformly drawn value
+  - `amr-public` (`factorvae_public_score`): the AMR authors' procedure (their code's only FactorVAE, presumably
+    table 4's). For every factor in turn, n_votes / F votes (160 of 800 for dSprites' five), each fixing that factor at a uniformly drawn value
     and encoding L = 800 images; every code dimension is divided by its (population) std over all the vote images
     together (no separate sample, no pruning: a constant dimension divides to NaN and numpy's argmin picks it);
     the vote is the argmin of the (population) variances. The score is the *training* accuracy of the factor ->
