@@ -14,14 +14,14 @@
     within a 10^6 range). ALL FIVE dSprites factors (shape, scale, orientation, posX, posY) are voted on and
     credited: a perfect code scores 1.0; chance is 1/5 = 0.2.
   - `amr-public` (`factorvae_public_score`): the AMR authors' procedure (their code's only FactorVAE, presumably
-    table 4's). For every factor in turn, n_votes / F votes (160 of 800 for dSprites' five), each fixing that factor at a uniformly drawn value
-    and encoding L = 800 images; every code dimension is divided by its (population) std over all the vote images
-    together (no separate sample, no pruning: a constant dimension divides to NaN and numpy's argmin picks it);
-    the vote is the argmin of the (population) variances. The score is the *training* accuracy of the factor ->
-    most voted dimension rule on those same votes, summed over the factors but the last (the public loop credits
-    `range(max label)`: no posY vote ever counts), over all votes: a perfect code scores (F - 1) / F = 0.8. Draws
-    use numpy's legacy generator (`RandomState(seed)`, as the public code's `np.random`): a fixed value per vote,
-    then the sampler's draws of the other factors.
+    table 4's). For every factor in turn, n_votes / F votes (160 of 800 for dSprites' five), each fixing that factor
+    at a uniformly drawn value and encoding L = 800 images; every code dimension is divided by its (population) std
+    over all the vote images together (no separate sample, no pruning: a constant dimension divides to NaN and
+    numpy's argmin picks it); the vote is the argmin of the (population) variances. The score is the *training*
+    accuracy of the factor -> most voted dimension rule on those same votes, summed over the factors but the last
+    (the public loop credits `range(max label)`: no posY vote ever counts), over all votes: a perfect code scores
+    (F - 1) / F = 0.8. Draws use numpy's legacy generator (`RandomState(seed)`, as the public code's `np.random`): a
+    fixed value per vote, then the sampler's draws of the other factors.
 - `betavae_score`: Higgins et al., "beta-VAE" (ICLR 2017), section 3: each vote draws L pairs of images sharing
   factor k, and the feature is the mean absolute difference of their codes; a linear (logistic regression)
   classifier predicts k from it; the score is its held-out accuracy. Defaults as disentanglement_lib: L = 64,
