@@ -531,11 +531,12 @@ def _build_presets() -> tuple[dict[str, TrainConfig], dict[str, PresetRow]]:
         ("spatial-bernoulli", 2),
     ):  # the last three: beyond the papers
         p[f"fashion-mnist-{method}" + (f"-k{k}" if k > 2 else "")] = replace(fmnist, k=k, **_METHODS[method])
-    # The 2-D spiral toy (the AMR supplement): points [B, 2] (channels=2, img_size=1), MLP autoencoder, 2-dim code;
-    # "consistency" adds beta |enc(x_mix) - h_mix|_1.
+    # The 2-D spiral toy (the AMR supplement, figure 12): points [B, 2] (channels=2, img_size=1), MLP autoencoder,
+    # 2-dim code; "consistency" adds beta |enc(x_mix) - h_mix|_1. Budget: the supplement's 100 epochs of the 10,000
+    # training points (it names no network, optimiser or lambda for the toy; no public code has it).
     spiral = TrainConfig(data="builtin:spiral", arch="mlp", img_size=1, channels=2, width=128, code_dim=2,
                          num_classes=2, recon="l2", lamb=10.0, batch=64, weight_decay=0.0, ae_every=1,
-                         total_kimg=200, tick_kimg=4, snapshot_kimg=50, state_kimg=50, probe_kimg=20)  # fmt: skip
+                         total_kimg=1000, tick_kimg=50, snapshot_kimg=250, state_kimg=250, probe_kimg=20)  # fmt: skip
     p["spiral-aegan"] = replace(spiral, **_METHODS["aegan"])
     p["spiral-mixup"] = replace(spiral, **_METHODS["mixup"])
     p["spiral-mixup-consistency"] = replace(p["spiral-mixup"], beta=1.0)
