@@ -56,6 +56,7 @@ from amr_fast.precision import default_device_type, keep_freed_memory, precision
 RESUMABLE_FIELDS = (
     "total_kimg", "tick_kimg", "snapshot_kimg", "state_kimg", "probe_kimg", "eval_kimg", "fgsm_kimg", "eval_batch",
     "compile", "max_skipped", "skip_window", "channels_last", "workers",
+    "factorvae_votes", "factorvae_vote_batch",
 )  # fmt: skip
 FP16_INITIAL_SCALE = 2.0**15  # fp16 dynamic loss scaling: the first scale,
 FP16_MAX_SCALE = 2.0**24  # its ceiling,

@@ -308,3 +308,14 @@ def test_list_presets_line_shows_row_lambda_and_budget():
     assert "exps/mnist/baseline_lamb5.sh" in line
     assert "not in the tables" in preset_line("mnist-bernoulli-k3")
     assert "this machine" in preset_line("demo")
+
+
+def test_cifar10_1024_presets_say_their_network_is_inferred():
+    """The CIFAR10 (1024) scripts name a network file the public code lacks (../shared/public-amr/amr/exps/
+    cifar10_1024/mixup_lamb50.sh line 8: --arch=architectures/arch_acai_kyle_1024.py; line 23 sets the probe's
+    n_in 1024): --list-presets says ours is an inference; no other row carries a note."""
+    from amr_fast.config import PRESET_ROWS, preset_line
+
+    inferred = [name for name in PRESET_ROWS if "network inferred" in preset_line(name)]
+    assert inferred == [name for name in PRESET_ROWS if name.startswith("cifar10-1024")] and len(inferred) == 8
+    assert all(PRESETS[name].code_channels * 16 == 1024 for name in inferred)

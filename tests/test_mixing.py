@@ -5,10 +5,10 @@ reproducibility)."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from public_amr import PUBLIC_AMR
 
 from amr_fast import mixing
 
@@ -138,18 +138,6 @@ def test_samplers_are_reproducible_with_a_seeded_generator():
     for draw in draws:
         assert torch.equal(draw(gen(1)), draw(gen(1)))
         assert not torch.equal(draw(gen(1)), draw(gen(2)))
-
-
-# The authors' AMR code beside the checkout (../shared/public-amr from /work/main or a worktree /work/wt/iN).
-_ROOT = Path(__file__).resolve().parents[1]
-PUBLIC_AMR = next(
-    (
-        p / "shared" / "public-amr"
-        for p in (_ROOT.parent, _ROOT.parent.parent)
-        if (p / "shared" / "public-amr").exists()
-    ),
-    _ROOT.parent / "shared" / "public-amr",
-)
 
 
 def _share_sd(m: torch.Tensor) -> float:

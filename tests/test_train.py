@@ -389,14 +389,17 @@ def test_summary_lines_give_probe_recon_factorvae_and_speed():
     probe = {"best_valid_acc": 0.5, "best_kimg": 160.0, "test_acc_at_best": None, "last_valid_acc": 0.48}
     summary = {"run_dir": "r", "snapshot": "s", "samples": "p", "stopped": False, "kimg": 160.0, "time": 300.0,
                "img_per_s": 533.3, "probe": probe, "recon": {"l1": 0.029, "mse": 0.032, "n": 5000, "split": "valid"},
-               "factorvae": {"score": 0.54, "n_train": 200, "n_eval": 200},
+               "factorvae": {"kim-mnih": {"score": 0.54, "n_train": 200, "n_eval": 200, "batch_size": 100},
+                             "amr-public": {"score": 0.61, "n_train": 800, "n_eval": 800, "batch_size": 800}},
                "shape_probes": {"linear": 0.481, "mlp": 0.992, "n_train": 10000, "n_test": 5000,
                                 "num_classes": 3}}  # fmt: skip
     text = "\n".join(train.summary_lines(summary))
     assert "shape probes:    linear 0.481, MLP 0.992 (offline, on the final code: 10000 train -> 5000 valid" in text
     assert "best valid acc 0.5000 at 160.000 kimg, last 0.4800" in text
     assert "recon error:     mean |x_rec - x| 0.0290, MSE 0.0320 (5000 valid images" in text
-    assert "FactorVAE score: 0.540" in text and "training time:   5m00s for 160 kimg, 533 img/s" in text
+    assert "FactorVAE score: 0.540 kim-mnih (Kim & Mnih, all 5 dSprites factors, 200+200 votes of 100" in text
+    assert "FactorVAE score: 0.610 amr-public (the AMR authors' procedure: train accuracy on 800 votes of 800" in text
+    assert "training time:   5m00s for 160 kimg, 533 img/s" in text
 
 
 def test_grid_images_are_spread_over_the_split_with_the_labels_interleaved(shards):
@@ -492,3 +495,84 @@ def test_the_probe_optimiser_takes_its_config_fields(shards, tmp_path, monkeypat
     cfg = tiny(shards, total_kimg=0.016, probe_lr=3e-4, probe_beta1=0.5, probe_beta2=0.99, probe_weight_decay=1e-5)
     train.training_loop(cfg, tmp_path / "run", log=None)
     assert dict(lr=3e-4, betas=(0.5, 0.99), weight_decay=1e-5, fused=None) in made, made  # fused: on CUDA only
+
+
+def test_dsprites_summary_scores_factorvae_under_both_protocols(tmp_path):
+    """The run summary of a dSprites run: FactorVAE under kim-mnih and amr-public, with the config's vote counts."""
+    root = make_shards("dsprites-procedural", None, tmp_path / "data", size=64, limit=60, shard_size=60)
+    cfg = TrainConfig(data=str(root), arch="dsprites64", img_size=64, width=8, code_dim=6, num_classes=3,
+                      mixer="none", factorvae_votes=10, factorvae_vote_batch=4).validate()  # fmt: skip
+    ae = build_networks(cfg)["ae"]
+    out = train._factorvae(ae, cfg, root, torch.device("cpu"))
+    assert list(out) == ["kim-mnih", "amr-public"] and ae.training
+    assert (out["kim-mnih"]["n_train"], out["kim-mnih"]["n_eval"], out["kim-mnih"]["batch_size"]) == (10, 10, 4)
+    assert (out["amr-public"]["n_train"], out["amr-public"]["batch_size"]) == (10, 4)
+    assert 0 <= out["amr-public"]["score"] <= 0.8 and 0 <= out["kim-mnih"]["score"] <= 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The public loop's epochs: its AE counter and its partial last batch.
+
+
+def _public_loop(epochs: int, n: int, batch: int, every: int) -> list[tuple[bool, int]]:
+    """(G updated, images) per iteration by the public code's rule, written from its files: models/base.py lines
+    40-50 run `for epoch ...: for b, batch in enumerate(itr_train): train_on_instance(..., iter=b+1)` (the counter
+    restarts every epoch); task_launcher.py lines 573-576 build that loader with batch_size and shuffle only
+    (drop_last False: ceil(n / batch) batches, the last one partial); models/swapgan.py line 263 steps G when
+    `(kwargs['iter']-1) % self.update_g_every == 0`."""
+    out = []
+    for _ in range(epochs):
+        for b, start in enumerate(range(0, n, batch)):
+            it = b + 1
+            out.append(((it - 1) % every == 0, min(batch, n - start)))
+    return out
+
+
+def _our_loop(cfg: TrainConfig) -> list[tuple[bool, int]]:
+    """(AE updated, images) per iteration of our loop: train.schedule until the run's budget is trained on."""
+    out, nimg = [], 0
+    while nimg < round(cfg.total_kimg * 1000):
+        out.append(train.schedule(cfg, len(out)))
+        nimg += out[-1][1]
+    return out
+
+
+def test_paper_presets_follow_the_public_ae_counter_to_the_step():
+    """SVHN(1k): 16 batches an epoch (the last of 40 images), AE steps at iter 1, 6, 11, 16: 4 an epoch, 24,000 in
+    6,000 epochs (a global counter: 19,200 of the same 96,000 iterations; full batches only: 18,750 of 93,750)."""
+    cfg = PRESETS["svhn32-1k-mixup"]
+    ours, public = _our_loop(cfg), _public_loop(6000, 1000, 64, 5)
+    assert ours == public and len(ours) == 96_000 and sum(u for u, _ in ours) == 24_000
+    assert sum(train.schedule(dataclasses.replace(cfg, ae_schedule="global"), i)[0] for i in range(96_000)) == 19_200
+    # every paper preset: the same rule, its own epoch size (a few epochs of each, to keep the test short)
+    for name in ("mnist-mixup", "svhn32-mixup", "cifar10-256-acai", "dsprites-bernoulli-k3", "svhn32-5k-mixup-k3"):
+        cfg = PRESETS[name]
+        short = dataclasses.replace(cfg, total_kimg=3 * cfg.epoch_images / 1000)
+        assert cfg.ae_schedule == "per-epoch" and cfg.probe_kimg == cfg.epoch_images / 1000
+        assert _our_loop(short) == _public_loop(3, cfg.epoch_images, cfg.batch, cfg.ae_every), name
+
+
+@pytest.mark.parametrize("world,accum", [(1, 1), (2, 1), (2, 3)])
+def test_partial_batch_keeps_equal_micro_batches_on_every_rank(world, accum):
+    """The partial last batch: exact in one process; rounded down to a multiple of world x accum otherwise, every
+    micro-batch the same size (the codes are gathered across ranks), never empty."""
+    batch = 24
+    for images in (24, 23, 7, 5, 1):
+        kept = train.partial_batch([{"x": torch.arange(batch // (world * accum))} for _ in range(accum)], images,
+                                   batch, world)  # fmt: skip
+        sizes = {len(b["x"]) for b in kept}
+        n = world * accum
+        assert len(kept) == accum and sizes == {batch // n if images == batch else max(1, images // n)}
+        assert world * sum(len(b["x"]) for b in kept) == (images if n == 1 else n * max(1, images // n))
+
+
+def test_epochs_train_on_partial_last_batches(shards, tmp_path):
+    """epoch_images = 40 with batch 16: iterations of 16, 16, 8 images; two epochs are 6 iterations, 80 images."""
+    cfg = tiny(shards, epoch_images=40, ae_schedule="per-epoch", total_kimg=0.08, tick_kimg=0.04, probe_kimg=0.04,
+               batch=16, snapshot_kimg=1, state_kimg=1)  # fmt: skip
+    summary = train.training_loop(cfg, tmp_path / "run", log=None)
+    rows = stats.read_jsonl(tmp_path / "run" / "stats.jsonl")
+    assert [(r["it"], r["nimg"]) for r in rows] == [(3, 40), (6, 80)] and summary["kimg"] == 0.08
+    assert all(r["probe/valid_acc"] is not None for r in rows)
+    with pytest.raises(ValueError, match="ae_schedule=per-epoch needs epochs: set epoch_images"):
+        tiny(shards, ae_schedule="per-epoch")

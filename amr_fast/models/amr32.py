@@ -11,6 +11,9 @@ Quirks of the public code (architectures/arch_kyle.py) and what we did with each
   computation the tables were produced with, so it stays (and the speed comparison stays like for like).
 - KEPT: LeakyReLU slope 0.01 (torch's default), although the initialiser assumes 0.2.
 - KEPT: D's 1x1 stem is not spectrally normalised (only the 3x3 convs are).
+- KEPT: D's spectrally normalised layers keep PyTorch's default init (uniform weights and biases): the public
+  initialiser tests `hasattr(layer, 'weight')`, which is False on its SpectralNorm wrapper (the weight lives on
+  the wrapped conv as `weight_bar`), so only D's stem gets the ACAI init there. The ACGAN head does the same.
 - FIXED: the initialiser's fan-in used `prod(weight.shape[:-1])` = out*in*kh instead of in*kh*kw (weights ~sqrt(
   out/kw) too small); we use std = 1 / sqrt((1 + 0.2^2) * in*kh*kw).
 - FIXED: that initialiser also drew the InstanceNorm scales from N(0, ~1) (it touched every layer with a
@@ -102,7 +105,7 @@ class AMR32Discriminator(Discriminator):
         blocks, out = _encoder(channels, width, code_channels, _scales(img_size), norm=False)
         feat = width << _scales(img_size)
         aux = nn.Linear(feat, num_classes) if num_classes else None
-        init_acai(nn.ModuleList([*blocks, out] + ([aux] if aux else [])))
+        init_acai(blocks[0][0])  # the plain 1x1 stem; the spectrally normalised layers keep PyTorch's default
         for block in blocks:  # spectral norm on every 3x3 conv; the 1x1 stem stays plain, as in the public code
             for i, m in enumerate(block):
                 if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):

@@ -4,7 +4,9 @@ beta-VAE") autoencoder with a 10-dim code, its beta-VAE variant, and a spectrall
 Encoder: four 4x4 stride-2 convs (width channels, ReLU) 64 -> 4, flatten, FC 256, FC 256, FC to the code
 (2 x code_dim for the VAE: mean and log-variance). Decoder: the mirror (FC 256, 256, width*16, four 4x4
 stride-2 transposed convs), tanh. Discriminator: four spectrally normalised 4x4 stride-2 convs, FC 256, FC 256,
-one logit (the public code's `architectures/konny/model.py` Discriminator). Kaiming-normal init as that code.
+one logit (the public code's `architectures/konny/model.py` Discriminator). Kaiming-normal init of the Conv2d and
+Linear layers as that code; its ConvTranspose2d layers keep PyTorch's default init (its `kaiming_init` matches
+only Linear and Conv2d), and so do ours.
 
 Quirks of the public code and what we did:
 - FIXED: its VAE read the second half of the encoder output as the *standard deviation* of a Normal (it can be
@@ -21,8 +23,10 @@ from amr_fast.models.base import AutoEncoder, Discriminator, sn
 
 
 def _kaiming(module: nn.Module) -> None:
+    """Kaiming-normal weights, zero biases, on Conv2d and Linear layers only, as the public `kaiming_init`: the
+    decoder's ConvTranspose2d layers keep PyTorch's default init there (so here)."""
     for m in module.modules():
-        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+        if isinstance(m, nn.Conv2d | nn.Linear):
             nn.init.kaiming_normal_(m.weight)
             nn.init.zeros_(m.bias)
 

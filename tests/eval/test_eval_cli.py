@@ -36,7 +36,7 @@ def test_eval_writes_every_metric_and_report_reads_them(run_dir, capsys):
         "eval",
         str(run_dir),
         "--metrics",
-        "probe,recon,factorvae,betavae",
+        "probe,recon,factorvae,factorvae-amr-public,betavae",
         "--votes",
         "6",
         "--vote-batch",
@@ -46,7 +46,7 @@ def test_eval_writes_every_metric_and_report_reads_them(run_dir, capsys):
     ]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
-    for name in ("probe", "recon", "factorvae", "betavae"):
+    for name in ("probe", "recon", "factorvae", "factorvae-amr-public", "betavae"):
         line = report.read_jsonl(run_dir / f"metric-{name}.jsonl")[-1]
         assert line["metric"] == name and line["kimg"] == 1.0 and name in out
     probe = report.read_jsonl(run_dir / "metric-probe.jsonl")[-1]
@@ -54,6 +54,10 @@ def test_eval_writes_every_metric_and_report_reads_them(run_dir, capsys):
     assert 0 <= probe["test_acc"] <= 1 and "55.00%" in out
     fv = report.read_jsonl(run_dir / "metric-factorvae.jsonl")[-1]
     assert fv["num_factors"] == 5 and fv["n_eval"] == 6 and fv["batch_size"] == 8 and 0 <= fv["score"] <= 1
+    assert fv["protocol"] == "kim-mnih"
+    pub = report.read_jsonl(run_dir / "metric-factorvae-amr-public.jsonl")[-1]
+    assert pub["protocol"] == "amr-public" and pub["n_train"] == 5 and pub["batch_size"] == 8  # 6 // 5 per factor
+    assert len(pub["votes"]) == 5 and 0 <= pub["score"] <= 0.8
 
     # recon: the same mean |x_rec - x| computed directly
     nets, cfg = checkpoint.load_networks(next(run_dir.glob("snapshot-*.safetensors")))

@@ -148,3 +148,76 @@ def test_class_mixer_can_learn_a_mask_below_half():
         mixer(y)[:, 0].mean().backward()  # push the first source's weight down
         opt.step()
     assert mixer(y)[:, 0].max() < 0.1
+
+
+def _weight(m: nn.Module) -> torch.Tensor:
+    return m.parametrizations.weight.original if nn.utils.parametrize.is_parametrized(m, "weight") else m.weight
+
+
+def _default_init(m: nn.Module) -> bool:
+    """PyTorch's default init of a conv / linear layer: weights and bias U(-b, b), b = 1 / sqrt(fan_in) (torch's
+    fan_in: weight.shape[1] x kernel size, also for ConvTranspose2d), i.e. std b / sqrt(3), every |w| <= b."""
+    w = _weight(m)
+    b = 1 / math.sqrt(w[0].numel() if not isinstance(m, nn.ConvTranspose2d) else w.shape[1] * w[0, 0].numel())
+    spread = abs(w.std().item() / (b / math.sqrt(3)) - 1) < 0.15
+    return spread and w.abs().max().item() <= b and m.bias.abs().max().item() <= b and m.bias.abs().sum() > 0
+
+
+def test_dsprites_init_is_the_public_kaiming_init_on_conv2d_and_linear_only():
+    """The public dSprites networks (../shared/public-amr/amr/architectures/konny/model.py lines 117-120 and
+    180-183 call `kaiming_init` on every module; lines 132-136: it matches only nn.Linear / nn.Conv2d, Kaiming
+    normal with zero bias): the decoder's ConvTranspose2d layers keep PyTorch's default init."""
+    torch.manual_seed(0)
+    nets = build_networks(PRESETS["dsprites-bernoulli-k3"])
+    transposed = [m for m in nets["ae"].modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert len(transposed) == 4 and all(_default_init(m) for m in transposed[:3])  # the last one: 32 x 1 weights
+    for net in (nets["ae"], nets["disc"]):
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear) and m.weight.numel() > 4000:
+                w = _weight(m)
+                assert abs(w.std().item() / math.sqrt(2 / w[0].numel()) - 1) < 0.1 and not m.bias.any(), m
+
+
+def test_amr32_disc_spectral_norm_layers_keep_the_default_init():
+    """The public 32x32 D (../shared/public-amr/amr/architectures/arch_kyle.py lines 18-25, `Initializer`: only
+    layers with `hasattr(layer, 'weight')`; lines 31-34 wrap D's 3x3 convs in SpectralNorm, whose weight moves to
+    the wrapped module as `weight_bar`, architectures/shared/spectral_normalization.py lines 57-63): only the 1x1
+    stem gets the ACAI init; every spectrally normalised conv keeps PyTorch's default (uniform) init."""
+    torch.manual_seed(0)
+    disc = build_networks(PRESETS["mnist-mixup"])["disc"]
+    convs = [m for m in disc.modules() if isinstance(m, nn.Conv2d)]
+    stem, rest = convs[0], convs[1:]
+    assert abs(stem.weight.std().item() * math.sqrt(1.04 * stem.weight[0].numel()) - 1) < 0.2 and not stem.bias.any()
+    assert len(rest) == 8 and all(_default_init(m) for m in rest)
+
+
+def test_spectral_norm_power_iterations_per_step():
+    """Ours: one power iteration per D call in training mode (torch's parametrisation), D called once for the D
+    step and once more on the AE's iterations: 2 per layer on those, 1 on the others. The public swapgan.py
+    (../shared/public-amr/amr/models/swapgan.py lines 237, 241, 273, 278, 282) calls D five times every iteration,
+    one power iteration each (spectral_normalization.py lines 66-68): the README's differences table says so."""
+    from torch.nn.utils import parametrizations as P
+
+    from amr_fast.train import Parts, train_iteration
+
+    cfg = replace(PRESETS["mnist-mixup"], width=4, batch=4, channels_last=False, precision="fp32")
+    nets = build_networks(cfg)
+    layers = [m for m in nets["disc"].modules() if isinstance(m, P._SpectralNorm)]
+    parts = Parts.build(cfg, nets)
+    batch = {"x": torch.randint(0, 255, (4, 1, 32, 32), dtype=torch.uint8), "y": torch.zeros(4, dtype=torch.long)}
+    calls, orig = [], P._SpectralNorm._power_method
+
+    def counted(self, *a, **k):
+        calls.append(self)
+        return orig(self, *a, **k)
+
+    for update_ae, want in ((True, 2), (False, 1)):
+        before = [m._u.clone() for m in layers]
+        calls.clear()
+        P._SpectralNorm._power_method = counted
+        try:
+            train_iteration(parts, [batch], update_ae)
+        finally:
+            P._SpectralNorm._power_method = orig
+        assert all(sum(c is m for c in calls) == want for m in layers), update_ae
+        assert all(not torch.equal(u, m._u) for u, m in zip(before, layers))
