@@ -186,12 +186,12 @@ class Recorder:
     """Records the mixing calls AMRLoss makes through `amr_fast.kernels` and the beta-VAE decoder's input."""
 
     def __init__(self, monkeypatch):
-        self.calls: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (h, perm, weights)
         for kind in ("simplex", "mask"):
             op = getattr(kernels, f"{kind}_mix")
 
-            def spy(h, perm, weights, impl="auto", _op=op, _kind=kind):
-                self.calls.append((_kind, h, perm.clone(), weights))
+            def spy(h, perm, weights, impl="auto", _op=op):
+                self.calls.append((h, perm.clone(), weights))
                 return _op(h, perm, weights, impl=impl)
 
             monkeypatch.setattr(kernels, f"{kind}_mix", spy)
@@ -199,7 +199,7 @@ class Recorder:
     def used(self, cfg, disc, x) -> dict:
         """{"perm", "w" (the unsupervised mix's weights), "m_y" (class mixer's label masks), "dm_w", "dm_layer"}."""
         out: dict = {}
-        for kind, h, perm, weights in self.calls:
+        for h, perm, weights in self.calls:
             if h.shape[0] == 2 * B:  # mixup inside D: real rows then fake rows
                 out["dm_w"] = weights.detach()
                 assert all(set(perm[:, b].tolist()) == {b, B + b} for b in range(B)), "real i mixes with fake i"
@@ -255,7 +255,13 @@ def assert_grads_equal(got, want, owners, phase):
         assert scale > 0, f"{phase}: no gradient reaches {net}"
         for n in names:
             assert got[n] is not None, f"{phase} phase left no gradient on {n}"
-            torch.testing.assert_close(got[n].double(), want[n].double(), atol=1e-6 * scale, rtol=1e-5, msg=lambda m, n=n: f"{phase} phase, {n}: {m}")
+            torch.testing.assert_close(
+                got[n].double(),
+                want[n].double(),
+                atol=1e-6 * scale,
+                rtol=1e-5,
+                msg=lambda m, n=n: f"{phase} phase, {n}: {m}",
+            )
 
 
 @pytest.mark.parametrize("case", list(CASES))

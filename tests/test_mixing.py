@@ -110,11 +110,76 @@ def test_bernoulli_masks_are_one_hot(per_example):
     assert m.shape == (N // 10, 2, 16)
     assert ((m == 0) | (m == 1)).all()
     torch.testing.assert_close(m.sum(1), torch.ones(N // 10, 16))
-    if per_example:  # p ~ U(0, 1) per example: E[m] = 1/2, Var of a row mean = 1/12 + (1/6) / 16
-        assert_mean(m[:, 0].mean(1), 0.5, 1 / 12 + 1 / 6 / 16)
-    else:  # one p per batch: every example draws from the same p
-        p = m[:, 0].mean()
-        assert_mean(m[:, 0], p.item(), p.item() * (1 - p.item()))
+
+
+def assert_bernoulli_p_rule(m: torch.Tensor, per_example: bool) -> None:
+    """m [batches, B, C]: 0/1 masks of source 0, p ~ U(0, 1) per batch (the public fm2) or per example, m ~ Bern(p)
+    per channel. Two spreads tell the rules apart: that of the examples' shares inside a batch (per batch:
+    E[p (1 - p)] / C = 1 / (6 C), only the binomial noise; per example: Var p + 1 / (6 C)) and that of a batch's
+    share over batches (per batch: sd ~ sqrt(1/12), the share is p; per example: sqrt(1/12) / sqrt(B))."""
+    n, B, C = m.shape
+    rows = m.double().mean(dim=2)  # [n, B] share of each example's channels from source 0
+    within = rows.var(dim=1).mean().item()
+    spread = rows.mean(dim=1).std().item()
+    if per_example:
+        want_within, want_spread = 1 / 12 + 1 / (6 * C), math.sqrt((1 / 12 + 1 / (6 * C)) / B)
+    else:
+        want_within, want_spread = 1 / (6 * C), math.sqrt(1 / 12 + 1 / (6 * B * C))
+    assert abs(within / want_within - 1) < 0.2, (within, want_within)  # ~5 standard errors at n = 400
+    assert abs(spread / want_spread - 1) < 0.2, (spread, want_spread)
+    if not per_example:  # the batch's share is p itself (+ binomial noise, sd < 0.03): U(0, 1)
+        from scipy import stats
+
+        assert stats.kstest(rows.mean(dim=1).numpy(), "uniform").statistic < 0.1
+
+
+BERNOULLI_SAMPLERS = {  # k = 2 Bernoulli mixup, as each sampler draws it: [B, C] masks of source 0
+    "bernoulli": lambda B, C, g, pe: mixing.sample_bernoulli_masks(B, C, g, per_example=pe)[:, 0],
+    "kway-k2": lambda B, C, g, pe: mixing.sample_kway_bernoulli_masks(B, 2, C, g, per_example=pe)[:, 0],
+    "kway-k2-dirichlet": lambda B, C, g, pe: mixing.sample_kway_bernoulli_masks(
+        B, 2, C, g, per_example=pe, sources="dirichlet"
+    )[:, 0],
+    "positions": lambda B, C, g, pe: mixing.sample_position_bernoulli_masks(B, 2, (C // 4, 4), g, pe)[:, 0].flatten(1),
+}
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+@pytest.mark.parametrize("sampler", list(BERNOULLI_SAMPLERS))
+def test_bernoulli_p_is_per_batch_or_per_example(sampler, per_example):
+    g = gen(4)
+    m = torch.stack([BERNOULLI_SAMPLERS[sampler](16, 32, g, per_example) for _ in range(400)])  # [n, B, C]
+    assert_bernoulli_p_rule(m, per_example)
+
+
+def test_the_p_rule_check_tells_per_batch_from_per_example():
+    """The check above fails each sampler run with the other rule (so it would catch a swapped rule)."""
+    g = gen(5)
+    for per_example in (False, True):
+        m = torch.stack([mixing.sample_bernoulli_masks(16, 32, g, per_example=per_example)[:, 0] for _ in range(400)])
+        with pytest.raises(AssertionError):
+            assert_bernoulli_p_rule(m, not per_example)
+
+
+def test_partners_are_uniform_random_permutations_as_the_public_randperm():
+    """Row 0 is the example itself; rows 1..K-1 independent uniform permutations (the public code's
+    torch.randperm per partner): each example is its own partner with probability 1/B (fixed points are allowed,
+    one per row on average, and their count has variance 1), every partner equally likely, rows independent."""
+    from scipy import stats
+
+    n, K, B = 3000, 3, 8
+    g = gen(6)
+    perms = torch.stack([mixing.sample_perm(K, B, g) for _ in range(n)])  # [n, K, B]
+    assert torch.equal(perms[:, 0], torch.arange(B).expand(n, B))
+    for k in range(1, K):
+        fixed = (perms[:, k] == torch.arange(B)).double().sum(dim=1)  # [n] fixed points of each permutation
+        assert abs(fixed.mean().item() - 1) < 6 / math.sqrt(n), fixed.mean()  # E = 1, Var = 1 for B >= 2
+        assert abs(fixed.var().item() - 1) < 0.15, fixed.var()
+        counts = torch.zeros(B, B).index_put_(
+            (torch.arange(B).repeat(n), perms[:, k].flatten()), torch.ones(n * B), accumulate=True
+        )
+        assert stats.chisquare(counts.flatten().numpy()).pvalue > 1e-4  # partner j of example b: uniform
+    same = (perms[:, 1] == perms[:, 2]).double()  # independent rows share a partner with probability 1/B
+    assert_mean(same, 1 / B, (1 / B) * (1 - 1 / B))
 
 
 @pytest.mark.parametrize("k", [2, 3, 8])

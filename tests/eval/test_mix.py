@@ -118,7 +118,10 @@ def test_mix_modes_kway_and_bernoulli(tmp_path, images):
     assert bern.shape == (PAD + 2 * (S + PAD), PAD + 8 * (S + PAD), 3)
     for row, (a, b) in enumerate([(0, 1), (1, 2)]):
         assert close(tile_at(bern, row, 0), x[a]) and close(tile_at(bern, row, 1), x[b])
-        masks = {m: decoded(ae, torch.where(torch.tensor(m, dtype=torch.bool)[:, None, None], h[a], h[b])) for m in np.ndindex(*[2] * C)}
+        masks = {
+            m: decoded(ae, torch.where(torch.tensor(m, dtype=torch.bool)[:, None, None], h[a], h[b]))
+            for m in np.ndindex(*[2] * C)
+        }
         seen = [match(tile_at(bern, row, 2 + q), masks) for q in range(6)]  # m[c] = 1: channel c from a
         assert seen[0] == (1,) * C and seen[-1] == (0,) * C, seen
         assert all(all(u >= v for u, v in zip(s, t)) for s, t in zip(seen, seen[1:])), seen  # never back to a
