@@ -64,7 +64,9 @@ def tiny(name: str, **overrides):
 
 
 def inputs(cfg, seed: int = 0):
+    """x [cfg.batch, ...] in [-1, 1] (fp64), labels y with the last example unlabelled."""
     g = torch.Generator().manual_seed(seed)
+    B = cfg.batch
     shape = (B, cfg.channels) if cfg.arch == "mlp" else (B, cfg.channels, cfg.img_size, cfg.img_size)
     x = (torch.rand(shape, generator=g, dtype=F64) * 2 - 1).clamp(-0.95, 0.95)
     y = torch.randint(0, cfg.num_classes, (B,), generator=g)
@@ -197,8 +199,11 @@ class Recorder:
             monkeypatch.setattr(kernels, f"{kind}_mix", spy)
 
     def used(self, cfg, disc, x) -> dict:
-        """{"perm", "w" (the unsupervised mix's weights), "m_y" (class mixer's label masks), "dm_w", "dm_layer"}."""
+        """{"perm", "w" (the unsupervised mix's weights), "m_y" (class mixer's label masks), "dm_w", "dm_layer"}
+        of the calls since `calls` was cleared, for a `begin(..., update_ae=True)`: the codes carry autograd there,
+        the labels do not, and the class mix's masks come from the mixer network."""
         out: dict = {}
+        B = x.shape[0]
         for h, perm, weights in self.calls:
             if h.shape[0] == 2 * B:  # mixup inside D: real rows then fake rows
                 out["dm_w"] = weights.detach()

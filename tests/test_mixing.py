@@ -160,26 +160,29 @@ def test_the_p_rule_check_tells_per_batch_from_per_example():
             assert_bernoulli_p_rule(m, not per_example)
 
 
-def test_partners_are_uniform_random_permutations_as_the_public_randperm():
-    """Row 0 is the example itself; rows 1..K-1 independent uniform permutations (the public code's
+def assert_uniform_partners(perms: torch.Tensor) -> None:
+    """perms [n, K, B]: row 0 the example itself; rows 1..K-1 independent uniform permutations (the public code's
     torch.randperm per partner): each example is its own partner with probability 1/B (fixed points are allowed,
     one per row on average, and their count has variance 1), every partner equally likely, rows independent."""
     from scipy import stats
 
-    n, K, B = 3000, 3, 8
-    g = gen(6)
-    perms = torch.stack([mixing.sample_perm(K, B, g) for _ in range(n)])  # [n, K, B]
+    n, K, B = perms.shape
     assert torch.equal(perms[:, 0], torch.arange(B).expand(n, B))
     for k in range(1, K):
         fixed = (perms[:, k] == torch.arange(B)).double().sum(dim=1)  # [n] fixed points of each permutation
         assert abs(fixed.mean().item() - 1) < 6 / math.sqrt(n), fixed.mean()  # E = 1, Var = 1 for B >= 2
-        assert abs(fixed.var().item() - 1) < 0.15, fixed.var()
-        counts = torch.zeros(B, B).index_put_(
-            (torch.arange(B).repeat(n), perms[:, k].flatten()), torch.ones(n * B), accumulate=True
-        )
+        assert abs(fixed.var().item() - 1) < 6 * math.sqrt(3 / n), fixed.var()
+        pairs = (torch.arange(B).repeat(n), perms[:, k].flatten())
+        counts = torch.zeros(B, B).index_put_(pairs, torch.ones(n * B), accumulate=True)
         assert stats.chisquare(counts.flatten().numpy()).pvalue > 1e-4  # partner j of example b: uniform
-    same = (perms[:, 1] == perms[:, 2]).double()  # independent rows share a partner with probability 1/B
-    assert_mean(same, 1 / B, (1 / B) * (1 - 1 / B))
+    if K > 2:
+        same = (perms[:, 1] == perms[:, 2]).double()  # independent rows share a partner with probability 1/B
+        assert_mean(same, 1 / B, (1 / B) * (1 - 1 / B))
+
+
+def test_partners_are_uniform_random_permutations_as_the_public_randperm():
+    g = gen(6)
+    assert_uniform_partners(torch.stack([mixing.sample_perm(3, 8, g) for _ in range(3000)]))
 
 
 @pytest.mark.parametrize("k", [2, 3, 8])
@@ -282,3 +285,74 @@ print(json.dumps(draws.argmax(axis=2).tolist()))
     for m in (ours, public):
         same = (m[:, :, :, 0] == m[:, :, :, 1]).all(dim=2).double().mean().item()
         assert abs(same - 1 / k) < 0.02, same
+
+
+@pytest.fixture(scope="module")
+def public_draws(tmp_path_factory):
+    """Many draws of the authors' own samplers (models/twogan.py: mixer=fm2, mixup and its partner permutation;
+    models/kgan.py: k = 3 mixup), run in a subprocess (its shims stay out of this process)."""
+    import json
+    import subprocess
+    import sys
+
+    if not (PUBLIC_AMR / "amr" / "models" / "twogan.py").exists():
+        pytest.skip("public AMR code not here")
+    code = f"""
+import json, sys
+import numpy as np, torch
+from torch.distributions import Dirichlet
+sys.path[:0] = [{str(PUBLIC_AMR / "amr")!r}, {str(PUBLIC_AMR / "shims")!r}]
+from models.twogan import TwoGAN
+from models.kgan import KGAN
+torch.manual_seed(0); np.random.seed(0)
+two = TwoGAN.__new__(TwoGAN)
+two.use_cuda = False
+out = {{}}
+two.mixer = "fm2"
+out["fm2"] = [two.sampler({B_PUB}, {C_PUB}, True).tolist() for _ in range({N_PUB})]
+two.mixer = "mixup"
+out["mixup"] = [two.sampler({B_PUB}, {C_PUB}, True)[:, 0].tolist() for _ in range({N_PUB})]
+out["perm"] = [two.mix(torch.zeros({B_PUB}, {C_PUB}))[1].tolist() for _ in range({N_PUB})]
+k3 = KGAN.__new__(KGAN)
+k3.use_cuda, k3.mixer, k3.k, k3.dirichlet = False, "mixup", 3, Dirichlet(torch.ones(3))  # as KGAN.__init__
+out["dirichlet"] = [k3.sampler({B_PUB}, {C_PUB}, True).tolist() for _ in range({N_PUB})]
+print(json.dumps(out))
+"""
+    cwd = tmp_path_factory.mktemp("public")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=cwd)
+    return {key: torch.tensor(value) for key, value in json.loads(res.stdout.splitlines()[-1]).items()}
+
+
+N_PUB, B_PUB, C_PUB = 400, 16, 32
+
+
+def ks2(a: torch.Tensor, b: torch.Tensor) -> float:
+    from scipy import stats
+
+    return stats.ks_2samp(a.flatten().numpy(), b.flatten().numpy()).statistic
+
+
+def test_bernoulli_p_rule_is_the_public_fm2s(public_draws):
+    """The public fm2 (p ~ U(0, 1) per batch, m ~ Bern(p)) passes the per-batch check and fails the per-example
+    one; our masks' batch shares have the same distribution as its."""
+    fm2 = public_draws["fm2"]  # [n, B, C]
+    assert_bernoulli_p_rule(fm2, per_example=False)
+    with pytest.raises(AssertionError):
+        assert_bernoulli_p_rule(fm2, per_example=True)
+    g = gen(7)
+    ours = torch.stack([mixing.sample_bernoulli_masks(B_PUB, C_PUB, g)[:, 0] for _ in range(N_PUB)])
+    assert ks2(ours.mean(dim=(1, 2)), fm2.mean(dim=(1, 2))) < 0.15  # two samples of 400 batch shares
+
+
+def test_mixup_weights_and_partners_are_the_public_samplers(public_draws):
+    """k = 2: a ~ U(0, 1) per example; k = 3: Dirichlet(1, 1, 1) per example; partners: torch.randperm."""
+    g = gen(8)
+    a = torch.stack([mixing.sample_uniform_weights(B_PUB, g)[:, 0] for _ in range(N_PUB)])  # [n, B]
+    assert ks2(a, public_draws["mixup"]) < 0.04  # 6400 draws each
+    for m in (a, public_draws["mixup"].double()):  # per example: the spread inside a batch is Var U(0, 1)
+        assert abs(m.var(dim=1).mean().item() * 12 - 1) < 0.1
+    w = torch.stack([mixing.sample_dirichlet_weights(B_PUB, 3, 1.0, g) for _ in range(N_PUB)])  # [n, B, 3]
+    pub = public_draws["dirichlet"]
+    assert ks2(w[..., 0], pub[..., 0]) < 0.04 and ks2(w.max(dim=2).values, pub.max(dim=2).values) < 0.04
+    n, B = public_draws["perm"].shape
+    assert_uniform_partners(torch.stack([torch.arange(B).expand(n, B), public_draws["perm"]], dim=1))
