@@ -195,6 +195,28 @@ def test_kway_bernoulli_masks_are_one_hot_with_uniform_sources(k):
     torch.testing.assert_close(frac, torch.full((k,), 1 / k), atol=0.02, rtol=0)
 
 
+SAMPLERS = {  # every sampler, with the `device` argument last
+    "perm": lambda g, d: mixing.sample_perm(3, 9, g, device=d),
+    "uniform": lambda g, d: mixing.sample_uniform_weights(9, g, device=d),
+    "dirichlet": lambda g, d: mixing.sample_dirichlet_weights(9, 4, 1.0, g, device=d),
+    "beta": lambda g, d: mixing.sample_beta_weights(9, 0.4, g, per_example=True, device=d),
+    "bernoulli": lambda g, d: mixing.sample_bernoulli_masks(9, 5, g, device=d),
+    "kway": lambda g, d: mixing.sample_kway_bernoulli_masks(9, 3, 5, g, device=d),
+    "kway-dirichlet": lambda g, d: mixing.sample_kway_bernoulli_masks(9, 3, 5, g, device=d, sources="dirichlet"),
+    "cutmix": lambda g, d: mixing.sample_cutmix_masks(9, 3, (4, 4), 1.0, g, device=d),
+    "positions": lambda g, d: mixing.sample_position_bernoulli_masks(9, 2, (4, 4), g, device=d),
+}
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_samplers_return_their_draws_on_the_device_asked_for(sampler):
+    """device=None: the generator's device; else that device (here "meta": CPU draws moved there)."""
+    draw = SAMPLERS[sampler]
+    assert draw(gen(1), None).device == torch.device("cpu")
+    on_meta = draw(gen(1), "meta")
+    assert on_meta.device.type == "meta" and on_meta.shape == draw(gen(1), None).shape
+
+
 def test_samplers_are_reproducible_with_a_seeded_generator():
     draws = [
         lambda g: mixing.sample_uniform_weights(9, g),
