@@ -189,11 +189,13 @@ class Recorder:
 
     def __init__(self, monkeypatch):
         self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (h, perm, weights)
+        self.impls: list[str] = []
         for kind in ("simplex", "mask"):
             op = getattr(kernels, f"{kind}_mix")
 
             def spy(h, perm, weights, impl="auto", _op=op):
                 self.calls.append((h, perm.clone(), weights))
+                self.impls.append(impl)
                 return _op(h, perm, weights, impl=impl)
 
             monkeypatch.setattr(kernels, f"{kind}_mix", spy)
@@ -318,3 +320,16 @@ def test_phase_gradients_are_the_papers(case, monkeypatch):
     ce = -logits.log_softmax(dim=1).gather(1, y.clamp_min(0)[:, None])[:, 0]
     want = reference_grads(nets, ("probe",), masked_mean(ce, keep))
     assert_grads_equal(grads(nets), want, ("probe",), "probe")  # the code reaches the probe detached
+
+
+@pytest.mark.parametrize("case", ["mixup", "bernoulli-k3", "cutmix", "class-k3-mixup", "disc-mix-pixel"])
+def test_every_mix_runs_the_configured_impl(case, monkeypatch):
+    name, overrides = CASES[case]
+    cfg = tiny(name, **{**overrides, "impl": "ref"})
+    loss = AMRLoss(cfg, build_networks(cfg), "cpu")
+    rec = Recorder(monkeypatch)
+    x, y = inputs(cfg)
+    loss.begin(x.float(), y, True, torch.Generator().manual_seed(1))
+    loss.accumulate_gradients("ae")
+    loss.accumulate_gradients("disc")
+    assert rec.impls and set(rec.impls) == {"ref"}, rec.impls
