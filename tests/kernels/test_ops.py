@@ -330,3 +330,24 @@ def test_backward_computes_only_the_gradients_asked_for(kind, needs):
         assert (hh.grad is None) == (needs != "h") and (ww.grad is None) == (needs != "weights")
         got[impl] = hh.grad if needs == "h" else ww.grad
     torch.testing.assert_close(got["torch"], got["ref"], atol=1e-5 * got["ref"].abs().max().item(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS + MASK_KINDS[1:2])
+def test_torch_float64_equals_ref_to_float64_rounding(kind, monkeypatch):
+    """float64 stays float64 through the torch impl (forward, grad of h, grad of the weights, chunked too): it
+    equals ref to ~1e-12 relative, where an fp32 accumulation anywhere would be ~1e-7 off."""
+    from amr_fast.kernels import torch_mix
+
+    monkeypatch.setattr(torch_mix, "CHUNK_ELEMS", 2 * 3 * 24)  # 2 examples per weight-gradient chunk
+    h, perm, weights, grad = make_case(7, 3, (8,), 3, kind, torch.float64, "contiguous")
+    weights, grad = weights.double(), grad.double()
+    op = kernels.simplex_mix if kind == "simplex" else kernels.mask_mix
+    got = {}
+    for impl in ("ref", "torch"):
+        hh, ww = h.clone().requires_grad_(True), weights.clone().requires_grad_(True)
+        out = op(hh, perm, ww, impl=impl)
+        out.backward(grad)
+        got[impl] = (out, hh.grad, ww.grad)
+    for a, b in zip(got["torch"], got["ref"]):
+        assert a.dtype == torch.float64
+        torch.testing.assert_close(a, b, atol=1e-12 * b.abs().max().item(), rtol=1e-12)
