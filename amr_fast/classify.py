@@ -11,9 +11,12 @@ One training step (the paper's section 2, eq. 2, with its public code's loss):
   5. minimise BCE(softmax(logits), y_mix) (the paper's code) or the soft-target cross-entropy (`loss=ce`).
 ERM and cutout (DeVries & Taylor 2017) use the same loss on the one-hot targets. Random crops with padding and
 flips are done on the device. SGD with Nesterov momentum, the learning rate divided by `lr_gamma` at fixed image
-counts. Evaluation: test error and error under white-box FGSM (Goodfellow et al. 2015; one signed-gradient step
-of the training loss, as the paper's attack code) at each of `fgsm_eps` (in [0, 1] pixel units; 0.03 ~ 8/255 by
-default, pass the value of the table you compare with), written to stats.jsonl.
+counts. Evaluation: test error every `eval_kimg` (the paper presets: every epoch, as the public main.py) and error
+under white-box FGSM (Goodfellow et al. 2015; one signed-gradient step of the training loss, as the paper's attack
+code) at each of `fgsm_eps` every `fgsm_kimg`, both at the end too, in batches of `eval_batch`, predictions under
+the run's autocast and the attack's gradient in fp32, written to stats.jsonl. `fgsm_units=normalised` (the paper
+presets) steps eps on the standardised input (pixel - mean) / std without clipping, as the public attack; `pixel`
+steps eps in [0, 1] pixels and clamps.
 
 The run machinery is `amr_fast.run`'s, shared with `amr-fast train` (this file holds the classifier, its step,
 its evaluation and what happens at a tick): run directory config.json, log.txt, stats.jsonl,
@@ -28,8 +31,9 @@ Neither a snapshot nor a resume state is ever written with non-finite weights. p
 stats.jsonl keys: kimg, nimg, lr, time, seconds, sec/tick, img/s, loss/cls, train/error (% vs the first source's
 label), nonfinite (skipped steps since the start of the run), data/seen and data/skipped (samples the loaders
 delivered / skipped as damaged since the start of the run, all ranks) per tick;
-eval/test_error and eval/fgsm_error@<eps> (%, e.g. eval/fgsm_error@0.03) and time/eval (s) on ticks where an
-evaluation ran. `amr-fast report RUN...` shows them (`amr_fast.eval.report.classify_table`).
+eval/test_error and time/eval (s) on ticks where an evaluation ran, eval/fgsm_error@<eps> (%, e.g.
+eval/fgsm_error@0.03) on those where FGSM ran.
+`amr-fast report RUN...` shows them (`amr_fast.eval.report.classify_table`).
 
 Commands:
   amr-fast classify --preset fashion-mnist-manifold --data /work/data/fashion-mnist-32 --outdir runs/fm-manifold
@@ -42,6 +46,7 @@ On a CPU shared with other jobs, OMP_NUM_THREADS=1 per process is several times 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
@@ -148,37 +153,54 @@ def mixup_loss(logits: torch.Tensor, y_mix: torch.Tensor, kind: str = "bce") -> 
 # Evaluation: test error and white-box FGSM.
 
 
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, loss: str = "bce") -> torch.Tensor:
-    """x_adv = clip(x + eps' sign(grad_x L(model(x), y)), -1, 1) with eps' = 2 eps (eps in [0, 1] pixel units,
-    our images span [-1, 1]); L is the training loss on the one-hot label, as the paper's attack code."""
+def fgsm(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, loss: str = "bce", units: str = "normalised"
+) -> torch.Tensor:
+    """One signed-gradient step of L, the training loss on the one-hot label, as the paper's attack code; x and
+    x_adv [B, C, H, W] in [-1, 1] units.
+    units="normalised" (the public attack): eps on the network's standardised input z = (pixel - mean) / std,
+    z_adv = z + eps sign(grad_z L), no clipping; here x_adv = x + eps model.input_unit() sign(grad_x L) (the same
+    sign: z is x scaled by a positive factor per channel). "pixel": eps in [0, 1] pixel units,
+    x_adv = clip(x + 2 eps sign(grad_x L), -1, 1)."""
     x = x.detach().requires_grad_(True)
     logits = model(x)
     target = F.one_hot(y, logits.shape[1]).float()
     (grad,) = torch.autograd.grad(mixup_loss(logits, target, loss), x)
-    return (x + 2 * eps * grad.sign()).clamp(-1, 1).detach()
+    if units == "pixel":
+        return (x + 2 * eps * grad.sign()).clamp(-1, 1).detach()
+    return (x + eps * model.input_unit() * grad.sign()).detach()
 
 
 def evaluate(
-    model: nn.Module, batches: Iterator[dict], cfg: ClassifyConfig, device: torch.device
+    model: nn.Module,
+    batches: Iterator[dict],
+    cfg: ClassifyConfig,
+    device: torch.device,
+    attack: bool = True,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> dict[str, torch.Tensor]:
-    """Per-example 0/1 errors on the clean images and under FGSM at each cfg.fgsm_eps, as float tensors
-    {"eval/test_error": [n], "eval/fgsm_error@<eps>": [n]} (times 100: the mean is a percentage)."""
+    """Per-example 0/1 errors on the clean images and (if `attack`) under FGSM at each cfg.fgsm_eps, as float
+    tensors {"eval/test_error": [n], "eval/fgsm_error@<eps>": [n]} (times 100: the mean is a percentage). The
+    predictions run without gradients under `autocast` (cheap: the clean test error runs every epoch); the attack's
+    gradient in fp32, as the public attack (a gradient's sign may flip or vanish in fp16 / bf16)."""
     was_training = model.training
     model.eval()
+    eps_list = cfg.fgsm_eps if attack else ()
     wrong: dict[str, list[torch.Tensor]] = {"eval/test_error": []}
-    wrong.update({f"eval/fgsm_error@{eps:g}": [] for eps in cfg.fgsm_eps})
+    wrong.update({f"eval/fgsm_error@{eps:g}": [] for eps in eps_list})
     seen = 0
     for batch in batches:
-        if cfg.eval_max and seen >= cfg.eval_max:
+        take = cfg.eval_max - seen if cfg.eval_max else len(batch["y"])  # eval_max: at most that many images
+        if take <= 0:
             break
-        x = data.to_unit(batch["x"], device)
-        y = batch["y"].to(device)
+        x = data.to_unit(batch["x"][:take], device)
+        y = batch["y"][:take].to(device)
         seen += len(y)
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             wrong["eval/test_error"].append((model(x).argmax(1) != y).float() * 100)
-        for eps in cfg.fgsm_eps:
-            x_adv = fgsm(model, x, y, eps, cfg.loss)
-            with torch.no_grad():
+        for eps in eps_list:
+            x_adv = fgsm(model, x, y, eps, cfg.loss, cfg.fgsm_units)
+            with torch.no_grad(), autocast():
                 wrong[f"eval/fgsm_error@{eps:g}"].append((model(x_adv).argmax(1) != y).float() * 100)
     model.train(was_training)
     return {k: torch.cat(v) if v else torch.zeros(0, device=device) for k, v in wrong.items()}
@@ -291,9 +313,10 @@ def train_classifier(
             status, stop = step(next(batches), lr)
             run.count_step(status)
             prev, s.nimg = s.nimg, s.nimg + cfg.batch
-            if run.finished or due(prev, s.nimg, cfg.eval_kimg):
+            attack = run.finished or due(prev, s.nimg, cfg.fgsm_kimg)
+            if attack or due(prev, s.nimg, cfg.eval_kimg):
                 with run.not_training():  # img/s counts training only; the evaluation is sec/eval
-                    _evaluate(net, root, cfg, batch_gpu, run)
+                    _evaluate(net, root, cfg, run, attack)
             if run.finished or due(prev, s.nimg, cfg.tick_kimg):
                 row = run.tick({"lr": lr})
                 if isinstance(row.get("eval/test_error"), (int, float)):  # the public code reports the best epoch
@@ -318,11 +341,12 @@ def train_classifier(
     return run.outdir
 
 
-def _evaluate(net: nn.Module, root: Path, cfg: ClassifyConfig, batch_gpu: int, run: Run) -> None:
-    """Test error and FGSM errors on this rank's share of cfg.eval_split, reported for the next tick's row."""
+def _evaluate(net: nn.Module, root: Path, cfg: ClassifyConfig, run: Run, attack: bool) -> None:
+    """Test error (and, if `attack`, FGSM errors) on this rank's share of cfg.eval_split, in batches of
+    cfg.eval_batch, predictions under the run's autocast (bf16 on GPUs), reported for the next tick's row."""
     t_eval = time.time()
-    test = data.eval_loader(root, cfg.eval_split, batch_gpu, rank=run.rank, world_size=run.world, workers=0)
-    for name, values in evaluate(net, test, cfg, run.device).items():
+    test = data.eval_loader(root, cfg.eval_split, cfg.eval_batch, rank=run.rank, world_size=run.world, workers=0)
+    for name, values in evaluate(net, test, cfg, run.device, attack, run.accelerator.autocast).items():
         stats.report(name, values)
     stats.report("time/eval", time.time() - t_eval)
 
@@ -352,7 +376,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.list_presets:
         for name, cfg in CLASSIFY_PRESETS.items():
-            print(f"{name:<26} {cfg.arch} width {cfg.width:g}, {cfg.mode}, {cfg.total_kimg:g} kimg")
+            print(
+                f"{name:<26} {cfg.arch} width {cfg.width:g}, {cfg.mode}, {cfg.total_kimg:g} kimg, lr / 10 at "
+                f"{'/'.join(f'{k:g}' for k in cfg.lr_steps_kimg)} kimg, FGSM eps in {cfg.fgsm_units}"
+            )
         return 0
     cfg = config_from_args(args, CLASSIFY_PRESETS)
     if cfg is not None:

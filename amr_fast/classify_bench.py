@@ -8,6 +8,12 @@ Fashion-MNIST presets' width (1/8, 1 channel) and at full width (the paper's CIF
 64, 32x32 synthetic inputs. Reported: img/s (wall and per CPU-second of this process; on a shared machine the
 second is the steadier figure) and each mode's time per image over ERM's — manifold mixup costs one mixing op on
 one hidden state and on the labels, so it should cost at most a few percent over ERM.
+
+`--eval` times instead what the paper presets' evaluation cadence costs (`bench_eval`): the training step against
+the evaluation the trainer runs (`amr_fast.classify.evaluate` in eval mode, predictions under autocast, batches
+of `eval_batch`): the clean test error (no grad; every epoch) and the clean pass plus FGSM (one backward; every 10
+epochs), as a fraction of an epoch's training time for CIFAR's 10,000 test and 50,000 training images. `--device`
+runs either on a GPU.
 """
 
 from __future__ import annotations
@@ -20,46 +26,68 @@ import time
 
 import torch
 
-from amr_fast.classify import CLASSIFY_PRESETS, build_classifier, mixup_forward, mixup_loss, random_crop_flip
+from amr_fast.classify import CLASSIFY_PRESETS, build_classifier, evaluate, mixup_forward, mixup_loss, random_crop_flip
 from amr_fast.precision import keep_freed_memory
 from amr_fast.train_bench import _precisions, autocast_factory
 
 MODES = ("erm", "mixup", "manifold")
-MODELS = {"preactresnet18-w0.125": ("fashion-mnist", {}), "preactresnet18-w1": ("cifar10", {})}
+MODELS = {
+    "preactresnet18-w0.125": ("fashion-mnist", {}),
+    "preactresnet18-w1": ("cifar10", {}),
+    "wrn28_10-w1": ("cifar10-wrn", {}),
+}
+DEFAULT_MODELS = ("preactresnet18-w0.125", "preactresnet18-w1")
+TEST_IMAGES, EPOCH_IMAGES = 10_000, 50_000  # CIFAR: one evaluation, one epoch of training
 
 
-def _step_fn(cfg, precision: str, seed: int = 0):
+def _step_fn(cfg, precision: str, seed: int = 0, device: str = "cpu"):
+    """(one training step on a uint8 batch, the model)."""
     torch.manual_seed(seed)
-    model = build_classifier(cfg)
+    model = build_classifier(cfg).to(device)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(seed)
-    autocast = autocast_factory(precision)
+    autocast = autocast_factory(precision, torch.device(device).type)
 
     def step(batch: dict) -> None:
-        x = batch["x"].float() / 127.5 - 1
+        x = batch["x"].to(device).float() / 127.5 - 1
         x = random_crop_flip(x, cfg.crop_pad, cfg.flip, g)
         with autocast():
-            logits, y_mix, _ = mixup_forward(model, x, batch["y"], cfg, g)
+            logits, y_mix, _ = mixup_forward(model, x, batch["y"].to(device), cfg, g)
         loss = mixup_loss(logits, y_mix, cfg.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    return step
+    return step, model
+
+
+def _batches(cfg, n: int, batch: int) -> list[dict]:
+    """`n` synthetic uint8 batches (different ones: see bench_modes)."""
+    g = torch.Generator().manual_seed(0)
+    return [
+        {"x": torch.randint(0, 256, (batch, cfg.channels, 32, 32), generator=g, dtype=torch.uint8),
+         "y": torch.randint(0, cfg.num_classes, (batch,), generator=g)}
+        for _ in range(n)
+    ]  # fmt: skip
+
+
+def _seconds(fn, device: str) -> float:
+    """Wall seconds of fn(), the device's queued work included."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
 
 
 def bench_modes(base, iters: int, rounds: int, precision: str = "fp32", batch: int = 64) -> dict:
     """`rounds` alternating rounds of `iters` steps for each mode on `base` (a ClassifyConfig)."""
-    g = torch.Generator().manual_seed(0)
     # Different batches, as in training: SGD on one repeated batch drives ERM's weights towards denormal floats,
     # whose CPU arithmetic is several times slower, and the bench would time that instead of the step.
-    pool = [
-        {"x": torch.randint(0, 256, (batch, base.channels, 32, 32), generator=g, dtype=torch.uint8),
-         "y": torch.randint(0, base.num_classes, (batch,), generator=g)}
-        for _ in range(8)
-    ]  # fmt: skip
-    steps = {m: _step_fn(dataclasses.replace(base, mode=m), precision) for m in MODES}
+    pool = _batches(base, 8, batch)
+    steps = {m: _step_fn(dataclasses.replace(base, mode=m), precision)[0] for m in MODES}
     for step in steps.values():
         step(pool[0])  # warm-up
     wall = {m: 0.0 for m in MODES}
@@ -81,13 +109,48 @@ def bench_modes(base, iters: int, rounds: int, precision: str = "fp32", batch: i
     return out
 
 
+def bench_eval(base, precision: str, device: str = "cpu", iters: int = 4, eval_iters: int = 2) -> dict:
+    """img/s of `iters` training steps of `base` (batch base.batch, its mode) and of `eval_iters` batches of
+    base.eval_batch through `evaluate` without and with FGSM (base.fgsm_eps), after one untimed call of each;
+    per_epoch_test / per_epoch_fgsm: an evaluation's time over an epoch's training time for CIFAR's 10,000 test /
+    50,000 training images (FGSM: divided by the 10 epochs between attacks of the paper presets)."""
+    step, model = _step_fn(base, precision, device=device)
+    train, test = _batches(base, 4, base.batch), _batches(base, 2, base.eval_batch)
+    autocast = autocast_factory(precision, torch.device(device).type)
+
+    def run_eval(attack: bool, n: int) -> None:
+        evaluate(model, iter([test[i % len(test)] for i in range(n)]), base, torch.device(device), attack, autocast)
+
+    def run_train(n: int) -> None:
+        for i in range(n):
+            step(train[i % len(train)])
+
+    run_train(1)  # warm-up (cuDNN autotuning, the allocator)
+    run_eval(False, 1)
+    run_eval(True, 1)
+    rate = {
+        "train_img_per_s": iters * base.batch / _seconds(lambda: run_train(iters), device),
+        "test_img_per_s": eval_iters * base.eval_batch / _seconds(lambda: run_eval(False, eval_iters), device),
+        "test_fgsm_img_per_s": eval_iters * base.eval_batch / _seconds(lambda: run_eval(True, eval_iters), device),
+    }
+    epoch_s = EPOCH_IMAGES / rate["train_img_per_s"]
+    rate["per_epoch_test"] = TEST_IMAGES / rate["test_img_per_s"] / epoch_s
+    rate["per_epoch_fgsm"] = TEST_IMAGES / rate["test_fgsm_img_per_s"] / epoch_s / 10
+    keys = ("arch", "width", "mode", "batch", "eval_batch", "fgsm_eps", "fgsm_units")
+    return rate | {"config": {k: getattr(base, k) for k in keys} | {"precision": precision, "device": device}}
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="write the results as JSON to this file")
-    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
+    parser.add_argument(
+        "--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated subset of {', '.join(MODELS)}"
+    )
     parser.add_argument("--iters", type=int, default=4, help="steps per mode per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating erm / mixup / manifold rounds")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     parser.add_argument("--precisions", default="auto", help="fp32,bf16 or auto (fp32, plus bf16 on native-bf16 CPUs)")
+    parser.add_argument("--eval", action="store_true", help="time the evaluation cadence instead (bench_eval)")
+    parser.add_argument("--device", default="cpu", help="--eval only: cpu or cuda")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -102,6 +165,15 @@ def main(args: argparse.Namespace) -> int:
         dataset, extra = MODELS[name]
         base = dataclasses.replace(CLASSIFY_PRESETS[f"{dataset}-manifold"], **extra)
         for precision in _precisions(args.precisions):
+            if args.eval:
+                r = results["models"][f"{name} {precision}"] = bench_eval(base, precision, args.device, args.iters)
+                print(
+                    f"{name:<22} {precision:<5} train {r['train_img_per_s']:8.1f} img/s, test error "
+                    f"{r['test_img_per_s']:8.1f} img/s ({100 * r['per_epoch_test']:.1f} % of an epoch), + FGSM "
+                    f"{r['test_fgsm_img_per_s']:8.1f} img/s ({100 * r['per_epoch_fgsm']:.1f} % of an epoch at 1 in 10)",
+                    flush=True,
+                )
+                continue
             r = results["models"][f"{name} {precision}"] = bench_modes(base, args.iters, args.rounds, precision)
             for m in MODES:
                 p = r[m]

@@ -17,7 +17,8 @@ uniform source per (example, channel)), `acai`
 (ACAI, D regresses the folded mixing coefficient), `class` (supervised class-conditional mixer), `betavae`;
 beyond the papers, `cutmix` (a box of the code's grid from the partner, area ~ U(0, 1); the AMR paper's section
 5 proposal) and `spatial-bernoulli` (each code position from one of k sources).
-Classifier presets: `<dataset>-<mode>` with mode erm, mixup, manifold or cutout.
+Classifier presets: `<dataset>-<mode>` (PreActResNet18; mode erm, mixup, manifold or cutout) and
+`<dataset>-wrn-<mode>` (WRN-28-10; erm, mixup, manifold).
 
 Presets that train on a user's dataset have `data=""`: pass `data=DIR` (a directory made by `amr-fast shard`),
 e.g. `amr-fast train --preset fashion-mnist-mixup data=/path/to/fashion-mnist-32`.
@@ -309,6 +310,8 @@ def resolve(preset: str, overrides: dict[str, str] | None = None, presets: dict 
         )
     cfg = presets[preset]
     changes = {name: parse_value(name, value, type(cfg)) for name, value in (overrides or {}).items()}
+    if presets is CLASSIFY_PRESETS:
+        check_classify_arch_override(preset, changes)
     return replace(cfg, **changes).validate()
 
 
@@ -319,8 +322,9 @@ def to_json(cfg: Any) -> str:
 def from_dict(d: dict, cls: type = TrainConfig) -> Any:
     """Inverse of `dataclasses.asdict` / `to_json` for `cls` (TrainConfig or ClassifyConfig): unknown keys and
     wrong types are errors naming the field; JSON lists become tuples."""
-    if cls is ClassifyConfig:
-        d = {"head_bn": True, **d}  # configs written before head_bn existed: their PreActResNets had the BN-ReLU head
+    if cls is ClassifyConfig:  # configs written before a field existed, as they ran: the BN-ReLU head, FGSM in
+        #                          pixel units with every evaluation
+        d = {"head_bn": True, "fgsm_units": "pixel", "fgsm_kimg": d.get("eval_kimg", 5_000), **d}
     for name in d:
         if name not in _field_names(cls):
             raise _unknown_field(name, cls)
@@ -568,6 +572,14 @@ def preset_line(name: str) -> str:
 CLASSIFY_ARCHS = ("preactresnet18", "preactresnet34", "wrn28_10")
 MODES = ("erm", "mixup", "manifold", "cutout")
 LOSSES = ("bce", "ce")
+FGSM_UNITS = ("normalised", "pixel")
+# The public scripts' schedule of each network (vikasverma1077/manifold_mixup supervised/README.md, every dataset):
+# (epochs, lr / 10 at these epochs).
+PUBLIC_SCHEDULES = {
+    "preactresnet18": (2000, (500, 1000, 1500)),
+    "preactresnet34": (2000, (500, 1000, 1500)),
+    "wrn28_10": (400, (200, 300)),
+}
 
 
 @dataclass(frozen=True)
@@ -610,8 +622,12 @@ class ClassifyConfig:
     tick_kimg: float = 50  # status line + stats.jsonl row
     snapshot_kimg: float = 5_000  # safetensors snapshot
     state_kimg: float = 5_000  # full training state (resume)
-    eval_kimg: float = 5_000  # test error + FGSM (always at the end too)
-    fgsm_eps: tuple[float, ...] = (0.03,)  # FGSM step sizes in [0, 1] pixel units (0.03 ~ 8/255)
+    eval_kimg: float = 5_000  # test error (always at the end too)
+    fgsm_kimg: float = 5_000  # FGSM errors, with a test error (always at the end too)
+    fgsm_eps: tuple[float, ...] = (0.03,)  # FGSM step sizes, in fgsm_units
+    fgsm_units: str = "normalised"  # "normalised": eps on the standardised input (pixel - mean) / std, no clipping
+    #                                 (the public attacks.py); "pixel": eps in [0, 1] pixels, clamped to the image
+    eval_batch: int = 500  # images per evaluation batch on each process (no effect on the figures; lower on OOM)
     eval_max: int = 0  # evaluate on at most this many images per rank (0 = the whole split)
     # runtime
     seed: int = 0
@@ -625,7 +641,8 @@ class ClassifyConfig:
 
     def validate(self) -> ClassifyConfig:
         """Raise ValueError naming the field and the fix; returns self."""
-        choices = {"arch": CLASSIFY_ARCHS, "mode": MODES, "loss": LOSSES, "precision": PRECISIONS, "impl": IMPLS}
+        choices = {"arch": CLASSIFY_ARCHS, "mode": MODES, "loss": LOSSES, "precision": PRECISIONS, "impl": IMPLS,
+                   "fgsm_units": FGSM_UNITS}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is unknown; use one of {', '.join(allowed)}")
@@ -633,7 +650,8 @@ class ClassifyConfig:
             raise ValueError(f"alpha must be > 0 for mode={self.mode} (the paper: 1 for mixup, 2 for manifold)")
         if self.mode == "manifold" and (not self.mix_layers or min(self.mix_layers) < 0):
             raise ValueError("mix_layers must list layer indices >= 0 (0 = input), e.g. mix_layers=0,1,2")
-        positive = ("batch", "total_kimg", "tick_kimg", "snapshot_kimg", "state_kimg", "eval_kimg", "lr", "width")
+        positive = ("batch", "total_kimg", "tick_kimg", "snapshot_kimg", "state_kimg", "eval_kimg", "fgsm_kimg",
+                    "eval_batch", "lr", "width")  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 (got {getattr(self, name)})")
@@ -643,7 +661,7 @@ class ClassifyConfig:
             raise ValueError(f"num_classes must be >= 2 (got {self.num_classes})")
         check_skip_limits(self)
         if any(e < 0 for e in self.fgsm_eps):
-            raise ValueError(f"fgsm_eps must be >= 0 (pixel units in [0, 1]); got {self.fgsm_eps}")
+            raise ValueError(f"fgsm_eps must be >= 0 (in fgsm_units={self.fgsm_units}); got {self.fgsm_eps}")
         if (self.norm_mean or self.norm_std) and not len(self.norm_mean) == len(self.norm_std) == self.channels:
             raise ValueError(f"norm_mean and norm_std need {self.channels} values each (one per channel) or none")
         if self.mode == "cutout" and not 0 < self.cutout_size <= self.img_size:
@@ -651,27 +669,31 @@ class ClassifyConfig:
         return self
 
 
-def _paper_preset(dataset: str, mode: str, train_kimg: float, num_classes: int, flip: bool) -> ClassifyConfig:
-    """The paper's CIFAR/SVHN setting (the public supervised/README.md commands): PreActResNet18, batch 100, 2000
-    epochs, lr 0.1 / 10 at 500/1000/1500 epochs, weight decay 1e-4, Nesterov momentum 0.9; mixup alpha = 1,
-    manifold alpha = 2; random crops with 2-pixel padding (+ flips on CIFAR); CIFAR inputs standardised per channel."""
-    epoch = train_kimg
+def _paper_preset(dataset: str, arch: str, mode: str, epoch: float, num_classes: int, flip: bool) -> ClassifyConfig:
+    """The paper's CIFAR/SVHN setting (the public supervised/README.md commands): batch 100, the network's public
+    schedule (`PUBLIC_SCHEDULES`: PreActResNet 2000 epochs, lr / 10 at 500/1000/1500; WRN-28-10 400 epochs, lr / 10
+    at 200/300), lr 0.1, weight decay 1e-4, Nesterov momentum 0.9; mixup alpha = 1, manifold alpha = 2; random crops
+    with 2-pixel padding (+ flips on CIFAR); CIFAR inputs standardised per channel. Test error every epoch (the
+    public main.py validates after each), FGSM (eps on the standardised input, as the public attack) every 10
+    epochs; `epoch` = images per epoch in thousands."""
+    epochs, drops = PUBLIC_SCHEDULES[arch]
     norm = NORMALISATION.get(dataset, ((), ()))
     return ClassifyConfig(
         norm_mean=norm[0],
         norm_std=norm[1],
         channels=3,
         num_classes=num_classes,
-        arch="preactresnet18",
+        arch=arch,
         mode=mode,
         alpha={"mixup": 1.0, "manifold": 2.0}.get(mode, 1.0),
         flip=flip,
-        total_kimg=2000 * epoch,
-        lr_steps_kimg=(500 * epoch, 1000 * epoch, 1500 * epoch),
+        total_kimg=epochs * epoch,
+        lr_steps_kimg=tuple(d * epoch for d in drops),
         tick_kimg=epoch,
         snapshot_kimg=50 * epoch,
         state_kimg=10 * epoch,
-        eval_kimg=10 * epoch,
+        eval_kimg=epoch,
+        fgsm_kimg=10 * epoch,
     )
 
 
@@ -701,14 +723,66 @@ def _fashion_preset(mode: str) -> ClassifyConfig:
         snapshot_kimg=total / 2,
         state_kimg=total / 4,
         eval_kimg=total,
+        fgsm_kimg=total,
+        fgsm_units="pixel",  # the units of the README's Fashion-MNIST table
     )
 
 
-# Images per epoch, in thousands, of the public code (load_data_subset with the README's --labels_per_class):
-# CIFAR-10/100 50000 (5000 / 500 per class, valid 0); SVHN 62156 (at most 7325 per class of the 73257 train images).
+# The paper's datasets: (name, images per epoch in thousands, classes, flips). Images per epoch of the public code
+# (load_data_subset with the README's --labels_per_class): CIFAR-10/100 50000 (5000 / 500 per class, valid 0); SVHN
+# 62156 (at most 7325 per class of the 73257 train images).
+_PAPER_DATASETS = [("cifar10", 50.0, 10, True), ("cifar100", 50.0, 100, True), ("svhn", 62.156, 10, False)]
+# The networks of the public README's commands and their modes (no WRN-28-10 cutout command).
+_PAPER_ARCH_MODES = (("preactresnet18", MODES), ("wrn28_10", ("erm", "mixup", "manifold")))
+_PAPER_ROWS = [
+    (dataset, arch, mode, epoch, classes, flip)
+    for dataset, epoch, classes, flip in _PAPER_DATASETS
+    for arch, modes in _PAPER_ARCH_MODES
+    for mode in modes
+]
+
+
+def paper_preset_name(dataset: str, arch: str, mode: str) -> str:
+    """`<dataset>-<mode>` (PreActResNet18) or `<dataset>-wrn-<mode>` (WRN-28-10)."""
+    return f"{dataset}-{'wrn-' if arch == 'wrn28_10' else ''}{mode}"
+
+
+# The paper's presets: name -> (dataset, mode).
+CLASSIFY_PAPER_PRESETS = {paper_preset_name(d, a, m): (d, m) for d, a, m, *_ in _PAPER_ROWS}
 CLASSIFY_PRESETS: dict[str, ClassifyConfig] = {
-    **{f"cifar10-{m}": _paper_preset("cifar10", m, 50.0, 10, True) for m in MODES},
-    **{f"cifar100-{m}": _paper_preset("cifar100", m, 50.0, 100, True) for m in MODES},
-    **{f"svhn-{m}": _paper_preset("svhn", m, 62.156, 10, False) for m in MODES},
+    **{paper_preset_name(d, a, m): _paper_preset(d, a, m, *rest) for d, a, m, *rest in _PAPER_ROWS},
     **{f"fashion-mnist-{m}": _fashion_preset(m) for m in MODES},
 }
+
+
+def check_classify_arch_override(preset: str, changes: dict[str, Any]) -> None:
+    """Refuse `arch=` on a paper preset whose public schedule is another network's (a WRN on a PreActResNet preset
+    would train 2000 epochs) unless total_kimg and lr_steps_kimg are set too; names the preset to use."""
+    if preset not in CLASSIFY_PAPER_PRESETS or "arch" not in changes:
+        return
+    if {"total_kimg", "lr_steps_kimg"} <= changes.keys():
+        return
+    old, new = CLASSIFY_PRESETS[preset].arch, changes["arch"]
+    schedule = PUBLIC_SCHEDULES.get(new)
+    if schedule is None or schedule == PUBLIC_SCHEDULES[old]:
+        return  # an unknown arch is validate()'s error
+    both = "set both total_kimg and lr_steps_kimg"
+    same = [  # the paper preset of this dataset and mode whose network trains on new's public schedule
+        name
+        for name, where in CLASSIFY_PAPER_PRESETS.items()
+        if where == CLASSIFY_PAPER_PRESETS[preset] and PUBLIC_SCHEDULES[CLASSIFY_PRESETS[name].arch] == schedule
+    ]
+    if same:
+        arch = "" if CLASSIFY_PRESETS[same[0]].arch == new else f" arch={new}"
+        use = f"use --preset {same[0]}{arch}, or {both}"
+    else:
+        use = both
+
+    def said(arch: str) -> str:
+        epochs, drops = PUBLIC_SCHEDULES[arch]
+        return f"{epochs} epochs, lr / 10 at {'/'.join(map(str, drops))}"
+
+    raise ValueError(
+        f"arch={new} on preset {preset} would keep the {old} schedule ({said(old)}); the public scripts train {new} "
+        f"{said(new)}: {use}"
+    )

@@ -47,8 +47,8 @@ from amr_fast.precision import choose_precision, default_device_type, keep_freed
 
 # Fields that may differ when a run is resumed (the schedule and runtime knobs); every other field must match.
 RESUMABLE_FIELDS = (
-    "total_kimg", "tick_kimg", "snapshot_kimg", "state_kimg", "probe_kimg", "eval_kimg", "compile", "max_skipped",
-    "skip_window", "channels_last",
+    "total_kimg", "tick_kimg", "snapshot_kimg", "state_kimg", "probe_kimg", "eval_kimg", "fgsm_kimg", "eval_batch",
+    "compile", "max_skipped", "skip_window", "channels_last",
 )  # fmt: skip
 FP16_INITIAL_SCALE = 2.0**15  # fp16 dynamic loss scaling: the first scale,
 FP16_MAX_SCALE = 2.0**24  # its ceiling,

@@ -183,20 +183,95 @@ def test_public_defaults_head_crop_normalisation_and_epochs():
     torch.testing.assert_close(net(x), plain((pixels - mean) / std), atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="norm_mean and norm_std need 3 values"):
         dataclasses.replace(cifar, norm_std=(0.5,)).validate()
-    # configs written before head_bn existed were trained with the BN-ReLU head
-    old = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "head_bn"}
-    assert from_dict(old, ClassifyConfig).head_bn is True
+    # configs written before head_bn / fgsm_units / fgsm_kimg existed ran the BN-ReLU head and pixel-unit FGSM with
+    # every evaluation
+    old = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("head_bn", "fgsm_units", "fgsm_kimg")}
+    loaded = from_dict({**old, "eval_kimg": 7.0}, ClassifyConfig)
+    assert (loaded.head_bn, loaded.fgsm_units, loaded.fgsm_kimg) == (True, "pixel", 7.0)
 
 
-def test_fgsm_moves_every_pixel_by_eps_in_the_loss_increasing_direction():
+def test_fgsm_pixel_units_move_every_pixel_by_eps_in_the_loss_increasing_direction():
     cfg = tiny_cfg(mode="erm")
     model = classify.build_classifier(cfg).eval()
     x, y = torch.rand(4, 1, 32, 32) * 1.6 - 0.8, torch.tensor([0, 1, 2, 3])
-    x_adv = classify.fgsm(model, x, y, 0.03)
+    x_adv = classify.fgsm(model, x, y, 0.03, units="pixel")
     step = (x_adv - x).abs()
     assert torch.allclose(step[step > 0], torch.tensor(0.06), atol=1e-6)  # 0.03 in [0, 1] units = 0.06 here
     target = F.one_hot(y, 5).float()
     assert mixup_loss(model(x_adv), target) > mixup_loss(model(x), target)
+
+
+@pytest.mark.parametrize("standardise", [True, False])
+def test_fgsm_normalised_units_are_the_public_step_on_the_standardised_input(standardise):
+    """The public attack (vikasverma1077/manifold_mixup, supervised/attacks.py of commit f14738c, `fgsm`):
+    `nx_adv = x_adv + epsilon*torch.sign(grad(loss, x_adv,retain_graph=False)[0])` with no clipping, on the tensor its
+    loader hands the network (supervised/load.py `load_data_subset`: ToTensor, then Normalize(mean, std): CIFAR's
+    per-channel statistics, SVHN's 0.5 / 0.5), loss = `bce_loss(softmax(pred), to_one_hot(target, num_classes))`.
+    Here that step is written out on z = (pixel - mean) / std fed to the same network without its standardisation,
+    and compared with ours on x in [-1, 1]; images at the range's ends show that nothing is clipped."""
+    from amr_fast.config import NORMALISATION
+
+    norm = NORMALISATION["cifar10"] if standardise else ((), ())
+    cfg = tiny_cfg(mode="erm", channels=3, norm_mean=norm[0], norm_std=norm[1])
+    model = classify.build_classifier(cfg).eval()
+    plain = classify.build_classifier(dataclasses.replace(cfg, norm_mean=(), norm_std=())).eval()
+    plain.load_state_dict(model.state_dict())
+    mean = torch.tensor(norm[0] or (0.5,) * 3)[:, None, None]
+    std = torch.tensor(norm[1] or (0.5,) * 3)[:, None, None]
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    x[:, :, :4] = 1.0  # white and black rows: a step outward leaves [-1, 1] when nothing clips
+    x[:, :, 4:8] = -1.0
+    y = torch.tensor([0, 1, 2, 3])
+    eps = 0.03
+
+    z = (((x + 1) / 2 - mean) / std).requires_grad_(True)  # what the public loader hands its network
+    public_loss = F.binary_cross_entropy(F.softmax(plain(z), dim=1), F.one_hot(y, 5).float())
+    (grad,) = torch.autograd.grad(public_loss, z)
+    z_adv = z.detach() + eps * grad.sign()
+
+    x_adv = classify.fgsm(model, x, y, eps, units="normalised")
+    ours = ((x_adv + 1) / 2 - mean) / std
+    torch.testing.assert_close(ours, z_adv, atol=eps * 1e-4, rtol=0)
+    assert x_adv.max() > 1 and x_adv.min() < -1  # no clipping
+    step_pixels = ((x_adv - x) / 2).abs().amax(dim=(0, 2, 3))  # per channel, in [0, 1] pixel units
+    torch.testing.assert_close(step_pixels, eps * std.flatten(), atol=1e-6, rtol=1e-5)  # eps x the channel's std
+
+
+def test_evaluate_predicts_under_autocast_and_takes_the_attacks_gradient_in_fp32(monkeypatch):
+    cfg = tiny_cfg(mode="erm")
+    model = classify.build_classifier(cfg)
+    seen = {"forward": set(), "fgsm": set()}
+    model.register_forward_pre_hook(lambda mod, args: seen["forward"].add(torch.is_autocast_enabled("cpu")))
+    real_fgsm = classify.fgsm
+
+    def spy(*args, **kwargs):
+        seen["fgsm"].add(torch.is_autocast_enabled("cpu"))
+        return real_fgsm(*args, **kwargs)
+
+    monkeypatch.setattr(classify, "fgsm", spy)
+    batches = [{"x": torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8), "y": torch.tensor([0, 1, 2, 3])}]
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    errors = classify.evaluate(model, iter(batches), cfg, torch.device("cpu"), attack=True, autocast=bf16)
+    assert set(errors) == {"eval/test_error", "eval/fgsm_error@0.03"} and model.training
+    assert seen["fgsm"] == {False} and seen["forward"] == {True, False}  # the gradient pass alone runs fp32
+    seen["forward"].clear()
+    errors = classify.evaluate(model, iter(batches), cfg, torch.device("cpu"), attack=False, autocast=bf16)
+    assert set(errors) == {"eval/test_error"} and seen["forward"] == {True}
+    few = classify.evaluate(model, iter(batches * 2), dataclasses.replace(cfg, eval_max=3), torch.device("cpu"))
+    assert [len(v) for v in few.values()] == [3, 3]  # eval_max images, whatever the batch size
+
+
+def test_paper_presets_evaluate_every_epoch_and_attack_in_the_public_units():
+    """The public supervised/main.py (commit 83547a7) runs `val_acc, val_los   = validate(test_loader, net, log)`
+    after every epoch's `train(...)` and keeps `best_acc` over them; FGSM in the public attack's units."""
+    from amr_fast.config import CLASSIFY_PAPER_PRESETS
+
+    for name, (dataset, _) in CLASSIFY_PAPER_PRESETS.items():
+        cfg = classify.CLASSIFY_PRESETS[name]
+        epoch = 62.156 if dataset == "svhn" else 50.0
+        assert cfg.eval_kimg == pytest.approx(epoch) and cfg.fgsm_kimg == pytest.approx(10 * epoch), name
+        assert cfg.fgsm_units == "normalised", name
+    assert classify.CLASSIFY_PRESETS["fashion-mnist-manifold"].fgsm_units == "pixel"  # its README table's units
 
 
 def test_lr_schedule_counts_images():
@@ -245,13 +320,15 @@ def e2e_cfg(data: str, **kw) -> ClassifyConfig:
     return ClassifyConfig(**{**base, **kw}).validate()
 
 
-@pytest.mark.parametrize("mode", ["erm", "mixup", "manifold", "cutout"])
-def test_each_mode_trains_two_iterations(shards, tmp_path, mode):
+@pytest.mark.parametrize("mode, arch", [("erm", "preactresnet18"), ("mixup", "preactresnet18"),
+                                        ("manifold", "preactresnet18"), ("cutout", "preactresnet18"),
+                                        ("manifold", "wrn28_10")])  # fmt: skip
+def test_each_mode_trains_two_iterations(shards, tmp_path, mode, arch):
     from amr_fast.stats import read_jsonl
 
-    cfg = e2e_cfg(shards, mode=mode, loss="ce" if mode == "cutout" else "bce")
+    cfg = e2e_cfg(shards, mode=mode, arch=arch, loss="ce" if mode == "cutout" else "bce")
     messages = []
-    run = classify.train_classifier(cfg, tmp_path / mode, log=messages.append)
+    run = classify.train_classifier(cfg, tmp_path / f"{mode}-{arch}", log=messages.append)
     assert "best eval/test_error over the evaluations" in messages[-1]  # best and final, as the public code's best
     rows = read_jsonl(run / "stats.jsonl")
     assert [r["kimg"] for r in rows] == [0.008, 0.016]
@@ -267,6 +344,19 @@ def test_each_mode_trains_two_iterations(shards, tmp_path, mode):
     untrained = classify.build_classifier(cfg)
     changed = [not torch.equal(a, b) for a, b in zip(model.state_dict().values(), untrained.state_dict().values())]
     assert any(changed)  # two SGD steps moved the weights
+
+
+def test_test_error_every_eval_kimg_fgsm_every_fgsm_kimg_and_both_at_the_end(shards, tmp_path):
+    cfg = e2e_cfg(shards, mode="manifold", total_kimg=0.04, eval_kimg=0.008, fgsm_kimg=0.016, snapshot_kimg=0.04,
+                  state_kimg=0.04, eval_batch=3)  # fmt: skip
+    messages = []
+    run = classify.train_classifier(cfg, tmp_path / "cadence", log=messages.append)
+    rows = read_jsonl(run / "stats.jsonl")
+    assert [r["kimg"] for r in rows] == [0.008, 0.016, 0.024, 0.032, 0.04]
+    assert all(isinstance(r.get("eval/test_error"), float) for r in rows)
+    assert [r["kimg"] for r in rows if "eval/fgsm_error@0.03" in r] == [0.016, 0.032, 0.04]
+    best = min(r["eval/test_error"] for r in rows)
+    assert f"best eval/test_error over the evaluations {best:.2f}" in messages[-1]
 
 
 def on_step(monkeypatch, step: int, action) -> None:

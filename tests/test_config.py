@@ -168,6 +168,41 @@ def test_classify_presets_follow_the_paper():
         cfg.validate()
 
 
+@pytest.mark.parametrize(
+    "dataset, epoch, classes", [("cifar10", 50.0, 10), ("cifar100", 50.0, 100), ("svhn", 62.156, 10)]
+)
+def test_wrn_presets_have_the_public_wrn_schedule(dataset, epoch, classes):
+    """vikasverma1077/manifold_mixup supervised/README.md, "Manifold mixup WRN-28-10" (and No mixup / Mixup):
+    `--arch wrn28_10 --learning_rate 0.1 --momentum 0.9 --decay 0.0001 --epochs 400 --schedule 200 300 --gammas 0.1
+    0.1 --train mixup_hidden --mixup_alpha 2.0` (mixup: `--mixup_alpha 1.0`), batch_size default 100 (main.py)."""
+    for mode, alpha in (("erm", 1.0), ("mixup", 1.0), ("manifold", 2.0)):
+        cfg = CLASSIFY_PRESETS[f"{dataset}-wrn-{mode}"]
+        assert (cfg.arch, cfg.mode, cfg.num_classes, cfg.batch) == ("wrn28_10", mode, classes, 100)
+        assert (cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.lr_gamma) == (0.1, 0.9, True, 1e-4, 0.1)
+        assert cfg.total_kimg == pytest.approx(400 * epoch)
+        assert cfg.lr_steps_kimg == pytest.approx((200 * epoch, 300 * epoch))
+        assert cfg.alpha == alpha or mode == "erm"
+        same = CLASSIFY_PRESETS[f"{dataset}-{mode}"]  # data, augmentation and standardisation as the PreActResNet's
+        fields = ("norm_mean", "norm_std", "flip", "crop_pad")
+        assert [getattr(cfg, f) for f in fields] == [getattr(same, f) for f in fields]
+
+
+def test_arch_on_a_paper_preset_of_another_schedule_is_refused_with_the_preset_to_use():
+    wrn = r"keep the preactresnet18 schedule \(2000 epochs.*--preset cifar10-wrn-manifold"
+    with pytest.raises(ValueError, match=wrn):
+        resolve("cifar10-manifold", {"arch": "wrn28_10"}, CLASSIFY_PRESETS)
+    with pytest.raises(ValueError, match=r"use --preset svhn-mixup arch=preactresnet34"):
+        resolve("svhn-wrn-mixup", {"arch": "preactresnet34"}, CLASSIFY_PRESETS)
+    with pytest.raises(ValueError, match=r"set both total_kimg and lr_steps_kimg$"):  # no WRN cutout preset
+        resolve("cifar10-cutout", {"arch": "wrn28_10", "total_kimg": "20000"}, CLASSIFY_PRESETS)
+    # the same schedule, an explicit one, or a preset of ours (not a paper row): accepted as asked
+    assert resolve("cifar10-manifold", {"arch": "preactresnet34"}, CLASSIFY_PRESETS).total_kimg == 100_000
+    cfg = resolve("cifar10-cutout", {"arch": "wrn28_10", "total_kimg": "20000", "lr_steps_kimg": "1e4,1.5e4"},
+                  CLASSIFY_PRESETS)  # fmt: skip
+    assert (cfg.arch, cfg.total_kimg, cfg.lr_steps_kimg) == ("wrn28_10", 20_000, (10_000, 15_000))
+    assert resolve("fashion-mnist-manifold", {"arch": "wrn28_10"}, CLASSIFY_PRESETS).arch == "wrn28_10"
+
+
 def test_classify_overrides_and_bad_values_are_clear_errors():
     cfg = resolve("fashion-mnist-manifold", {"mix_layers": "0,2", "width": "0.25", "flip": "false"}, CLASSIFY_PRESETS)
     assert cfg.mix_layers == (0, 2) and cfg.width == 0.25 and cfg.flip is False

@@ -224,6 +224,13 @@ def _mode_label(cfg: dict) -> str:
     return "ERM (no mixup)"
 
 
+# What an FGSM eps means under each `fgsm_units` (configs written before the field ran "pixel").
+FGSM_UNITS_TEXT = {
+    "pixel": "eps in [0, 1] pixel units",
+    "normalised": "eps on the standardised input (pixel - mean) / std, unclipped, as the public attack",
+}
+
+
 def classify_table(runs: list) -> str:
     """Markdown table of classifier runs (`Run` objects of `amr-fast classify` run dirs):
     rows = mode, columns = dataset x (test error, FGSM error at each eps), cells = mean ± std over seeds of the
@@ -238,9 +245,14 @@ def classify_table(runs: list) -> str:
     def kimg(run) -> str:
         return f"{run.rows[-1]['kimg']:g}" if run.rows else "0"
 
+    def units(run) -> str:
+        return run.cfg.get("fgsm_units", "pixel")
+
+    all_units = sorted({units(r) for r in runs})
     groups: dict[tuple, list] = {}
     for run in runs:
         arch = f"{run.cfg.get('arch')} width {run.cfg.get('width', 1):g}"
+        arch += f", FGSM {units(run)}" if len(all_units) > 1 else ""  # never averaged together
         key = (MODE_ORDER.get(run.cfg.get("mode"), 9), _mode_label(run.cfg), arch, kimg(run))
         groups.setdefault(key, []).append(run)
     datasets = list(dict.fromkeys(r.dataset for r in runs))
@@ -258,9 +270,10 @@ def classify_table(runs: list) -> str:
             vals = [v for r in group if r.dataset == ds and (v := last(r, m)) is not None]
             cells.append(_fmt(vals, scale=1.0, digits=2, n_all=n_all))
         lines.append("| " + " | ".join([label, str(arch), k] + cells) + " |")
+    meaning = "; ".join(f"{u}: {FGSM_UNITS_TEXT[u]}" if len(all_units) > 1 else FGSM_UNITS_TEXT[u] for u in all_units)
     note = (
-        f"\nCells: classification error (%) on the test split, clean and under white-box FGSM (eps in [0, 1] pixel "
-        f"units), at the end of training; best test error: the lowest over the run's evaluations (the figure the "
+        f"\nCells: classification error (%) on the test split, clean and under white-box FGSM ({meaning}), at the end "
+        f"of training; best test error: the lowest over the run's evaluations (the figure the "
         f"Manifold Mixup code reports); mean ± std over seeds (n = {n_all}; [n] when fewer).\n"
     )
     return "\n".join(lines) + "\n" + note

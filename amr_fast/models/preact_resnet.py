@@ -42,6 +42,12 @@ class StagedClassifier(nn.Module):
         self.register_buffer("in_mean", (2 * m - 1).reshape(1, -1, 1, 1), persistent=False)  # in [-1, 1] units
         self.register_buffer("in_std", (2 * s).reshape(1, -1, 1, 1), persistent=False)
 
+    def input_unit(self) -> torch.Tensor | float:
+        """One unit of the standardised input (pixel - mean) / std, in [-1, 1] units: 2 std per channel [1, C, 1, 1]
+        (1 when the network does not standardise: its input, [-1, 1], is then (pixel - 0.5) / 0.5)."""
+        unit = getattr(self, "in_std", None)
+        return 1.0 if unit is None else unit
+
     @property
     def num_mix_layers(self) -> int:
         """Positions where a hidden state may be mixed: the input of every stage but the head."""
@@ -75,13 +81,12 @@ def scaled(channels: int, width: float) -> int:
 class PreActBlock(nn.Module):
     """BN-ReLU-conv3x3-BN-ReLU-conv3x3 with an identity (or 1x1 conv) shortcut taken after the first BN-ReLU."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int, dropout: float = 0.0) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.shortcut = None
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
@@ -90,7 +95,7 @@ class PreActBlock(nn.Module):
         a = F.relu(self.bn1(h))
         skip = h if self.shortcut is None else self.shortcut(a)
         out = self.conv1(a)
-        out = self.conv2(self.dropout(F.relu(self.bn2(out))))
+        out = self.conv2(F.relu(self.bn2(out)))
         return out + skip
 
 
@@ -108,9 +113,9 @@ class Head(nn.Module):
         return self.linear(h.mean(dim=(2, 3)))
 
 
-def residual_stage(c_in: int, c_out: int, blocks: int, stride: int, dropout: float = 0.0) -> nn.Sequential:
+def residual_stage(c_in: int, c_out: int, blocks: int, stride: int) -> nn.Sequential:
     """`blocks` pre-activation blocks; the first one changes width and resolution."""
-    layers = [PreActBlock(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1, dropout) for i in range(blocks)]
+    layers = [PreActBlock(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1) for i in range(blocks)]
     return nn.Sequential(*layers)
 
 

@@ -144,5 +144,13 @@ def test_classify_table_over_seeds(tmp_path):
     # the last evaluation of each run, the best one (the public code's figure), FGSM; over 2 seeds
     assert erm.endswith("| 64 | 11.00 ± 1.00 | 10.00 ± 1.00 | 22.00 ± 2.00 |")
     assert manifold.endswith("| 64 | 8.50 ± 0.50 | 7.50 ± 0.50 | 17.00 ± 1.00 |")
+    assert "(eps in [0, 1] pixel units)" in lines[-1]  # the Fashion-MNIST presets' fgsm_units
     assert cli.main(["report", *[str(r.path) for r in runs], "--out", str(tmp_path / "table.md")]) == 0
     assert (tmp_path / "table.md").read_text() == report.classify_table(runs)  # `amr-fast report` shows it
+    # runs attacked in other units are never averaged together, and the note says what each eps means
+    cfg = json.loads((runs[0].path / "config.json").read_text())
+    (runs[0].path / "config.json").write_text(json.dumps({**cfg, "fgsm_units": "normalised"}))
+    lines = report.classify_table([report.load_run(r.path) for r in runs]).splitlines()
+    erm_normalised = next(line for line in lines if line.startswith("| ERM") and "FGSM normalised" in line)
+    assert erm_normalised.endswith("| 10.00 ± 0.00 [1] | 9.00 ± 0.00 [1] | 20.00 ± 0.00 [1] |")  # seed 0 alone
+    assert "normalised: eps on the standardised input" in lines[-1] and "pixel: eps in [0, 1]" in lines[-1]
