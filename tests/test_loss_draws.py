@@ -88,3 +88,15 @@ def test_cutmix_takes_a_box_of_uniform_area_per_example(monkeypatch):
     area = m[:, :, 1].double().mean(dim=2)  # [STEPS, B]: vector code, a run of the 32 units
     assert abs(area.mean().item() - 0.5) < 6 * math.sqrt(1 / 12 / area.numel())
     assert abs(area.var(dim=1).mean().item() * 12 - 1) < 0.15  # + the rounding's small variance
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+def test_kway_dirichlet_sources_draw_p_per_batch_or_per_example(monkeypatch, per_example):
+    """kway_sources=dirichlet: p ~ Dirichlet(1_3) per batch (or per example), each channel's source ~ p. The
+    examples' shares of source 0 inside a batch spread by the binomial noise only, E[p0 (1 - p0)] / C = 1 / (6 C)
+    (per batch), or also by Var p0 = 1/18 (per example)."""
+    _, m = draws(monkeypatch, "mnist-bernoulli-k3", kway_sources="dirichlet", per_example_mask=per_example)
+    C = m.shape[3]
+    within = m[:, :, 0].double().mean(dim=2).var(dim=1).mean().item()
+    want = 1 / 18 + 1 / (6 * C) if per_example else 1 / (6 * C)
+    assert abs(within / want - 1) < 0.2, (within, want)

@@ -351,3 +351,21 @@ def test_torch_float64_equals_ref_to_float64_rounding(kind, monkeypatch):
     for a, b in zip(got["torch"], got["ref"]):
         assert a.dtype == torch.float64
         torch.testing.assert_close(a, b, atol=1e-12 * b.abs().max().item(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS + MASK_KINDS[1:2])
+def test_torch_weight_grad_of_half_inputs_sums_exact_products_in_fp32(kind):
+    """bf16 h, grad and weights: each product of two bf16 numbers is exact in fp32, and their sum is accumulated in
+    fp32, so the weights' gradient is within fp32 rounding of the float64 one (rounding the products to bf16
+    first would be ~1e-3 off), returned in the weights' dtype."""
+    from amr_fast.kernels import torch_mix
+
+    h, perm, weights, grad = make_case(7, 3, (8,), 3, kind, torch.bfloat16, "contiguous")
+    weights = weights.bfloat16()
+    got = torch_mix.weight_grad(grad, h, perm, weights)
+    assert got.dtype == torch.bfloat16
+    want = mixing.mask_mix if kind != "simplex" else mixing.simplex_mix
+    ww = weights.double().requires_grad_(True)
+    want(h.double(), perm, ww).backward(grad.double())
+    exact = ww.grad.bfloat16()  # float64, rounded once to the weights' dtype
+    assert (got == exact).float().mean() > 0.95
