@@ -292,24 +292,28 @@ def test_phase_gradients_are_the_papers(case, monkeypatch):
     used["z"] = z[0]
     ae_owners = ("ae", "mixer")
 
-    loss.accumulate_gradients("ae")
+    stats = loss.accumulate_gradients("ae")
     got = grads(nets)
     D.eval()  # the reference sees the spectral-norm vectors the phase's power iteration left (no new iteration)
-    want = reference_grads(nets, ae_owners, reference_ae_loss(cfg, nets, x, y, used))
+    want_loss = reference_ae_loss(cfg, nets, x, y, used)
+    torch.testing.assert_close(stats["loss/ae"].double(), want_loss.detach(), rtol=1e-5, atol=1e-6)
+    want = reference_grads(nets, ae_owners, want_loss)
     assert_grads_equal(got, want, ae_owners, "ae")
 
     for net in nets.values():
         net.zero_grad(set_to_none=True)
     D.train()
     rec.calls.clear()
-    loss.accumulate_gradients("disc")
+    stats = loss.accumulate_gradients("disc")
     got = grads(nets)
     if cfg.method == "betavae":  # no discriminator in the beta-VAE baseline
-        assert all(g is None for g in got.values())
+        assert all(g is None for g in got.values()) and stats == {}
     else:
         D.eval()  # before `used` runs D's first blocks to tell the layer of its mix
         used.update({k: v for k, v in rec.used(cfg, D, x).items() if k.startswith("dm_")})
-        want = reference_grads(nets, ("disc",), reference_disc_loss(cfg, nets, x, y, used))
+        want_loss = reference_disc_loss(cfg, nets, x, y, used)
+        torch.testing.assert_close(stats["loss/disc"].double(), want_loss.detach(), rtol=1e-5, atol=1e-6)
+        want = reference_grads(nets, ("disc",), want_loss)
         assert_grads_equal(got, want, ("disc",), "disc")
 
     for net in nets.values():
@@ -333,3 +337,33 @@ def test_every_mix_runs_the_configured_impl(case, monkeypatch):
     loss.accumulate_gradients("ae")
     loss.accumulate_gradients("disc")
     assert rec.impls and set(rec.impls) == {"ref"}, rec.impls
+
+
+# What each phase reports by name (stats.jsonl, the status line, TensorBoard): one entry per term of its loss.
+AE_TERMS = {"loss/recon", "loss/ae"}
+D_TERMS = {"loss/disc_real", "loss/disc_rec", "loss/disc"}
+REPORTED = {
+    "none": (AE_TERMS | {"loss/gan_rec"}, D_TERMS),
+    "mixup": (AE_TERMS | {"loss/gan_rec", "loss/gan_mix"}, D_TERMS | {"loss/disc_mix"}),
+    "acai": (AE_TERMS | {"loss/gan_mix", "loss/consist"}, D_TERMS | {"loss/disc_mix"}),
+    "class": (
+        AE_TERMS | {"loss/gan_rec", "loss/gan_cmix", "loss/gan_mix", "loss/cls_mix", "mixer/mask_mean"},
+        D_TERMS | {"loss/disc_cmix", "loss/disc_mix", "loss/disc_cls"},
+    ),
+    "betavae": (AE_TERMS | {"loss/kl"}, set()),
+    "consistency": (AE_TERMS | {"loss/gan_rec", "loss/gan_mix", "loss/consist"}, D_TERMS | {"loss/disc_mix"}),
+    "disc-mix-pixel": (AE_TERMS | {"loss/gan_rec", "loss/gan_mix"}, D_TERMS | {"loss/disc_mix", "loss/disc_dm"}),
+}
+
+
+@pytest.mark.parametrize("case", list(REPORTED))
+def test_each_phase_reports_its_terms_by_name(case):
+    name, overrides = CASES[case]
+    cfg = tiny(name, **overrides)
+    loss = AMRLoss(cfg, build_networks(cfg), "cpu")
+    x, y = inputs(cfg)
+    loss.begin(x.float(), y, True, torch.Generator().manual_seed(1))
+    want_ae, want_d = REPORTED[case]
+    assert set(loss.accumulate_gradients("ae")) == want_ae
+    assert set(loss.accumulate_gradients("disc")) == want_d
+    assert set(loss.accumulate_gradients("probe")) == {"probe/loss", "probe/acc"}
