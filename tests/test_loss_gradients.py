@@ -70,7 +70,7 @@ def inputs(cfg, seed: int = 0):
     shape = (B, cfg.channels) if cfg.arch == "mlp" else (B, cfg.channels, cfg.img_size, cfg.img_size)
     x = (torch.rand(shape, generator=g, dtype=F64) * 2 - 1).clamp(-0.95, 0.95)
     y = torch.randint(0, cfg.num_classes, (B,), generator=g)
-    y[-1] = -1  # one unlabelled example: the classification terms must skip it
+    y[0], y[-1] = 0, -1  # class 0 is a label; one unlabelled example: the classification terms must skip it
     return x, y
 
 
@@ -357,13 +357,18 @@ REPORTED = {
 
 
 @pytest.mark.parametrize("case", list(REPORTED))
-def test_each_phase_reports_its_terms_by_name(case):
+def test_each_phase_reports_its_terms_by_name(case, monkeypatch):
     name, overrides = CASES[case]
     cfg = tiny(name, **overrides)
     loss = AMRLoss(cfg, build_networks(cfg), "cpu")
+    rec = Recorder(monkeypatch)
     x, y = inputs(cfg)
     loss.begin(x.float(), y, True, torch.Generator().manual_seed(1))
     want_ae, want_d = REPORTED[case]
-    assert set(loss.accumulate_gradients("ae")) == want_ae
+    stats = loss.accumulate_gradients("ae")
+    assert set(stats) == want_ae
+    if "mixer/mask_mean" in stats:  # the class mixer's share of the first source
+        m = next(w for _, _, w in rec.calls if w.requires_grad)
+        torch.testing.assert_close(stats["mixer/mask_mean"], m[:, 0].mean().detach())
     assert set(loss.accumulate_gradients("disc")) == want_d
     assert set(loss.accumulate_gradients("probe")) == {"probe/loss", "probe/acc"}
