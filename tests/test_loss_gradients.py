@@ -46,6 +46,8 @@ CASES = {
     "class": ("fashion-mnist-class", {}),
     "class-k3-mixup": ("fashion-mnist-class", {"k": 3, "class_unsup_mixer": "mixup"}),
     "class-only": ("fashion-mnist-class", {"class_unsup_mixer": "none"}),
+    # the mask prior alone moves the class mixer (its weight 1e-4 hides it beside the other terms)
+    "class-prior": ("fashion-mnist-class", {"k": 3, "gan_weight": 0.0, "cls_weight": 0.0}),
     "betavae": ("dsprites-betavae", {}),
     "consistency": ("mnist-bernoulli", {"beta": 0.6}),
     "consistency-mlp": ("spiral-mixup-consistency", {}),
