@@ -100,3 +100,12 @@ def test_kway_dirichlet_sources_draw_p_per_batch_or_per_example(monkeypatch, per
     within = m[:, :, 0].double().mean(dim=2).var(dim=1).mean().item()
     want = 1 / 18 + 1 / (6 * C) if per_example else 1 / (6 * C)
     assert abs(within / want - 1) < 0.2, (within, want)
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+def test_spatial_bernoulli_draws_p_per_batch_as_configured(monkeypatch, per_example):
+    """mixer=spatial_bernoulli, k = 2: each position from the partner with p ~ U(0, 1) per batch (per_example_mask:
+    per example), as Bernoulli mixup draws channels; a vector code's positions are its units."""
+    perm, m = draws(monkeypatch, "fashion-mnist-spatial-bernoulli", per_example_mask=per_example)
+    assert_uniform_partners(perm)
+    assert_bernoulli_p_rule(m[:, :, 0], per_example)
