@@ -374,3 +374,21 @@ def test_each_phase_reports_its_terms_by_name(case, monkeypatch):
         torch.testing.assert_close(stats["mixer/mask_mean"], m[:, 0].mean().detach())
     assert set(loss.accumulate_gradients("disc")) == want_d
     assert set(loss.accumulate_gradients("probe")) == {"probe/loss", "probe/acc"}
+
+
+@pytest.mark.parametrize("labelled", [0, 1, 3])
+def test_probe_averages_over_the_labelled_examples(labelled):
+    """The probe's loss and accuracy are means over the labelled rows only (zero when there are none)."""
+    cfg = tiny("mnist-mixup")
+    nets = build_networks(cfg)
+    loss = AMRLoss(cfg, nets, "cpu")
+    x, y = inputs(cfg)
+    y[labelled:] = -1
+    loss.begin(x.float(), y, False, torch.Generator().manual_seed(1))
+    stats = loss.accumulate_gradients("probe")
+    logits = nets["probe"](nets["ae"].encode(x.float()).flatten(1)).detach()[:labelled]
+    ce = -logits.log_softmax(dim=1).gather(1, y[:labelled, None])[:, 0]
+    want_loss = ce.mean() if labelled else torch.tensor(0.0)
+    want_acc = (logits.argmax(dim=1) == y[:labelled]).float().mean() if labelled else torch.tensor(0.0)
+    torch.testing.assert_close(stats["probe/loss"], want_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats["probe/acc"], want_acc)
