@@ -8,10 +8,10 @@
 - A *state* (`state-<kimg>/`) is the full training state, and loading it never unpickles anything: the
   networks' tensors (`model.safetensors`), the optimisers' tensors (`optim.safetensors`) with the rest of their
   state dicts (`optim.json`), the loop's own state (`loop.json`), and per rank its RNG states and extra tensors,
-  e.g. the mixing generator (`rank<r>.safetensors`, `rank<r>.json`). It is written into `state-<kimg>.tmp/`,
-  renamed, and only then marked complete by the file `COMPLETE`; `find_latest_state` ignores anything without
-  the marker, so a crash mid-write never leaves a newest state that fails to load. Files a state does not name
-  (a planted `*.pkl`) are never opened.
+  if any (`rank<r>.safetensors`, `rank<r>.json`; a state resumes on any number of processes). It is written into
+  `state-<kimg>.tmp/`, renamed, and only then marked complete by the file `COMPLETE`; `find_latest_state`
+  ignores anything without the marker, so a crash mid-write never leaves a newest state that fails to load.
+  Files a state does not name (a planted `*.pkl`) are never opened.
 - `write_text_atomic` / `read_json`: every JSON file of a run is replaced atomically, and a parse error names
   the file.
 """
@@ -331,21 +331,17 @@ def load_state(
     optimizers: dict[str, torch.optim.Optimizer],
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Restore what `save_state` wrote: the modules, optimisers and this rank's RNG states in place; returns
-    (loop dict, this rank's extra tensors). Reads safetensors and JSON only. Raises ValueError if the state was
-    written by a different number of processes, for other modules, or by an older amr_fast."""
+    (loop dict, this rank's extra tensors). Reads safetensors and JSON only. Elastic: a state written by N
+    processes loads on any number (the modules and optimisers are replicated, the training draws and the data
+    order are functions of the step, not of per-rank state); a rank the state has no file for keeps its RNG
+    states and gets no extra tensors. Raises ValueError for other modules or a state of an older amr_fast."""
     state_dir = Path(state_dir)
     if not (state_dir / "model.safetensors").is_file():
         raise ValueError(
             f"{state_dir} is not a state this amr_fast reads (no model.safetensors: an older, pickled Accelerate "
             "state, which is never loaded); start a new --outdir, or delete the state to train from scratch"
         )
-    rank_file = state_dir / f"rank{accelerator.process_index}.safetensors"
-    n_saved = len(list(state_dir.glob("rank*.safetensors")))
-    if n_saved != accelerator.num_processes or not rank_file.exists():
-        raise ValueError(
-            f"{state_dir} was written by {n_saved} processes but this run has {accelerator.num_processes}; "
-            "resume with the same number of processes, or start a new --outdir from its snapshot"
-        )
+    rank_file = state_dir / f"rank{accelerator.process_index}.safetensors"  # absent: written by fewer processes
     weights: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in load_file(str(state_dir / "model.safetensors")).items():
         mname, _, name = key.partition(".")
@@ -354,6 +350,7 @@ def load_state(
     optim_tensors, optim_meta = load_file(str(state_dir / "optim.safetensors")), read_json(state_dir / "optim.json")
     for name, opt in optimizers.items():
         _load_optimizer(name, opt, optim_tensors, optim_meta[name])
-    tensors = load_file(str(rank_file))
-    _set_rng_states(tensors, read_json(state_dir / f"rank{accelerator.process_index}.json"))
+    tensors = load_file(str(rank_file)) if rank_file.is_file() else {}
+    if tensors:
+        _set_rng_states(tensors, read_json(state_dir / f"rank{accelerator.process_index}.json"))
     return read_json(state_dir / "loop.json"), {k: v for k, v in tensors.items() if not k.startswith("rng/")}

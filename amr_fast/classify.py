@@ -39,8 +39,9 @@ Commands:
   amr-fast classify --preset fashion-mnist-manifold --data /work/data/fashion-mnist-32 --outdir runs/fm-manifold
   amr-fast classify --preset cifar10-manifold --data DIR --outdir RUN                  # one GPU, bf16
   accelerate launch --multi_gpu --num_processes 8 -m amr_fast.cli classify --preset cifar10-manifold --data DIR
-  ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m amr_fast.cli classify ...   # 2 CPUs
-On a CPU shared with other jobs, OMP_NUM_THREADS=1 per process is several times faster than torch's default.
+  amr-fast classify --preset fashion-mnist-manifold ...                 # a CPU: one process per core (procs=N)
+Partners, lam, crops and cutout are drawn over the global batch (`amr_fast.globalbatch`); BatchNorm statistics
+are per process.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,10 +58,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from amr_fast import checkpoint, data, kernels, mixing, stats
+from amr_fast import checkpoint, data, globalbatch, kernels, mixing, stats
 from amr_fast.config import CLASSIFY_PRESETS, ClassifyConfig, from_dict
 from amr_fast.models import build_classifier
-from amr_fast.run import LoopState, Run, config_from_args, configure_run_parser, due, step_status, sum_over_ranks
+from amr_fast.run import (
+    LoopState,
+    Run,
+    config_from_args,
+    configure_run_parser,
+    cpu_processes,
+    due,
+    start_processes,
+    step_status,
+    sum_over_ranks,
+)
 
 STATUS_KEYS = ("kimg", "loss/cls", "train/error", "eval/test_error", "lr", "img/s", "nonfinite", "data/skipped")
 
@@ -75,12 +87,17 @@ class ClassifyState(LoopState):
 # Augmentation on the device (uint8 -> [-1, 1] has already happened).
 
 
-def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+def random_crop_flip(
+    x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator, rank: int = 0, world: int = 1
+) -> torch.Tensor:
     """Per-example random crop of the image padded by `pad` black pixels, and a random horizontal flip.
-    x [B, C, H, W] in [-1, 1]; offsets and flips are drawn on the CPU generator (no device sync)."""
+    x [B, C, H, W] in [-1, 1], this rank's rows of a global batch of world x B; offsets and flips are drawn for
+    the global batch on the CPU generator (no device sync), each rank keeps its rows."""
     B, C, H, W = x.shape
+    mine = lambda t: globalbatch.local_rows(t, rank, world)  # noqa: E731
     if pad > 0:
-        off = torch.randint(0, 2 * pad + 1, (2, B), generator=generator).to(x.device)  # [2, B] (dy, dx)
+        off = torch.randint(0, 2 * pad + 1, (2, B * world), generator=generator)  # [2, G] (dy, dx)
+        off = mine(off.t()).t().to(x.device)  # [2, B]: this rank's columns
         x_pad = F.pad(x, (pad, pad, pad, pad), value=-1.0)  # -1 = black, as padding the raw image with 0
         rows = (off[0, :, None] + torch.arange(H, device=x.device))[:, None, :, None]  # [B, 1, H, 1]
         cols = (off[1, :, None] + torch.arange(W, device=x.device))[:, None, None, :]  # [B, 1, 1, W]
@@ -88,20 +105,24 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Gen
         c = torch.arange(C, device=x.device)[None, :, None, None]
         x = x_pad[b, c, rows, cols]  # [B, C, H, W]
     if flip:
-        do_flip = (torch.rand(B, generator=generator) < 0.5).to(x.device)
+        do_flip = mine(torch.rand(B * world, generator=generator) < 0.5).to(x.device)
         x = torch.where(do_flip[:, None, None, None], x.flip(3), x)
     return x
 
 
-def cutout(x: torch.Tensor, size: int, generator: torch.Generator, per_batch: bool = False) -> torch.Tensor:
+def cutout(
+    x: torch.Tensor, size: int, generator: torch.Generator, per_batch: bool = False, rank: int = 0, world: int = 1
+) -> torch.Tensor:
     """Cutout (DeVries & Taylor 2017): a size x size square around a uniform random centre (clipped at the
-    border) set to 0 (the mid-grey of [-1, 1]) in every example; per_batch: one square for the whole batch (the
-    Manifold Mixup code applies its Cutout to the batch tensor), else one per example."""
+    border) set to 0 (the mid-grey of [-1, 1]) in every example; per_batch: one square for the whole (global)
+    batch (the Manifold Mixup code applies its Cutout to the batch tensor), else one per example, drawn for the
+    global batch of world x B (each rank keeps its rows)."""
     B, _, H, W = x.shape
-    n = 1 if per_batch else B
+    n = 1 if per_batch else B * world
     centre = torch.stack(
-        [torch.randint(0, H, (n,), generator=generator), torch.randint(0, W, (n,), generator=generator)]
-    ).expand(2, B)
+        [torch.randint(0, H, (n,), generator=generator), torch.randint(0, W, (n,), generator=generator)], dim=1
+    )
+    centre = (centre if per_batch else globalbatch.local_rows(centre, rank, world)).t().expand(2, B)
     centre = centre.to(x.device)  # [2, B]
     lo = centre - size // 2
     ys = torch.arange(H, device=x.device)
@@ -117,22 +138,34 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator, per_batch: bo
 
 
 def mixup_forward(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ClassifyConfig, generator: torch.Generator
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: ClassifyConfig,
+    generator: torch.Generator,
+    rank: int = 0,
+    world: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, int | None]:
     """Forward pass of one training step: (logits [B, num_classes], targets [B, num_classes], mixed layer or None).
 
     erm / cutout: clean forward, one-hot targets. mixup: k = 0. manifold: k ~ U(cfg.mix_layers). Then lam ~
     Beta(alpha, alpha), perm a random partner per example; the hidden state at k and the one-hot targets are both
-    mixed by `kernels.simplex_mix(., perm, w)` with w = [lam, 1 - lam]."""
+    mixed by `kernels.simplex_mix(., perm, w)` with w = [lam, 1 - lam]. On `world` processes x and y are this
+    rank's rows of the global batch: partners and lam are drawn over the global batch (the same generator on every
+    rank), the hidden state is all-gathered (differentiably) and each rank keeps its rows of the mix."""
     y_onehot = F.one_hot(y, cfg.num_classes).float()  # [B, num_classes]
     if cfg.mode in ("erm", "cutout"):
         return model(x), y_onehot, None
-    B = x.shape[0]
+    G = x.shape[0] * world  # the global batch: every draw is over its rows
     layers = (0,) if cfg.mode == "mixup" else cfg.mix_layers
     layer = layers[int(torch.randint(len(layers), (1,), generator=generator))]
-    perm = mixing.sample_perm(2, B, generator, device=x.device)  # [2, B]: identity, partners
-    w = mixing.sample_beta_weights(B, cfg.alpha, generator, per_example=cfg.per_example, device=x.device)  # [B, 2]
-    mix = lambda h: kernels.simplex_mix(h, perm, w, impl=cfg.impl)  # h_mix = lam h + (1 - lam) h[perm]
+    perm = mixing.sample_perm(2, G, generator, device=x.device)  # [2, G]: identity, partners
+    w = mixing.sample_beta_weights(G, cfg.alpha, generator, per_example=cfg.per_example, device=x.device)  # [G, 2]
+
+    def mix(h: torch.Tensor) -> torch.Tensor:  # this rank's rows of h_mix = lam h + (1 - lam) h[perm]
+        h_all = globalbatch.gather_rows(h, world)
+        return globalbatch.local_rows(kernels.simplex_mix(h_all, perm, w, impl=cfg.impl), rank, world)
+
     logits = model(x, mix_layer=layer, mix=mix)
     y_mix = mix(y_onehot)  # [B, num_classes]: lam on y, 1 - lam on y[perm]
     return logits, y_mix, layer
@@ -218,30 +251,32 @@ def lr_at(cfg: ClassifyConfig, nimg: int) -> float:
 class Step:
     """One SGD step on one batch: augment, mix (`mixup_forward`), loss, backward, then the optimiser step unless a
     loss or gradient is non-finite on some rank; a skipped step puts back the BatchNorm statistics its forward
-    pass moved. Every draw comes from `generator`, one CPU generator per rank (no device syncs; saved in the
-    resume state, so a resumed run draws what the uninterrupted one would have)."""
+    pass moved. Every draw of step n comes from `globalbatch.draws(seed, n, "classify")`, a CPU generator (no
+    device syncs) that every rank holds identically, over the global batch: a resumed run, on any number of
+    processes, draws what the uninterrupted one would have."""
 
-    def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, cfg: ClassifyConfig, generator: torch.Generator,
-                 run: Run) -> None:  # fmt: skip
-        self.model, self.opt, self.cfg, self.generator, self.run = model, opt, cfg, generator, run
+    def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, cfg: ClassifyConfig, run: Run) -> None:
+        self.model, self.opt, self.cfg, self.run = model, opt, cfg, run
         self.params = list(model.parameters())
         self.bn_stats = [b for b in model.buffers() if b.is_floating_point()]
         self.bn_stats_before = [b.clone() for b in self.bn_stats]
 
-    def __call__(self, batch: dict, lr: float) -> tuple[str, bool]:
-        """Returns (status of `amr_fast.run.step_status`, stop requested on some rank)."""
+    def __call__(self, batch: dict, lr: float, step: int = 0) -> tuple[str, bool]:
+        """Step `step` on this rank's rows of a global batch. Returns (status of `amr_fast.run.step_status`, stop
+        requested on some rank)."""
         cfg, run = self.cfg, self.run
+        g, where = globalbatch.draws(cfg.seed, step, "classify"), dict(rank=run.rank, world=run.world)
         x = data.to_unit(batch["x"], run.device)  # [B, C, H, W] in [-1, 1]
         y = batch["y"].to(run.device, non_blocking=True)
-        x = random_crop_flip(x, cfg.crop_pad, cfg.flip, self.generator)
+        x = random_crop_flip(x, cfg.crop_pad, cfg.flip, g, **where)
         if cfg.mode == "cutout":
-            x = cutout(x, cfg.cutout_size, self.generator, per_batch=cfg.cutout_per_batch)
+            x = cutout(x, cfg.cutout_size, g, per_batch=cfg.cutout_per_batch, **where)
         for group in self.opt.param_groups:
             group["lr"] = lr
         if self.bn_stats:
             torch._foreach_copy_(self.bn_stats_before, self.bn_stats)
         with run.accelerator.autocast():
-            logits, y_mix, _ = mixup_forward(self.model, x, y, cfg, self.generator)
+            logits, y_mix, _ = mixup_forward(self.model, x, y, cfg, g, **where)
         loss = mixup_loss(logits, y_mix, cfg.loss)
         self.opt.zero_grad(set_to_none=True)
         (loss * run.state.loss_scale).backward()  # DDP averages the gradients over ranks
@@ -280,15 +315,14 @@ def train_classifier(
     run = Run(cfg, outdir, ClassifyState(), log, STATUS_KEYS, tensorboard)
     if cfg.batch % run.world:
         raise ValueError(f"batch={cfg.batch} must be a multiple of the number of processes ({run.world})")
-    s, batch_gpu = run.state, cfg.batch // run.world
+    s = run.state
     torch.manual_seed(cfg.seed)  # the same initial weights for every rank and every rerun of a seed
     net = build_classifier(cfg).to(run.device)
     opt = torch.optim.SGD(
         net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
     )
-    model = run.accelerator.prepare(net)  # DDP on several processes
-    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.rank)
-    generator.set_state(run.resume({"classifier": net}, {"opt": opt}).get("generator", generator.get_state()))
+    model = run.accelerator.prepare(net)  # DDP on several processes (BatchNorm statistics: per rank)
+    run.resume({"classifier": net}, {"opt": opt})
 
     def save_state() -> Path:
         """run.save_state, refused on every rank together if any weight or momentum is non-finite."""
@@ -298,19 +332,21 @@ def train_classifier(
                 f"refusing to write a resume state at {s.nimg / 1000:g} kimg: {bad or 'a tensor on another rank'} is "
                 f"non-finite (the run diverged); lower lr or use precision=fp32, and resume from an earlier state"
             )
-        return run.save_state({"classifier": net}, {"opt": opt}, {"generator": generator.get_state()})
+        return run.save_state({"classifier": net}, {"opt": opt}, {})
 
-    batches = data.train_loader(root, batch_gpu, rank=run.rank, world_size=run.world, seed=cfg.seed,
+    batches = data.train_loader(root, cfg.batch, rank=run.rank, world_size=run.world, seed=cfg.seed,
                                 workers=cfg.workers, start_batch=s.nimg // cfg.batch, **run.loader_args())  # fmt: skip
-    step = Step(model, opt, cfg, generator, run)
+    step = Step(model, opt, cfg, run)
     n_params = sum(p.numel() for p in net.parameters())
     run.say(f"{cfg.arch} width {cfg.width:g} ({n_params / 1e6:.2f} M params), mode {cfg.mode}, {run.world} process(es)")
     model.train()
     row, stop = {}, False
-    with run:  # SIGTERM / SIGINT: finish the step, save a state, return (the flag rides on the step's all-reduce)
+    # SIGTERM / SIGINT: finish the step, save a state, return (the flag rides on the step's all-reduce); the loader's
+    # threads are joined when the loop ends, never at interpreter exit
+    with run, contextlib.closing(batches):
         while not run.finished:
             lr = lr_at(cfg, s.nimg)
-            status, stop = step(next(batches), lr)
+            status, stop = step(next(batches), lr, s.nimg // cfg.batch)
             run.count_step(status)
             prev, s.nimg = s.nimg, s.nimg + cfg.batch
             attack = run.finished or due(prev, s.nimg, cfg.fgsm_kimg)
@@ -383,5 +419,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
     cfg = config_from_args(args, CLASSIFY_PRESETS)
     if cfg is not None:
+        n = cpu_processes(args.procs)
+        if n > 1:  # a CPU: one single-threaded data-parallel process per core, through torch's launcher
+            return start_processes(n, sys.argv[1:])
         train_classifier(cfg, args.outdir or f"runs/{args.preset}", tensorboard=args.tensorboard)
     return 0

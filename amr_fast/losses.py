@@ -31,6 +31,11 @@ Beta(disc_mix_alpha, disc_mix_alpha) per example folded to min(lam, 1 - lam) <= 
 (mugan's vh1 / vh2), and must call it fake. Drawing the layer reads one integer from the generator on the host
 (a device sync per step on a GPU, only with disc_mix=hidden).
 
+Distributed (`amr_fast.globalbatch`): partners, weights and masks are drawn over the GLOBAL micro-batch (every
+rank's rows) from a generator every rank holds identically; the codes (and labels) are all-gathered with a
+differentiable all-gather, every rank mixes the gathered codes and decodes its own rows of the mixes. Means over
+labelled rows are over the global batch. A run draws and mixes the same on 1, 2 or N processes.
+
 Protocol (the loop, amr_fast.train): per micro-batch `begin(x, y, update_ae, generator)` runs the autoencoder
 ONCE (with autograd only if update_ae; x_rec and x_mix are decoded in one batched pass), then
 `accumulate_gradients(phase, gain)` for "ae" (if update_ae), "disc", "probe"; each computes its loss from the cached
@@ -47,7 +52,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from amr_fast import kernels, mixing
+from amr_fast import globalbatch, kernels, mixing
 from amr_fast.config import TrainConfig
 from amr_fast.models import unwrap
 from amr_fast.models.base import to_channels_last
@@ -83,25 +88,28 @@ class _Forward:
 
     x: Tensor  # [B, C, H, W] in [-1, 1]
     y: Tensor  # [B] int64, -1 = unlabelled
+    y_all: Tensor  # [world * B] every rank's labels (rank order)
     update_ae: bool
     h: Tensor  # [B, *code]  (VAE: the mean)
     x_rec: Tensor  # [B, C, H, W]
     logits: Tensor  # [B, C, H, W] Bernoulli logits of (x_rec + 1) / 2 (bce reconstruction)
-    perm: Tensor | None = None  # [K, B]
+    perm: Tensor | None = None  # [K, world * B] partners over the global batch
     h_mix: Tensor | None = None  # [B, *code]
     x_mix: Tensor | None = None  # [B, C, H, W]
     x_cmix: Tensor | None = None  # [B, C, H, W] decoded class-conditional mix (mixer=class)
-    w: Tensor | None = None  # [B, K] mixup weights (ACAI's alpha = w[:, 0])
-    m: Tensor | None = None  # [B, K, C] masks of the class mixer (its prior)
-    y_mix: Tensor | None = None  # [B, num_classes] mixed labels (class mixer)
+    w: Tensor | None = None  # [B, K] this rank's mixup weights (ACAI's alpha = w[:, 0])
+    m: Tensor | None = None  # [B, K, C] this rank's masks of the class mixer (its prior)
+    y_mix: Tensor | None = None  # [B, num_classes] this rank's mixed labels (class mixer)
     kl: Tensor | None = None  # beta-VAE KL, scalar
     w_dm: Tensor | None = None  # [2B, 2] disc_mix weights: lam per example for mix(real, fake)
     dm_layer: int = 0  # disc_mix: the layer of D where real and fake are mixed this step (0 = pixels)
 
 
 class AMRLoss:
-    def __init__(self, cfg: TrainConfig, nets: dict[str, nn.Module], device: torch.device | str):
-        self.cfg = cfg
+    def __init__(
+        self, cfg: TrainConfig, nets: dict[str, nn.Module], device: torch.device | str, rank: int = 0, world: int = 1
+    ):
+        self.cfg, self.rank, self.world = cfg, rank, world
         self.nets = {name: unwrap(net) for name, net in nets.items()}
         self.ae, self.disc, self.probe = self.nets["ae"], self.nets["disc"], self.nets["probe"]
         self.mixer = self.nets.get("mixer")
@@ -200,50 +208,63 @@ class AMRLoss:
             net.requires_grad_(phase is not None and name in PHASE_MODULES[phase])
 
     def begin(self, x: Tensor, y: Tensor, update_ae: bool, generator: torch.Generator) -> None:
-        """Encode, draw partners and weights, mix, decode x_rec and x_mix in one pass; cache for the phases."""
-        cfg, g = self.cfg, generator
+        """Encode, draw partners and weights over the global batch, mix, decode this rank's x_rec and x_mix in one
+        pass; cache for the phases. `generator` must be the same on every rank (`globalbatch.draws`)."""
+        cfg, g, world = self.cfg, generator, self.world
         if y.dim() != 1 or y.shape[0] != x.shape[0]:
             raise ValueError(
                 f"y must be [B] int64 labels (-1 = unlabelled) with B = {x.shape[0]}; got {tuple(y.shape)}"
             )
         B = x.shape[0]
+        G = B * world  # the global micro-batch: every draw is over its rows
+        mine = lambda t: globalbatch.local_rows(t, self.rank, world)  # noqa: E731 - this rank's rows
         self._fwd = None
         if update_ae:
             self._set_requires_grad("ae")
+        y_all = globalbatch.gather_rows(y, world)
         with torch.set_grad_enabled(update_ae and torch.is_grad_enabled()):
             if cfg.method == "betavae":
                 mu, logvar = self.ae.encode_stats(x)  # [B, D] each
                 self.passes["enc"] += 1
-                eps = torch.randn(mu.shape, generator=g, device=g.device).to(mu.device, mu.dtype)
-                z = mu + eps * (0.5 * logvar).exp()  # reparameterisation
+                eps = torch.randn((G, *mu.shape[1:]), generator=g, device=g.device)
+                z = mu + mine(eps).to(mu.device, mu.dtype) * (0.5 * logvar).exp()  # reparameterisation
                 kl = 0.5 * (mu.float().square() + logvar.float().exp() - 1 - logvar.float()).sum(dim=1).mean()
                 x_rec, logits = self._decode(z)
-                self._fwd = _Forward(x=x, y=y, update_ae=update_ae, h=mu, x_rec=x_rec, logits=logits, kl=kl)
+                self._fwd = _Forward(x=x, y=y, y_all=y_all, update_ae=update_ae, h=mu, x_rec=x_rec, logits=logits,
+                                     kl=kl)  # fmt: skip
                 return
             h = self._encode(x)  # [B, *code]
             perm, h_mix, h_cmix, rec = None, None, None, {}
             if self.mix_codes is not None or self.class_mix:
-                perm = mixing.sample_perm(cfg.k, B, g, device=x.device)  # [K, B], row 0 = identity
+                h_all = globalbatch.gather_rows(h, world)  # [G, *code]; backward: each rank its rows' gradient
+                perm = mixing.sample_perm(cfg.k, G, g, device=x.device)  # [K, G], row 0 = identity
             if self.class_mix:
-                h_cmix = self._mix_class(h, perm, y, g, rec)  # [B, *code], eq. 7: consistent with y_mix
+                h_cmix = mine(self._mix_class(h_all, perm, y_all, g, rec))  # eq. 7: consistent with y_mix
             if self.mix_codes is not None:
-                h_mix = self.mix_codes(h, perm, y, g, rec)  # [B, *code], eq. 3 (same partners as the class mix)
+                h_mix = mine(self.mix_codes(h_all, perm, y_all, g, rec))  # eq. 3 (same partners as the class mix)
             codes = {"x_rec": h, "x_cmix": h_cmix, "x_mix": h_mix}
             codes = {name: code for name, code in codes.items() if code is not None}
             x_dec, logits = self._decode(torch.cat(list(codes.values())))  # one decoder pass for all of them
             x_parts = dict(zip(codes, x_dec.split(B)))
             w_dm, dm_layer = None, 0
             if cfg.disc_mix != "none":
-                w = mixing.sample_beta_weights(2 * B, cfg.disc_mix_alpha, g, per_example=True, device=x.device)
+                w = mixing.sample_beta_weights(2 * G, cfg.disc_mix_alpha, g, per_example=True, device=x.device)
+                w = mine(w[:G])  # real i's share (the second half of the draw goes unused, as it always did)
                 lam = torch.minimum(w[:, 0], w[:, 1])  # folded: the real's share is at most 1/2 (mugan)
-                w_dm = torch.stack([lam, 1 - lam], dim=1)  # [2B, 2]
+                w_dm = torch.stack([lam, 1 - lam], dim=1).repeat(2, 1)  # [2B, 2]: rows :B mix real i, fake i
                 if cfg.disc_mix == "hidden":  # uniform over {pixels, after block 1, ..., after block L}
                     dm_layer = int(torch.randint(0, cfg.disc_mix_layer + 1, (1,), generator=g, device=g.device))
+        local = {k: mine(v) for k, v in rec.items()}
         self._fwd = _Forward(
-            x=x, y=y, update_ae=update_ae, h=h, x_rec=x_parts["x_rec"], logits=logits[:B], perm=perm, h_mix=h_mix,
-            x_mix=x_parts.get("x_mix"), x_cmix=x_parts.get("x_cmix"), w=rec.get("w"), m=rec.get("m"),
-            y_mix=rec.get("y_mix"), w_dm=w_dm, dm_layer=dm_layer,
+            x=x, y=y, y_all=y_all, update_ae=update_ae, h=h, x_rec=x_parts["x_rec"], logits=logits[:B], perm=perm,
+            h_mix=h_mix, x_mix=x_parts.get("x_mix"), x_cmix=x_parts.get("x_cmix"), w=local.get("w"),
+            m=local.get("m"), y_mix=local.get("y_mix"), w_dm=w_dm, dm_layer=dm_layer,
         )  # fmt: skip
+
+    def _known_mean(self, values: Tensor, known: Tensor, known_all: Tensor) -> Tensor:
+        """The mean of `values` over the labelled rows of the GLOBAL batch, as this rank's share (rows `known` of
+        its own, `known_all` of every rank): averaged over ranks, the gradients are those of the global mean."""
+        return self.world * (values * known.float()).sum() / known_all.float().sum().clamp_min(1)
 
     def accumulate_gradients(self, phase: str, gain: float = 1.0) -> dict[str, Tensor]:
         """Loss of `phase` from the cached forward, `(loss * gain).backward()`, detached scalars to report."""
@@ -288,10 +309,11 @@ class AMRLoss:
                 stats[f"loss/gan_{name}"] = term
             if self.class_mix:
                 # The decoded class mix must carry its mixed labels (rows whose k sources are all labelled).
-                known = (fwd.y >= 0)[fwd.perm].all(dim=0).float()  # [B]
+                known_all = (fwd.y_all >= 0)[fwd.perm].all(dim=0)  # [world * B]
+                known = globalbatch.local_rows(known_all, self.rank, self.world)
                 c_cmix = c_fake[B : 2 * B]  # the "cmix" group follows "rec"
                 bce = F.binary_cross_entropy_with_logits(c_cmix.float(), fwd.y_mix.float(), reduction="none")
-                cls_mix = (bce.mean(dim=1) * known).sum() / known.sum().clamp_min(1)
+                cls_mix = self._known_mean(bce.mean(dim=1), known, known_all)
                 K, C = fwd.m.shape[1], fwd.m.shape[2]
                 prior = (fwd.m.float().sum(dim=2) - C / K).square().mean()
                 loss = loss + cfg.cls_weight * cls_mix + MASK_PRIOR * prior
@@ -341,10 +363,9 @@ class AMRLoss:
             loss = loss + term
             stats[f"loss/disc_{name}"] = term
         if self.class_mix:  # ACGAN: D's aux head classifies real x by its label
-            known = (fwd.y >= 0).float()
             y_onehot = F.one_hot(fwd.y.clamp_min(0), cfg.num_classes).float()
             bce = F.binary_cross_entropy_with_logits(c_out[:B].float(), y_onehot, reduction="none").mean(dim=1)
-            cls_real = (bce * known).sum() / known.sum().clamp_min(1)
+            cls_real = self._known_mean(bce, fwd.y >= 0, fwd.y_all >= 0)
             loss = loss + cls_real
             stats["loss/disc_cls"] = cls_real
         stats["loss/disc"] = loss
@@ -353,11 +374,10 @@ class AMRLoss:
     def _probe_loss(self, fwd: _Forward) -> tuple[Tensor, dict[str, Tensor]]:
         """Linear probe on the detached code: cross-entropy with y over labelled rows (zero if none)."""
         logits = self.probe(fwd.h.detach().flatten(1).float())  # [B, num_classes]
-        known = fwd.y >= 0
-        n = known.sum().clamp_min(1)
+        known, known_all = fwd.y >= 0, fwd.y_all >= 0  # the mean over the global batch's labelled rows
         ce = F.cross_entropy(logits, fwd.y.clamp_min(0), reduction="none")
-        loss = (ce * known).sum() / n
-        acc = ((logits.argmax(dim=1) == fwd.y) & known).sum() / n
+        loss = self._known_mean(ce, known, known_all)
+        acc = self._known_mean((logits.argmax(dim=1) == fwd.y).float(), known, known_all)
         return loss, {"probe/loss": loss, "probe/acc": acc}
 
 

@@ -6,10 +6,12 @@
   Parameters, optimiser states, norms' statistics and the losses stay fp32 either way (autocast computes convs
   and matmuls in bf16 only; our losses cast to fp32). `amr-fast bench train` measures both precisions, and
   `launch/bench/bf16-quality.sh` compares their quality (README, "Training speed").
-- `ACCELERATE_MIXED_PRECISION` (set by `accelerate launch --mixed_precision ...` or a launch YAML) wins over auto.
+- `ACCELERATE_MIXED_PRECISION` bf16 / fp16 (set by `accelerate launch --mixed_precision ...` or a launch YAML)
+  wins over auto; its "no" (accelerate launch's default) does not: a plain run and a launched one get the same.
 - `AMR_FAST_CPU_BF16=0` / `=1` forces the CPU answer (tests, or a CPU whose flags mislead).
 
-`choose_precision(requested, device_type)` returns Accelerate's `mixed_precision` string: "no", "bf16" or "fp16".
+`choose_precision(requested, device_type)` returns Accelerate's `mixed_precision` string: "no", "bf16" or "fp16";
+`precision_choice` also says why (the first lines of every run's log).
 
 The other CPU setting every run gets: `keep_freed_memory()` (glibc's malloc keeps freed blocks up to 32 MB for
 reuse instead of returning them to the system: see its docstring).
@@ -53,16 +55,29 @@ def cpu_has_native_bf16() -> bool:
 
 def choose_precision(requested: str, device_type: str) -> str:
     """Accelerate's mixed_precision ("no", "bf16", "fp16") for a config's `precision` on `device_type`."""
+    return precision_choice(requested, device_type)[0]
+
+
+def precision_choice(requested: str, device_type: str) -> tuple[str, str]:
+    """(Accelerate's mixed_precision, why): THE rule, whatever the launcher (plain, `accelerate launch`, torchrun,
+    Slurm). An explicit precision is the config's. "auto": a launcher's `--mixed_precision bf16|fp16` (its
+    ACCELERATE_MIXED_PRECISION), else the device's answer. A launcher's "no" is the default of `accelerate launch`,
+    indistinguishable from a choice: it never turns auto into fp32 (precision=fp32 does)."""
     if requested != "auto":
-        return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[requested]
-    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
-    if launched:
-        return launched
+        return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[requested], f"precision={requested} in the config"
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launched in ("bf16", "fp16"):
+        return launched, f"precision=auto: the launcher's --mixed_precision {launched}"
     if device_type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+        ok = torch.cuda.is_bf16_supported()
+        return ("bf16" if ok else "no"), f"precision=auto: this GPU {'supports' if ok else 'lacks'} bf16"
     if device_type == "cpu":
-        return "bf16" if cpu_has_native_bf16() else "no"
-    return "no"
+        forced = os.environ.get("AMR_FAST_CPU_BF16", "").strip() in ("0", "1")
+        native = cpu_has_native_bf16()
+        why = "AMR_FAST_CPU_BF16 says" if forced else "/proc/cpuinfo says"
+        what = "computes bf16 natively" if native else "has no native bf16 (emulated bf16 is slower than fp32)"
+        return ("bf16" if native else "no"), f"precision=auto: this CPU {what} ({why})"
+    return "no", f"precision=auto: fp32 on {device_type}"
 
 
 def default_device_type() -> str:

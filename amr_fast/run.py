@@ -3,8 +3,8 @@
 A `Run` is one training run in its directory (NVlabs edm2's `training_loop.py` shape: the trainer is a flat
 sequence of blocks around one state object, `run.state`):
 
-- precision and world size: `mixed_precision` (the config's, or for "auto" what `accelerate launch` chose in
-  ACCELERATE_MIXED_PRECISION, else bf16 on CUDA and fp32 on CPU; fp16 brings a dynamic loss scale) and
+- precision and world size: `mixed_precision` (`amr_fast.precision.precision_choice`, one rule for every
+  launcher, said in the log's first lines; fp16 brings a dynamic loss scale) and
   `check_world_size` (a launcher that silently started one process is an error);
 - the run directory: `config.json` (written atomically), `log.txt` (`run.say`), `stats.jsonl` (one row per
   tick, `run.tick`); an --outdir naming a file is an error;
@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import signal
 import threading
@@ -43,12 +44,12 @@ from amr_fast import checkpoint, stats
 from amr_fast.config import from_dict, parse_overrides, resolve, to_json
 from amr_fast.data import stream_counts
 from amr_fast.eval import tensorboard as eval_tensorboard
-from amr_fast.precision import choose_precision, default_device_type, keep_freed_memory
+from amr_fast.precision import default_device_type, keep_freed_memory, precision_choice
 
 # Fields that may differ when a run is resumed (the schedule and runtime knobs); every other field must match.
 RESUMABLE_FIELDS = (
     "total_kimg", "tick_kimg", "snapshot_kimg", "state_kimg", "probe_kimg", "eval_kimg", "fgsm_kimg", "eval_batch",
-    "compile", "max_skipped", "skip_window", "channels_last",
+    "compile", "max_skipped", "skip_window", "channels_last", "workers",
 )  # fmt: skip
 FP16_INITIAL_SCALE = 2.0**15  # fp16 dynamic loss scaling: the first scale,
 FP16_MAX_SCALE = 2.0**24  # its ceiling,
@@ -56,12 +57,59 @@ FP16_SCALE_GROWTH = 2000  # and doubled after this many good steps in a row (hal
 
 
 def mixed_precision(precision: str) -> str:
-    """Accelerate's mixed_precision for a config's precision ("auto": as launched, else bf16 on CUDA and on CPUs
-    with native bf16, no elsewhere: `amr_fast.precision`)."""
-    return choose_precision(precision, default_device_type())
+    """Accelerate's mixed_precision for a config's precision ("auto": a launcher's bf16 / fp16, else bf16 on CUDA
+    and on CPUs with native bf16, no elsewhere: `amr_fast.precision`)."""
+    return precision_choice(precision, default_device_type())[0]
+
+
+LAUNCHED = ("WORLD_SIZE", "LOCAL_RANK", "ACCELERATE_DYNAMO_BACKEND")  # set by torchrun / accelerate launch
+
+
+def launched() -> bool:
+    """Under a launcher (torchrun, accelerate launch, Slurm's srun via them): it decides the processes."""
+    return any(name in os.environ for name in LAUNCHED)
+
+
+def cpu_processes(procs: int) -> int:
+    """How many data-parallel processes a plain `amr-fast train|classify` starts: on a CPU (not under a launcher)
+    one single-threaded process per usable core (`os.sched_getaffinity`), or `procs=N` (or AMR_FAST_PROCS=N);
+    1 elsewhere."""
+    if launched() or default_device_type() != "cpu":
+        return 1
+    return procs or int(os.environ.get("AMR_FAST_PROCS") or 0) or len(os.sched_getaffinity(0))
+
+
+def start_processes(n: int, argv: list[str]) -> int:
+    """Run this command line as n single-threaded gloo processes through torch's own launcher (torchrun's
+    `--standalone`: a free port on this machine); returns the exit code (0 when every process exited 0)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    for name in list(logging.root.manager.loggerDict):  # its notes on every start and stop
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.update(AMR_FAST_STARTED="1", ACCELERATE_USE_CPU="1")  # Accelerate: gloo on the CPU
+    args = get_args_parser().parse_args(["--standalone", "--nproc_per_node", str(n), "--module", "amr_fast.cli", *argv])
+    try:
+        run(args)
+    except ChildFailedError as err:
+        return next(iter(err.failures.values())).exitcode or 1
+    except SignalException:  # Ctrl-C / SIGTERM: the processes had it too, saved a state and exited (see Run)
+        return 0
+    return 0
 
 
 def check_world_size(num_processes: int) -> None:
+    if "ACCELERATE_DYNAMO_BACKEND" in os.environ and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
+        raise ValueError(
+            "`accelerate launch --cpu --num_processes N` starts ONE process (accelerate's simple launcher); run "
+            "`amr-fast train|classify ...` alone (on a CPU it starts one process per core; procs=N to choose), or "
+            "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m amr_fast.cli ...`, or "
+            "`torchrun --nproc_per_node N -m amr_fast.cli ...`"
+        )
     expected = int(os.environ.get("WORLD_SIZE", "1"))
     if num_processes != expected:
         raise ValueError(
@@ -94,6 +142,20 @@ def due(prev_nimg: int, nimg: int, kimg: float) -> bool:
     """Did training pass a multiple of `kimg` thousand images between prev_nimg (excluded) and nimg?"""
     step = max(1, round(kimg * 1000))
     return nimg // step > prev_nimg // step
+
+
+CONTENDED = 0.5  # a tick below this fraction of the run's best earlier tick says the cores are contended
+
+
+def contention_note(speeds: list[float], speed: float) -> str:
+    """The status line's note when a tick's img/s falls far below this process's best earlier tick (the first
+    tick, warm-up, does not count); appends `speed` to `speeds`."""
+    best = max(speeds[1:], default=0.0)
+    speeds.append(speed)
+    if not best or speed >= CONTENDED * best:
+        return ""
+    return (f"  <- {speed / best:.0%} of this run's earlier {best:.0f} img/s: the cores are contended (another "
+            "job on this machine?); stop it, or give each run its own cores (procs=N, taskset -c)")  # fmt: skip
 
 
 def fmt_time(seconds: float) -> str:
@@ -182,9 +244,13 @@ class Run:
             checkpoint.write_text_atomic(self.outdir / "config.json", to_json(cfg) + "\n")
             trim_stats(self.outdir / "stats.jsonl", self.state_nimg or 0)
         self.accelerator.wait_for_everyone()
+        self.say(f"precision {self.accelerator.mixed_precision}: "
+                 f"{precision_choice(cfg.precision, default_device_type())[1]}")  # fmt: skip
         self.collector = stats.Collector(
-            self.outdir / "stats.jsonl", self.device, self.rank, self.world, log=self.say, status_keys=status_keys
-        )
+            self.outdir / "stats.jsonl", self.device, self.rank, self.world,
+            log=lambda line: self.say(line + self._note), status_keys=status_keys,
+        )  # fmt: skip
+        self._note, self._speeds = "", []  # the status line's contention note; img/s of this process's ticks
         self.stop_requested = False
         self._handlers: dict = {}
         self.eval_seconds = 0.0  # time since the last tick spent in `not_training` blocks (sec/eval)
@@ -277,7 +343,7 @@ class Run:
         since the last tick (reduced over ranks); rank 0 appends it to stats.jsonl and prints the status line."""
         s, now = self.state, time.time()
         s.time = now - self.start_time
-        counts = stream_counts(self.data_stats, self._data_base, self.device, self.world)  # samples read / skipped
+        counts = stream_counts(self.data_stats, self._data_base)  # samples read / skipped (every rank alike)
         s.data_seen, s.data_skipped = counts["data/seen"], counts["data/skipped"]
         row = {"kimg": s.nimg / 1000, "nimg": s.nimg, **extra}
         train_seconds = now - self.tick_time - self.eval_seconds  # img/s counts training only
@@ -285,6 +351,7 @@ class Run:
                     "img/s": round((s.nimg - self.tick_start_nimg) / max(train_seconds, 1e-9), 2),
                     "sec/eval": round(self.eval_seconds, 3),
                     "nonfinite": s.nonfinite_total, **counts})  # fmt: skip
+        self._note = contention_note(self._speeds, row["img/s"])
         row = self.collector.tick(row)
         if self.tb is not None:
             self.tb.scalars(row, s.nimg / 1000)
@@ -320,8 +387,13 @@ class Run:
         return self
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self.stop_requested = True
-        signal.signal(signum, self._handlers.get(signum, signal.SIG_DFL))  # a second signal acts at once
+        # A second signal acts at once; one within a second of the first is the same stop forwarded by a launcher
+        # (torchrun passes the group's Ctrl-C / SIGTERM on to its processes, which had it already).
+        if not self.stop_requested:
+            self.stop_requested, self._stop_time = True, time.time()
+        elif time.time() - self._stop_time > 1.0:
+            signal.signal(signum, self._handlers.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._handlers.items():
@@ -329,6 +401,9 @@ class Run:
         self._handlers.clear()
         if self.tb is not None:
             self.tb.close()
+        if self.world > 1 and exc[0] is None:  # the process group's threads end here, not at interpreter exit
+            self.accelerator.wait_for_everyone()
+            self.accelerator.end_training()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -355,11 +430,19 @@ def configure_run_parser(parser: argparse.ArgumentParser, default_preset: str, o
 
 
 def config_from_args(args: argparse.Namespace, presets: dict) -> Any | None:
-    """The validated config of the command line, printed as JSON (once, by rank 0); None after --dry-run."""
+    """The validated config of the command line, printed as JSON (once, by rank 0); None after --dry-run.
+    `procs=N` (not a config field: the launch, not the run) is taken out first (`args.procs`, 0 = one per core)."""
+    args.procs = 0
+    for item in [o for o in args.overrides if o.split("=", 1)[0] == "procs"]:
+        value = item.split("=", 1)[1]
+        if not value.isdigit():
+            raise ValueError(f"procs must be a number of processes (0 = one per usable core); got {value!r}")
+        args.procs = int(value)
+        args.overrides.remove(item)
     overrides = parse_overrides(args.overrides)
     if args.data is not None:
         overrides["data"] = args.data
     cfg = resolve(args.preset, overrides, presets)
-    if args.dry_run or int(os.environ.get("RANK", "0")) == 0:
-        print(to_json(cfg))
+    if args.dry_run or (int(os.environ.get("RANK", "0")) == 0 and "AMR_FAST_STARTED" not in os.environ):
+        print(to_json(cfg))  # once: by the command, not again by the processes it starts
     return None if args.dry_run else cfg

@@ -15,7 +15,7 @@ iteration; metrics are reported with `amr_fast.stats.report` and reduced once pe
 Every `tick_kimg`: a status line and a `stats.jsonl` row. Every `probe_kimg`: the online probe's exact
 validation accuracy (every rank evaluates its share), and the test accuracy whenever validation improves (the
 paper reports the best validation accuracy). Every `snapshot_kimg`: `snapshot-<kimg>.safetensors` and
-`samples-<kimg>.png`. Every `state_kimg`: `state-<kimg>/` (networks, optimisers, loop state, generator and RNG
+`samples-<kimg>.png`. Every `state_kimg`: `state-<kimg>/` (networks, optimisers, loop state, RNG
 states; safetensors and JSON). The run machinery (directory, resume, signals, schedule, non-finite counter, stats
 rows) is `amr_fast.run`'s, shared with `amr-fast classify`: this file holds the AMR parts, their step and what
 happens at a tick. Re-running the same command resumes from the newest complete state; SIGTERM / SIGINT (also to
@@ -23,7 +23,7 @@ the whole process group) save a state and exit.
 
 Run it (from the repository root; the same flags everywhere, the launcher decides the processes):
 
-    amr-fast train --preset demo --outdir runs/demo                         # 1 process: CPU or 1 GPU
+    amr-fast train --preset demo --outdir runs/demo         # a CPU: one process per core (procs=N); or 1 GPU
     amr-fast train --preset mnist-mixup --outdir runs/mnist data=/data/mnist-32
     accelerate launch --config_file launch/accelerate/1gpu-bf16.yaml -m amr_fast.cli train --preset ... --outdir ...
     accelerate launch --config_file launch/accelerate/1node-8gpu.yaml -m amr_fast.cli train --preset ... --outdir ...
@@ -33,7 +33,9 @@ Run it (from the repository root; the same flags everywhere, the launcher decide
         -m amr_fast.cli train --preset demo --outdir runs/demo2                                    # CPU x 2
 
 `launch/slurm.sbatch` runs the multi-node command under Slurm, `launch/recipes/<preset>.sh` one per table row.
-(`accelerate launch --cpu --num_processes 2` silently starts ONE process; the loop checks WORLD_SIZE.)
+(`accelerate launch --cpu --num_processes 2` starts ONE process: `amr_fast.run.check_world_size` stops it.)
+The run is a function of its config and seed, not of its launch: global batches and mixing draws are the same on
+any number of processes (`amr_fast.globalbatch`, `amr_fast.data.loader`), and a state resumes on any number.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import argparse
 import contextlib
 import dataclasses
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +52,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from amr_fast import checkpoint, models, stats
+from amr_fast import checkpoint, globalbatch, models, stats
 from amr_fast import data as amr_data
 from amr_fast.config import PRESETS, TrainConfig, preset_line, probe_adam_args
 from amr_fast.eval import grids
@@ -58,7 +61,17 @@ from amr_fast.eval.disentangle import factorvae_score, procedural_dsprites
 from amr_fast.eval.probe import code_probes, encode_batches
 from amr_fast.losses import AMRLoss
 from amr_fast.models.base import to_channels_last
-from amr_fast.run import LoopState, Run, config_from_args, configure_run_parser, due, fmt_time, step_status
+from amr_fast.run import (
+    LoopState,
+    Run,
+    config_from_args,
+    configure_run_parser,
+    cpu_processes,
+    due,
+    fmt_time,
+    start_processes,
+    step_status,
+)
 
 STATUS_KEYS = (
     "kimg", "time", "sec/tick", "img/s", "loss/ae", "loss/recon", "loss/disc", "probe/acc", "nonfinite", "data/skipped"
@@ -82,7 +95,7 @@ class Parts:
     opt_disc: torch.optim.Optimizer
     opt_probe: torch.optim.Optimizer
     loss: AMRLoss
-    generator: torch.Generator
+    seed: int  # the mixing draws of step n, micro-batch a: `globalbatch.draws(seed, n, "amr/a")`, on every rank
     device: torch.device
     world_size: int = 1
     channels_last: bool = False
@@ -90,8 +103,8 @@ class Parts:
     loss_scale: float = 1.0  # fp16 only: dynamic loss scale
 
     @classmethod
-    def build(cls, cfg: TrainConfig, nets: dict[str, torch.nn.Module], generator: torch.Generator,
-              world_size: int = 1, autocast: Callable = contextlib.nullcontext) -> Parts:  # fmt: skip
+    def build(cls, cfg: TrainConfig, nets: dict[str, torch.nn.Module], world_size: int = 1, rank: int = 0,
+              autocast: Callable = contextlib.nullcontext) -> Parts:  # fmt: skip
         """The optimisers (Adam with the public code's settings; the probe's own lr), the loss, and with
         cfg.compile the compiled methods the loss calls, for `nets` already on their device."""
         ae, disc, probe, mixer = nets["ae"], nets["disc"], nets["probe"], nets.get("mixer")
@@ -101,13 +114,13 @@ class Parts:
         opt_disc = torch.optim.Adam(disc.parameters(), **adam)
         opt_probe = torch.optim.Adam(probe.parameters(), **probe_adam_args(cfg))
         device = next(ae.parameters()).device
-        loss = AMRLoss(cfg, nets, device)
+        loss = AMRLoss(cfg, nets, device, rank, world_size)
         if cfg.compile:  # compile the methods the loss calls; instance attributes keep the state_dict keys unchanged
             for net, names in ((ae, ("encode", "decode", "decode_with_logits", "encode_stats")), (disc, ("run",))):
                 for name in names:
                     if hasattr(net, name):
                         setattr(net, name, torch.compile(getattr(net, name)))
-        return cls(ae, disc, probe, ae_modules, opt_ae, opt_disc, opt_probe, loss, generator, device, world_size,
+        return cls(ae, disc, probe, ae_modules, opt_ae, opt_disc, opt_probe, loss, cfg.seed, device, world_size,
                    cfg.channels_last, autocast)  # fmt: skip
 
     @property
@@ -145,21 +158,23 @@ def _reduce_gradients(params: list[torch.Tensor], flags: torch.Tensor, world_siz
 
 
 def train_iteration(
-    parts: Parts, batches: list[dict], update_ae: bool, stop: bool = False
+    parts: Parts, batches: list[dict], update_ae: bool, stop: bool = False, step: int = 0
 ) -> tuple[str, bool, list[dict[str, torch.Tensor]]]:
-    """One optimisation step over the micro-batches of one global batch (per rank). Returns (status, stop requested
+    """Optimisation step `step` over this rank's micro-batches of one global batch. Returns (status, stop requested
     on any rank, the phases' reported scalars); status "ok" (stepped), "loss" (a non-finite loss on some rank: step
-    skipped) or "grad" (finite losses but a non-finite gradient, e.g. an fp16 overflow: step skipped)."""
+    skipped) or "grad" (finite losses but a non-finite gradient, e.g. an fp16 overflow: step skipped). Micro-batch
+    a mixes over every rank's micro-batch a, with draws from (seed, step, a): the same on every launch."""
     gain = parts.loss_scale / len(batches)
     groups = ([(parts.ae_modules, parts.opt_ae)] if update_ae else []) + [
         ([parts.disc], parts.opt_disc),
         ([parts.probe], parts.opt_probe),
     ]
     reported: list[dict[str, torch.Tensor]] = []
-    for batch in batches:
+    for a, batch in enumerate(batches):
         x, y = to_device_batch(batch, parts.device, parts.channels_last)
+        generator = globalbatch.draws(parts.seed, step, f"amr/{a}", parts.device)  # every rank: the same draws
         with parts.autocast():
-            parts.loss.begin(x, y, update_ae, parts.generator)  # one enc/dec forward; autograd only if update_ae
+            parts.loss.begin(x, y, update_ae, generator)  # one enc/dec forward; autograd only if update_ae
             for phase in ("ae", "disc", "probe") if update_ae else ("disc", "probe"):
                 reported.append(parts.loss.accumulate_gradients(phase, gain))  # requires_grad: own modules only
 
@@ -209,27 +224,33 @@ def training_loop(
     batch_gpu, accum = _micro_batches(cfg, run.world)
     root, splits, probe_split = _dataset(cfg, run)
     nets = _networks(cfg, run)
-    generator = torch.Generator(run.device).manual_seed(cfg.seed * 1_000_003 + run.rank)  # mixing draws, per rank
-    parts = Parts.build(cfg, nets, generator, run.world, run.accelerator.autocast)
-    generator.set_state(run.resume(nets, parts.optimizers).get("generator", generator.get_state()))
+    parts = Parts.build(cfg, nets, run.world, run.rank, run.accelerator.autocast)
+    run.resume(nets, parts.optimizers)
 
     def save_state() -> Path:
-        return run.save_state(nets, parts.optimizers, {"generator": generator.get_state()})
+        return run.save_state(nets, parts.optimizers, {})
 
-    data_iter = iter(amr_data.train_loader(root, batch_gpu, rank=run.rank, world_size=run.world, seed=cfg.seed,
-                                           workers=cfg.workers, start_batch=s.it * accum,
+    data_iter = iter(amr_data.train_loader(root, cfg.batch, rank=run.rank, world_size=run.world, micro=batch_gpu,
+                                           seed=cfg.seed, workers=cfg.workers, start_batch=s.it,
                                            **run.loader_args()))  # fmt: skip
     grid = _grid_batch(root, splits, run)
     run.say(
         f"{run.world} process(es) on {run.device}, batch {cfg.batch} = {run.world} x {batch_gpu} x {accum} "
-        f"accumulation, precision {run.accelerator.mixed_precision}, data {root}, {cfg.total_kimg} kimg"
+        f"accumulation, data {root}, {cfg.total_kimg} kimg"
     )
+    if accum > 1:
+        run.say(f"mixing partners are drawn within each accumulation step's {run.world * batch_gpu} images, not the "
+                f"whole batch of {cfg.batch} (raise batch_gpu or the number of processes to widen it)")  # fmt: skip
     stop = False
-    with run:  # SIGTERM / SIGINT set run.stop_requested; the flag rides on the step's all-reduce
+    # SIGTERM / SIGINT set run.stop_requested; the flag rides on the step's all-reduce. The loader is closed (its
+    # threads joined) when the loop ends: never at interpreter exit.
+    with run, contextlib.closing(data_iter):
         while not run.finished:
             parts.loss_scale = s.loss_scale
-            batches = [next(data_iter) for _ in range(accum)]
-            status, stop, reported = train_iteration(parts, batches, s.it % cfg.ae_every == 0, run.stop_requested)
+            mine = next(data_iter)  # this rank's rows of global batch s.it: accum micro-batches of batch_gpu
+            batches = [{k: v[a * batch_gpu : (a + 1) * batch_gpu] for k, v in mine.items()} for a in range(accum)]
+            update_ae = s.it % cfg.ae_every == 0
+            status, stop, reported = train_iteration(parts, batches, update_ae, run.stop_requested, s.it)
             run.count_step(status, "losses/gradients")
             for name, value in (kv for r in reported for kv in r.items()) if status == "ok" else ():
                 stats.report(name, value)
@@ -491,5 +512,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, PRESETS)
     if cfg is not None:
         outdir = args.outdir or Path("runs") / args.preset
+        n = cpu_processes(args.procs)
+        if n > 1:  # a CPU: one single-threaded data-parallel process per core, through torch's launcher
+            return start_processes(n, sys.argv[1:])
         training_loop(cfg, outdir, log=lambda line: print(line, flush=True), tensorboard=args.tensorboard)
     return 0

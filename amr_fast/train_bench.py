@@ -28,12 +28,14 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -147,11 +149,11 @@ def _ours(cfg: TrainConfig, seed: int, precision: str = "fp32"):
     if cfg.channels_last:
         for net in nets.values():
             net.to(memory_format=torch.channels_last)
-    parts = Parts.build(cfg, nets, torch.Generator().manual_seed(seed), autocast=autocast_factory(precision))
+    parts = Parts.build(dataclasses.replace(cfg, seed=seed), nets, autocast=autocast_factory(precision))
     state = {"it": 0}
 
     def step(batch):
-        train_iteration(parts, [batch], state["it"] % cfg.ae_every == 0)
+        train_iteration(parts, [batch], state["it"] % cfg.ae_every == 0, step=state["it"])
         state["it"] += 1
 
     return step, parts.loss.passes
@@ -312,8 +314,15 @@ def _end_to_end(args: argparse.Namespace, step: dict, tempfile) -> dict:
     with tempfile.TemporaryDirectory(prefix="amr-bench-e2e-") as tmp:
         work = Path(tmp)
         out["runs"]["train, default config"] = run_train_e2e(data, args.e2e_kimg, {}, work)
+        out["runs"]["train, procs=1"] = run_train_e2e(data, args.e2e_kimg, {"procs": "1"}, work)
         if out["runs"]["train, default config"]["precision"] != "fp32":
             out["runs"]["train, precision=fp32"] = run_train_e2e(data, args.e2e_kimg, {"precision": "fp32"}, work)
+        with ThreadPoolExecutor(2) as pool:  # two default runs side by side, as two users of one machine
+            both = list(pool.map(lambda i: run_train_e2e(data, args.e2e_kimg, {}, work, f"side-{i}"), (0, 1)))
+        for i, run in enumerate(both):
+            out["runs"][f"train, default, 2 at once ({i + 1})"] = run
+        out["side_by_side_fraction"] = [r["img_per_s"] / out["runs"]["train, default config"]["img_per_s"]
+                                        for r in both]  # fmt: skip
         if public is not None and (public / "bench.sh").exists():
             for _ in range(args.pairs):
                 a = run_public(public, iters=args.public_iters)
@@ -362,9 +371,13 @@ def _e2e_rows(e2e: dict) -> str:
     lines = [f"end to end: `amr-fast train --preset fashion-mnist-mixup` on {e2e['data']}, {e2e['kimg']} kimg per run"]
     for name, run in e2e["runs"].items():
         lines.append(
-            f"  {name:<28} precision {run['precision']:<4} {run['img_per_s']:7.1f} img/s  "
-            f"{run['roofline_fraction']:.0%} of roofline  peak RSS {run['peak_rss_mb']:.0f} MB"
+            f"  {name:<34} {run.get('processes') or '?'} proc, precision {run['precision']:<4} "
+            f"{run['img_per_s']:7.1f} img/s  {run['roofline_fraction']:.0%} of roofline  peak RSS "
+            f"{run['peak_rss_mb']:.0f} MB"
         )
+    if "side_by_side_fraction" in e2e:
+        fractions = ", ".join(f"{f:.2f}x" for f in e2e["side_by_side_fraction"])
+        lines.append(f"  two default runs at once: each {fractions} of a lone default run")
     if "default_vs_isolated_step" in e2e:
         lines.append(f"  default config / isolated step: {e2e['default_vs_isolated_step']:.2f}x; "
                      f"/ reference step: {e2e['vs_reference_step']:.2f}x")  # fmt: skip
@@ -476,31 +489,35 @@ _HWM_MAIN = (
 )
 
 
-def run_train_e2e(data: Path, kimg: float, overrides: dict[str, str], workdir: Path) -> dict:
-    """`amr-fast train --preset fashion-mnist-mixup` (the default config plus `overrides`) for `kimg` on `data`,
-    ticks every kimg / 8, no probe / snapshot / state until the end: img/s over the steady ticks (all but the
-    first, which holds start-up; the end-of-run evaluation is timed apart by the trainer, `sec/eval`)."""
-    outdir = workdir / f"train-{len(list(workdir.glob('train-*')))}"
+def run_train_e2e(data: Path, kimg: float, overrides: dict[str, str], workdir: Path, name: str = "") -> dict:
+    """`amr-fast train --preset fashion-mnist-mixup` (the default config plus `overrides`; `procs=N` chooses the
+    number of processes, by default one per core on a CPU) for `kimg` on `data`, ticks every kimg / 8, no probe /
+    snapshot / state until the end: img/s over the steady ticks (all but the first, which holds start-up; the
+    end-of-run evaluation is timed apart by the trainer, `sec/eval`). Peak RSS: the command's own process (with
+    several processes, the launcher's; each data-parallel process holds its own copy of the model)."""
+    outdir = workdir / f"train-{name or len(list(workdir.glob('train-*')))}"
     shutil.rmtree(outdir, ignore_errors=True)
     args = {"total_kimg": kimg, "tick_kimg": kimg / 8, "probe_kimg": 10 * kimg, "snapshot_kimg": 10 * kimg,
             "state_kimg": 10 * kimg, **overrides}  # fmt: skip
-    cmd = [sys.executable, "-c", _HWM_MAIN, str(workdir / "rss.txt"), "train", "--preset", "fashion-mnist-mixup"]
+    rss = workdir / f"rss-{outdir.name}.txt"
+    cmd = [sys.executable, "-c", _HWM_MAIN, str(rss), "train", "--preset", "fashion-mnist-mixup"]
     cmd += ["--outdir", str(outdir), f"data={data}"] + [f"{k}={v}" for k, v in args.items()]
     rc, info = _child(cmd)
     if rc != 0:
         raise RuntimeError(f"amr-fast train failed ({rc}):\n{info['tail']}")
-    info["peak_rss_mb"] = int((workdir / "rss.txt").read_text().split()[1]) / 1024  # VmHWM, kB
+    info["peak_rss_mb"] = int(rss.read_text().split()[1]) / 1024  # VmHWM, kB
     rows = [r for r in amr_stats.read_jsonl(outdir / "stats.jsonl") if "img/s" in r]
     steady = rows[1:] or rows
     images = [r["nimg"] - p["nimg"] for p, r in zip(rows[:-1], rows[1:])] if len(rows) > 1 else [rows[0]["nimg"]]
     seconds = sum(n / r["img/s"] for n, r in zip(images, steady))
-    log = (outdir / "log.txt").read_text().splitlines()  # the run's first lines say the precision it chose
-    precision = next((line.split("precision ")[1].split(",")[0] for line in log if "precision " in line), "?")
-    precision = "fp32" if precision == "no" else precision
+    log = (outdir / "log.txt").read_text()  # the run's first lines say the precision and the processes
+    precision = re.search(r"^precision (\w+):", log, re.M)
+    precision = {"no": "fp32", None: "?"}.get(precision and precision[1], precision and precision[1])
+    procs = re.search(r"^(\d+) process\(es\)", log, re.M)
     shutil.rmtree(outdir, ignore_errors=True)
     return {"img_per_s": sum(images) / seconds, "precision": precision, "peak_rss_mb": info["peak_rss_mb"],
             "cpu_s": info["cpu_s"], "wall_s": info["wall_s"], "sec_eval_last": rows[-1].get("sec/eval"),
-            "overrides": overrides}  # fmt: skip
+            "overrides": overrides, "processes": int(procs[1]) if procs else None}  # fmt: skip
 
 
 def run_public(public: Path, variant: str = "mixup", iters: int = 0) -> dict:

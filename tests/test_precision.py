@@ -31,11 +31,20 @@ def test_auto_reads_the_cpu_flags(monkeypatch):
     assert precision.cpu_has_native_bf16()
 
 
-def test_an_accelerate_launch_setting_wins_over_auto(monkeypatch):
+def test_a_launcher_setting_wins_over_auto_but_its_default_no_does_not(monkeypatch):
+    """`accelerate launch` always sets ACCELERATE_MIXED_PRECISION ("no" unless told): precision=auto must mean the
+    same under it as in a plain run, and an explicit --mixed_precision bf16|fp16 is honoured."""
     monkeypatch.setenv("AMR_FAST_CPU_BF16", "1")
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
-    assert precision.choose_precision("auto", "cpu") == "no"
+    assert precision.precision_choice("auto", "cpu") == ("bf16", "precision=auto: this CPU computes bf16 natively "
+                                                         "(AMR_FAST_CPU_BF16 says)")  # fmt: skip
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    assert precision.choose_precision("auto", "cpu") == "bf16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    mp, why = precision.precision_choice("auto", "cpu")
+    assert mp == "fp16" and "--mixed_precision fp16" in why
     assert precision.choose_precision("bf16", "cpu") == "bf16"  # an explicit config value still wins
+    assert precision.choose_precision("fp32", "cpu") == "no"
 
 
 def test_the_trainers_use_it(monkeypatch):

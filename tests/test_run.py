@@ -36,10 +36,11 @@ class _Launched(Exception):
     pass
 
 
-@pytest.mark.parametrize("launched, expected", [("fp16", "fp16"), ("bf16", "bf16"), (None, "no")])
+@pytest.mark.parametrize("launched, expected", [("fp16", "fp16"), ("bf16", "bf16"), (None, "no"), ("no", "no")])
 def test_the_launched_precision_reaches_both_loops(monkeypatch, tmp_path, launched, expected):
     """`accelerate launch --mixed_precision fp16` sets ACCELERATE_MIXED_PRECISION; precision=auto takes it, in
-    both trainers (on this CPU we check the choice, not the arithmetic)."""
+    both trainers (on this CPU we check the choice, not the arithmetic); its default "no" is the plain run's."""
+    monkeypatch.setenv("AMR_FAST_CPU_BF16", "0")
     if launched:
         monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launched)
     else:
@@ -170,3 +171,10 @@ def test_a_command_with_subcommands_still_parses(capsys):
     with pytest.raises(SystemExit) as stop:  # `amr-fast bench` has subcommands, which argparse cannot intermix
         cli.main(["bench", "--help"])
     assert stop.value.code == 0 and "kernels" in capsys.readouterr().out
+
+
+def test_a_tick_far_below_the_runs_earlier_speed_says_the_cores_are_contended():
+    speeds = []
+    notes = [run.contention_note(speeds, v) for v in (50.0, 400.0, 420.0, 390.0, 150.0, 410.0)]
+    assert notes[:4] == ["", "", "", ""] and notes[5] == ""  # the warm-up tick and normal ticks: no note
+    assert "36% of this run's earlier 420 img/s: the cores are contended" in notes[4] and "procs=N" in notes[4]

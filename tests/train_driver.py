@@ -7,8 +7,7 @@ torchrun. Used by tests/test_train.py and tests/test_classify.py.
 --classify       the config is a ClassifyConfig: train the classifier (only --sleep applies)
 --sleep S        pause S seconds after every iteration (gives a test time to signal a run mid-training)
 --fixed-batches  replace the shard stream by deterministic global batches: iteration n's global batch is drawn
-                 from a generator seeded by n and rank r of w gets its r-th slice, so runs with different process
-                 counts but the same global batch see the same images
+                 from a generator seeded by n and each rank gets its rows (`rank_rows`), as the shard stream does
 --dump-weights   after training, every rank writes its modules to DIR/rank<r>.safetensors, and the gradients the
                  optimisers saw (after the cross-rank average) to DIR/grads<r>.safetensors
 """
@@ -23,18 +22,19 @@ import time
 import torch
 
 
-def fixed_train_loader(root, batch_size, *, rank=0, world_size=1, seed=0, start_batch=0, **_):
+def fixed_train_loader(root, batch_size, *, rank=0, world_size=1, micro=0, seed=0, start_batch=0, **_):
     from amr_fast.data import load_index
+    from amr_fast.data.loader import rank_rows
 
     index = load_index(root)
     c, s = index["channels"], index["image_size"]
+    rows = rank_rows(batch_size, world_size, rank, micro)
     n = start_batch
     while True:
         g = torch.Generator().manual_seed(10_000 + n)
-        x = torch.randint(0, 256, (batch_size * world_size, c, s, s), generator=g, dtype=torch.uint8)
-        y = torch.randint(0, index["num_classes"], (batch_size * world_size,), generator=g)
-        sl = slice(rank * batch_size, (rank + 1) * batch_size)
-        yield {"x": x[sl], "y": y[sl]}
+        x = torch.randint(0, 256, (batch_size, c, s, s), generator=g, dtype=torch.uint8)
+        y = torch.randint(0, index["num_classes"], (batch_size,), generator=g)
+        yield {"x": x, "y": y} if rows is None else {"x": x[rows], "y": y[rows]}
         n += 1
 
 

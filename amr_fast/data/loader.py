@@ -1,30 +1,37 @@
 """The streaming reader: an infinite, resumable training stream per rank, and an exact evaluation pass.
 
-How the training stream splits the data (our equivalent of WebDataset's resampled shards + `split_by_node` +
-`split_by_worker`, with explicit rank / worker arguments so it is deterministic and resumable):
+How the training stream is made (our equivalent of WebDataset's resampled shards, with MosaicML Streaming's
+"elastic determinism": the sample order does not depend on the number of processes or workers):
 
-- Readers ("slots"): `world_size x W` of them, W = max(workers, 1); slot = rank * W + worker.
-- Units: each shard is cut into P >= ceil(slots / shards) interleaved parts (sample i of a shard goes to part
-  i % P), so there are always at least as many units as slots, even with few large shards and many GPUs; P is
-  chosen (up to twice the minimum) to leave the fewest units unused per round.
-- Rounds: round r permutes the units with a generator seeded by (seed, r), the same on every rank; slot q gets
-  the q-th block of U = units // slots units, so within a round the slots read disjoint samples. Each slot
-  yields exactly B = (the U smallest units' samples) // batch_size batches per round, so every rank yields the
-  same number of batches and DDP never waits for a rank that ran dry. The unused tail of a round differs from
+- One GLOBAL stream of batches of `batch_size` (the global batch), a function of (dataset, split, seed,
+  batch_size) only. It is read by C canonical "slots", C the largest of 12, 6, 4, 3, 2, 1 that leaves every slot
+  at least two batches a round: the dataset and the batch decide C, never the launch. Global batch g is the
+  (g // C)-th batch of slot g % C.
+- Every rank reads the whole global stream and keeps its rows (`rank_rows`: for accumulation step a, rank r
+  takes rows a * world * micro + r * micro ...): global batch g holds the same images in the same order on any
+  world size, and rank r trains on its slice, so a run resumes on another number of processes. Each rank reads
+  and decodes every sample (a raw shard's parse is numpy: a small cost next to a training step).
+- Units: each shard is cut into P >= ceil(C / shards) interleaved parts (sample i of a shard goes to part
+  i % P), so there are always at least as many units as slots; P is chosen (up to twice the minimum) to leave
+  the fewest units unused per round.
+- Rounds: round r permutes the units with a generator seeded by (seed, r); slot q gets the q-th block of
+  U = units // C units, so within a round the slots read disjoint samples. Each slot yields exactly
+  B = (the U smallest units' samples) // batch_size batches per round. The unused tail of a round differs from
   round to round. A shuffle buffer (seeded by (seed, r, slot)) mixes the samples a slot reads: each unit read
   is merged with the buffer and all but `shuffle_buffer` samples leave in random order.
 - Speed: a unit is read as arrays at once. Raw shards (fixed-size members) are parsed by numpy without a
   Python loop over samples (`tario.uniform_members`); PNG / JPEG shards are decoded sample by sample. Workers
   send whole batches, so there is no per-sample inter-process traffic.
-- Order: the DataLoader takes batches from its workers round-robin, so the rank's batch g comes from slot
-  g % W, its (g // W)-th batch. `start_batch` re-derives that mapping: a resumed run (same seed, world size,
-  workers and batch size) continues the same stream, skipping whole rounds without reading them and replaying
-  only the current round up to the resume point.
+- Workers: worker w of W makes global batches start_batch + w, + W, ... (the DataLoader takes them round-robin);
+  with W dividing C (workers 1, 2, 3, 4, 6) each worker reads its own slots only. `start_batch` (global batches
+  already trained on) resumes the same stream on any world size and worker count, skipping whole rounds without
+  reading them and replaying only the current round up to the resume point.
 - Damage costs the damaged samples only: a sample that will not decode, fails its CRC-32 (shards written since
   the checksum was added) or has a label outside the index's classes, a run of samples behind a broken tar
   header (reading resumes at the next valid header), and the tail of a truncated shard are skipped with a
   warning naming the shard and counted (`stats["skipped"]`, next to `stats["seen"]`); the slot then tops its
-  round up from the round's unused units, so the batch count stays equal. More than `max_skipped` (1%) of the
+  round up from the round's unused units, so the batch count stays equal (every rank reads the same
+  bytes and makes the same choice). More than `max_skipped` (1%) of the
   last `window` samples skipped stops the run with an error naming the dataset (config fields `max_skipped`,
   `skip_window` of both trainers).
 - Remote data (`http(s)://` directory URLs, `pipe:...{}` commands; `amr_fast.data.remote`): a shard that cannot
@@ -34,7 +41,7 @@ How the training stream splits the data (our equivalent of WebDataset's resample
 
 Never pass these loaders to `accelerator.prepare`: it would wrap the DataLoader in its own sharding (each rank
 keeps only every world_size-th batch of a stream that is already per rank), dropping data and breaking the
-equal-count and resume guarantees above. Move batches to the device yourself.
+order and resume guarantees above. Move batches to the device yourself.
 """
 
 from __future__ import annotations
@@ -234,22 +241,30 @@ class _Batcher:
         return batch
 
 
+CANONICAL_SLOTS = (12, 6, 4, 3, 2, 1)  # readers of the global stream: the most that leaves >= 2 batches a round
+
+
 class _TrainStream(IterableDataset):
-    def __init__(self, index: dict, split: str, batch_size: int, rank: int, world_size: int, seed: int,
-                 workers: int, start_batch: int, shuffle_buffer: int) -> None:  # fmt: skip
+    """The GLOBAL stream of batches of `batch` samples (a function of the dataset, seed and `batch` only), of
+    which this rank yields its rows (`rows`)."""
+
+    def __init__(self, index: dict, split: str, batch: int, rows: np.ndarray | None, seed: int, workers: int,
+                 start_batch: int, shuffle_buffer: int) -> None:  # fmt: skip
         self.W = max(workers, 1)
-        self.slots = world_size * self.W
-        self.units = _Units(index, split, self.slots, balanced=True)
-        self.index, self.split, self.batch_size = index, split, batch_size
-        self.rank, self.seed, self.start_batch, self.shuffle_buffer = rank, seed, start_batch, shuffle_buffer
-        self.per_slot = len(self.units.units) // self.slots  # U units per slot per round
-        smallest = sorted(self.units.unit_sizes)[: self.per_slot]
-        self.batches_per_round = sum(smallest) // batch_size  # B, equal for every slot and rank
+        self.index, self.split, self.batch, self.rows = index, split, batch, rows
+        self.seed, self.start_batch, self.shuffle_buffer = seed, start_batch, shuffle_buffer
+        for slots in CANONICAL_SLOTS:  # the dataset and the batch decide, never the world size or the workers
+            self.slots = slots
+            self.units = _Units(index, split, slots, balanced=True)
+            self.per_slot = len(self.units.units) // slots  # U units per slot per round
+            smallest = sorted(self.units.unit_sizes)[: self.per_slot]
+            self.batches_per_round = sum(smallest) // batch  # B, equal for every slot
+            if self.batches_per_round >= 2:
+                break
         if self.batches_per_round == 0:
             raise ValueError(
                 f"split {split!r} of {self.units.root} has {index['splits'][split]['num_samples']} samples: too few "
-                f"for {world_size} rank(s) x {self.W} worker(s) reading batches of {batch_size}; lower batch_size "
-                "or workers, or re-shard with more samples"
+                f"for global batches of {batch}; lower batch, or re-shard with more samples"
             )
 
     def __iter__(self) -> Iterator[dict]:
@@ -257,16 +272,30 @@ class _TrainStream(IterableDataset):
         return self.worker_stream(info.id if info is not None else 0)
 
     def worker_stream(self, w: int) -> Iterator[dict]:
-        """What DataLoader worker `w` of W yields (a decode thread runs the same stream: `_threaded`)."""
-        first = self.start_batch + w  # this worker makes the rank's batches first, first + W, first + 2W, ...
-        slot = self.rank * self.W + first % self.W
-        k = first // self.W  # position in that slot's stream
+        """What DataLoader worker `w` of W yields (a decode thread runs the same stream: `_threaded`): global
+        batches g = start_batch + w, + W, + 2W, ...; batch g is the (g // slots)-th batch of slot g % slots."""
+        streams: dict[int, Iterator[dict]] = {}
+        for g in count(self.start_batch + w, self.W):
+            slot = g % self.slots
+            if slot not in streams:
+                streams[slot] = self._slot_stream(slot, g // self.slots)
+            yield self._mine(next(streams[slot]))
+
+    def _slot_stream(self, slot: int, k: int) -> Iterator[dict]:
+        """Slot `slot`'s batches from its k-th on (whole rounds before it are skipped without reading them)."""
         skip = k % self.batches_per_round
         for r in count(k // self.batches_per_round):
             for b, batch in enumerate(self._round(slot, r)):
                 if b >= skip:
                     yield batch
             skip = 0
+
+    def _mine(self, batch: dict) -> dict:
+        """This rank's rows of a global batch (the counts `_seen`, `_skipped` stay the global batch's)."""
+        if self.rows is None:
+            return batch
+        rows = torch.from_numpy(self.rows)
+        return {k: v if k.startswith("_") else v.index_select(0, rows) for k, v in batch.items()}
 
     def _samples(self, slot: int, r: int, batcher: _Batcher) -> Iterator[dict[str, np.ndarray]]:
         """The slot's samples in round r: its units through a shuffle buffer, then top-ups if damage left it short."""
@@ -296,7 +325,7 @@ class _TrainStream(IterableDataset):
         )
 
     def _round(self, slot: int, r: int) -> Iterator[dict]:
-        batcher = _Batcher(self.batch_size)
+        batcher = _Batcher(self.batch)
         made = 0
         for arrays in self._samples(slot, r, batcher):
             for batch in batcher.add(arrays):
@@ -350,19 +379,22 @@ def _threaded(stream: _TrainStream, prefetch: int = 4) -> Iterator[dict]:
     done = threading.Event()
     queues = [queue.Queue(maxsize=prefetch) for _ in range(stream.W)]
 
+    def put(w: int, item: tuple) -> bool:
+        while not done.is_set():
+            try:
+                queues[w].put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work(w: int) -> None:
         try:
             for batch in stream.worker_stream(w):
-                while not done.is_set():
-                    try:
-                        queues[w].put((batch, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if done.is_set():
+                if not put(w, (batch, None)):
                     return
         except BaseException as err:  # noqa: BLE001 - handed to the consumer, which raises it
-            queues[w].put((None, err))
+            put(w, (None, err))
 
     threads = [threading.Thread(target=work, args=(w,), daemon=True, name=f"amr-decode-{w}") for w in range(stream.W)]
     for t in threads:
@@ -373,8 +405,10 @@ def _threaded(stream: _TrainStream, prefetch: int = 4) -> Iterator[dict]:
             if err is not None:
                 raise err
             yield batch
-    finally:
-        done.set()
+    finally:  # join the threads: a daemon thread inside torch's C++ code at interpreter exit aborts the process
+        done.set()  # ("terminate called without an active exception", exit 134) after a finished run
+        for t in threads:
+            t.join(timeout=60)
 
 
 def decode_in_threads(workers: int) -> bool:
@@ -388,6 +422,16 @@ def decode_in_threads(workers: int) -> bool:
 
 def _guarded(loader: DataLoader, stats: dict | None, max_skipped: float, window: int, root: str) -> Iterator[dict]:
     """Pop the workers' counters, update `stats`, stop if too many samples were skipped in the last window."""
+    batches = iter(loader)
+    try:
+        yield from _checked(batches, stats, max_skipped, window, root)
+    finally:  # closing this generator stops the decode threads or worker processes at once, not at exit
+        stop = getattr(batches, "close", None) or getattr(batches, "_shutdown_workers", None)
+        if stop is not None:
+            stop()
+
+
+def _checked(loader: Iterator[dict], stats: dict | None, max_skipped: float, window: int, root: str):
     recent: deque[tuple[int, int]] = deque()
     seen_w = skipped_w = 0
     for batch in loader:
@@ -411,12 +455,27 @@ def _guarded(loader: DataLoader, stats: dict | None, max_skipped: float, window:
             yield batch
 
 
+def rank_rows(batch: int, world_size: int, rank: int, micro: int = 0) -> np.ndarray | None:
+    """The rows of a global batch of `batch` that rank `rank` of `world_size` trains on: for accumulation step a
+    (micro = rows per rank and step; 0 = batch / world_size, no accumulation) rows a * world_size * micro +
+    rank * micro ... + micro - 1, in step order. None: all of them (one process)."""
+    micro = micro or batch // world_size
+    if micro < 1 or batch % (micro * world_size):
+        raise ValueError(f"a global batch of {batch} does not split into micro-batches of {micro} on {world_size} "
+                         "process(es): batch must be a multiple of micro x world_size")  # fmt: skip
+    if world_size == 1:
+        return None
+    steps = np.arange(batch // (micro * world_size))[:, None] * world_size * micro
+    return (steps + rank * micro + np.arange(micro)[None, :]).reshape(-1)
+
+
 def train_loader(
     root: str | Path,
     batch_size: int,
     *,
     rank: int = 0,
     world_size: int = 1,
+    micro: int = 0,
     seed: int = 0,
     workers: int = 2,
     start_batch: int = 0,
@@ -427,13 +486,16 @@ def train_loader(
     window: int = 10000,
     decode: str = "auto",
 ) -> Iterator[dict]:
-    """Infinite stream of this rank's training batches (see the module docstring for the split and the order).
+    """Infinite stream of this rank's rows of the global training batches (see the module docstring).
 
-    Each batch: "x" uint8 [N, C, H, W] (float32 [N, D] for point datasets), "y" int64 [N] (-1: unlabelled),
-    "index" int64 [N] (each sample's index in its split), and when the dataset has them "attrs" float32 [N, A]
-    in {0, 1}, "factors" float32 [N, F], "factor_classes" int64 [N, F]. Deterministic given (seed, rank, worker,
-    position); a resumed run passes the number of batches this rank already consumed as `start_batch` and must
-    keep seed, world_size, workers and batch_size. Configuration errors raise here, before any worker starts.
+    batch_size: the GLOBAL batch (all ranks and accumulation steps). The stream of global batches is a function of
+    (dataset, split, seed, batch_size) only: the same images in the same order for any world size and any number
+    of workers. Each item holds this rank's batch_size / world_size rows (`rank_rows`; `micro`: rows per rank and
+    accumulation step, the trainer splits the item into its micro-batches). Each batch: "x" uint8 [N, C, H, W]
+    (float32 [N, D] for point datasets), "y" int64 [N] (-1: unlabelled), "index" int64 [N] (each sample's index in
+    its split), and when the dataset has them "attrs" float32 [N, A] in {0, 1}, "factors" float32 [N, F],
+    "factor_classes" int64 [N, F]. A resumed run passes the number of global batches already trained on as
+    `start_batch` (on any world size and worker count). Configuration errors raise here, before any worker starts.
     `decode`: where the `workers` streams run: "process" (DataLoader worker processes), "thread" (threads of this
     process, the same batches in the same order), "auto" (`decode_in_threads`).
     """
@@ -444,8 +506,9 @@ def train_loader(
             f"need batch_size >= 1, 0 <= rank < world_size, workers >= 0, start_batch >= 0; got batch_size="
             f"{batch_size}, rank={rank}, world_size={world_size}, workers={workers}, start_batch={start_batch}"
         )
+    rows = rank_rows(batch_size, world_size, rank, micro)
     index = load_index(root)
-    stream = _TrainStream(index, split, batch_size, rank, world_size, seed, workers, start_batch, shuffle_buffer)
+    stream = _TrainStream(index, split, batch_size, rows, seed, workers, start_batch, shuffle_buffer)
     threads = decode == "thread" or (decode == "auto" and decode_in_threads(workers))
     batches = _threaded(stream) if threads and workers > 0 else _loader(stream, workers)
     return _guarded(batches, stats, max_skipped, window, index["root"])
@@ -479,14 +542,13 @@ def eval_loader(
     return _guarded(_loader(stream, workers), stats, max_skipped, window, index["root"])
 
 
-def stream_counts(stats: dict, base: dict, device: torch.device | str = "cpu", world_size: int = 1) -> dict[str, int]:
-    """{"data/seen": n, "data/skipped": k}: samples delivered / skipped by every rank's training loader so far.
+def stream_counts(stats: dict, base: dict) -> dict[str, int]:
+    """{"data/seen": n, "data/skipped": k}: samples of the global batches the training loader delivered / skipped
+    as damaged so far (every rank reads the whole global stream: the same counts on every rank, no reduction).
 
-    stats: the dict this rank passed to `train_loader(stats=...)`; base: the counts of a resumed state (the same
-    keys; missing = 0). Every rank must call it at the same time (one all-reduce of two numbers).
-    """
-    counts = torch.tensor([stats.get("seen", 0), stats.get("skipped", 0)], dtype=torch.float64, device=device)
-    if world_size > 1:
-        torch.distributed.all_reduce(counts)
-    seen, skipped = (int(v) for v in counts.tolist())
-    return {"data/seen": base.get("data/seen", 0) + seen, "data/skipped": base.get("data/skipped", 0) + skipped}
+    stats: the dict passed to `train_loader(stats=...)`; base: the counts of a resumed state (the same keys;
+    missing = 0)."""
+    return {
+        "data/seen": base.get("data/seen", 0) + stats.get("seen", 0),
+        "data/skipped": base.get("data/skipped", 0) + stats.get("skipped", 0),
+    }

@@ -1,5 +1,6 @@
-"""Two real processes under gloo (torchrun): each rank streams different samples and the same number of batches
-(an all_reduce per batch, as DDP does, would hang otherwise), and the evaluation pass covers the split once."""
+"""Two real processes under gloo (torchrun): each rank streams its rows of the global batches of one process and
+the same number of batches (an all_reduce per batch, as DDP does, would hang otherwise), and the evaluation pass
+covers the split once."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import os
 import subprocess
 import sys
 import textwrap
+from itertools import islice
 
-from amr_fast.data import load_index, make_shards
+from amr_fast.data import load_index, make_shards, train_loader
 from amr_fast.data.loader import _TrainStream
 
 WORKER = textwrap.dedent(
@@ -24,7 +26,7 @@ WORKER = textwrap.dedent(
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     train = []
-    for batch in islice(train_loader(root, 4, rank=rank, world_size=world, workers=1, seed=3), n_batches):
+    for batch in islice(train_loader(root, 8, rank=rank, world_size=world, workers=1, seed=3), n_batches):
         step = torch.ones(1)
         dist.all_reduce(step)  # one collective per batch, like a DDP backward
         train.append(batch["index"].tolist())
@@ -38,26 +40,20 @@ WORKER = textwrap.dedent(
 )
 
 
-def test_two_gloo_ranks_get_disjoint_samples_and_equal_batches(idx_dir, tmp_path):
+def test_two_gloo_ranks_take_their_rows_of_the_one_process_batches(idx_dir, tmp_path):
     src, _ = idx_dir
     root = make_shards("mnist", src, tmp_path / "mnist", shard_size=9)
-    per_round = _TrainStream(load_index(root), "train", 4, 0, 2, 3, 1, 0, 100).batches_per_round
+    n = 2 * _TrainStream(load_index(root), "train", 8, None, 3, 1, 0, 100).batches_per_round  # two rounds
     script, out = tmp_path / "worker.py", tmp_path / "out.json"
     script.write_text(WORKER)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     result = subprocess.run(
-        [*cmd, str(script), str(root), str(out), str(2 * per_round)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [*cmd, str(script), str(root), str(out), str(n)], env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = json.loads(out.read_text())
     assert [r["rank"] for r in ranks] == [0, 1]
-    assert [len(r["train"]) for r in ranks] == [2 * per_round, 2 * per_round]
-    for rnd in range(2):
-        parts = [{i for b in r["train"][rnd * per_round : (rnd + 1) * per_round] for i in b} for r in ranks]
-        assert not parts[0] & parts[1] and len(parts[0]) == len(parts[1]) == 4 * per_round
+    one = [b["index"].tolist() for b in islice(train_loader(root, 8, workers=1, seed=3), n)]
+    assert [a + b for a, b in zip(ranks[0]["train"], ranks[1]["train"])] == one
     assert sorted(ranks[0]["eval"] + ranks[1]["eval"]) == list(range(50))

@@ -14,7 +14,7 @@ import webdataset as wds
 from amr_fast.cli import main as cli_main
 from amr_fast.data import eval_loader, load_index, make_shards, train_loader
 from amr_fast.data import write as write_module
-from amr_fast.data.loader import _TrainStream
+from amr_fast.data.loader import _TrainStream, rank_rows
 from amr_fast.data.sources import arrays_source
 from amr_fast.data.tario import ShardWriter, iter_samples
 from amr_fast.data.write import balanced_subset, write_source
@@ -60,17 +60,27 @@ def test_train_stream_is_deterministic_and_resumes(mnist_like):
     )
 
 
-@pytest.mark.parametrize("world_size, workers", [(2, 0), (3, 2)])
-def test_readers_get_disjoint_samples_and_equal_batch_counts(mnist_like, world_size, workers):
+@pytest.mark.parametrize("world_size, workers, micro", [(2, 0, 0), (3, 2, 0), (2, 1, 2)])
+def test_ranks_take_their_rows_of_the_same_global_batches(mnist_like, world_size, workers, micro):
+    """The global batches (their sample keys, hashed) are those of one process with one worker, for any world size,
+    worker count and accumulation; within a round no sample repeats; every rank gets as many rows."""
     index = load_index(mnist_like)
-    per_round = _TrainStream(index, "train", 3, 0, world_size, 0, workers, 0, 100).batches_per_round
-    loaders = [train_loader(mnist_like, 3, rank=r, world_size=world_size, workers=workers) for r in range(world_size)]
+    per_round = _TrainStream(index, "train", 12, None, 0, 0, 0, 100).batches_per_round
+    one = indices(islice(train_loader(mnist_like, 12, workers=1), 2 * per_round))
+    loaders = [train_loader(mnist_like, 12, rank=r, world_size=world_size, micro=micro, workers=workers)
+               for r in range(world_size)]  # fmt: skip
     streams = [indices(islice(loader, 2 * per_round)) for loader in loaders]
-    for r in range(2):  # two rounds: within a round every rank (and worker) reads different samples
-        seen = [i for s in streams for b in s[r * per_round : (r + 1) * per_round] for i in b]
-        assert len(seen) == len(set(seen)) == world_size * per_round * 3
-    assert all(len(s) == 2 * per_round for s in streams)
-    assert [len(b) for s in streams for b in s] == [3] * (world_size * 2 * per_round)
+    got = [[0] * 12 for _ in range(2 * per_round)]
+    for r, stream in enumerate(streams):
+        rows = rank_rows(12, world_size, r, micro)
+        assert all(len(b) == 12 // world_size for b in stream)
+        for g, b in enumerate(stream):
+            for row, key in zip(rows, b):
+                got[g][row] = key
+    assert hash(str(got)) == hash(str(one))
+    for r in range(2):  # two rounds: no sample twice in a round
+        seen = [i for b in one[r * per_round : (r + 1) * per_round] for i in b]
+        assert len(seen) == len(set(seen))
 
 
 @pytest.mark.parametrize("world_size, workers", [(1, 0), (3, 2), (5, 0)])

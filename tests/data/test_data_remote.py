@@ -117,19 +117,22 @@ def test_a_server_that_drops_a_shard_mid_stream_is_survived(dsprites16, tmp_path
     assert 0 < row["data/skipped"] < 32 and row["data/seen"] >= 128  # half a shard lost, counted, topped up
     named = [str(w.message) for w in caught if url + dropped in str(w.message)]
     assert named and "tried 4 times" in named[0]  # the URL in the warning; bounded retries
-    assert counts[dropped] % (remote.RETRIES + 1) == 0 and counts[dropped] <= 3 * (remote.RETRIES + 1)
+    assert counts[dropped] % (remote.RETRIES + 1) == 0 and counts[dropped] <= 4 * (
+        remote.RETRIES + 1
+    )  # per part + top-up
 
 
 @pytest.mark.parametrize("shards, world", [(3, 2), (1, 2)])
 def test_no_shard_is_fetched_more_than_once_per_round(tmp_path, shards, world):
-    """3 shards, 2 readers: whole shards (no parts). 1 shard, 2 readers: the parts share one download."""
+    """Every rank reads the whole global stream, and the machine downloads each shard once per round: its parts
+    (and the ranks) share one downloaded copy."""
     x = np.zeros((24 * shards, 1, 8, 8), np.uint8)
     root = write_source(arrays_source("t", {"train": (x, np.arange(len(x)) % 4)}, list("abcd")), tmp_path / "d",
                         shard_size=24)  # fmt: skip
     with serve(root) as (url, counts):
+        index = load_index(url)
+        per_round = _TrainStream(index, "train", 4, None, 0, 0, 0, 64).batches_per_round
         for rank in range(world):
-            index = load_index(url)
-            per_round = _TrainStream(index, "train", 4, rank, world, 0, 0, 0, 64).batches_per_round
             stream = train_loader(url, 4, rank=rank, world_size=world, workers=0)
             for _ in range(per_round):
                 next(stream)
