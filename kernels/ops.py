@@ -74,19 +74,26 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(h if ctx.needs_input_grad[2] else None, perm, weights)
 
 
-def _make_backward(op):
-    def backward(ctx, grad):
-        h, perm, weights = ctx.saved_tensors
-        grad_h = grad_w = None
-        if ctx.needs_input_grad[0]:
-            inv = inverse_perm(perm)  # [K, B]: gather through the inverse permutations, no atomics
-            grad_h = op(grad, inv, weights_at_source(weights, inv), ctx.impl)
-        if ctx.needs_input_grad[2]:
-            grad_w = mix_weight_grad_op(grad, h, perm, weights, ctx.impl)
-        return grad_h, None, grad_w, None
+def _backward(op, ctx, grad):
+    """The backward of `op` (simplex_mix_op or mask_mix_op): grad_h by the same op through the inverse
+    permutations, grad of the weights by mix_weight_grad_op."""
+    h, perm, weights = ctx.saved_tensors
+    grad_h = grad_w = None
+    if ctx.needs_input_grad[0]:
+        inv = inverse_perm(perm)  # [K, B]: gather through the inverse permutations, no atomics
+        grad_h = op(grad, inv, weights_at_source(weights, inv), ctx.impl)
+    if ctx.needs_input_grad[2]:
+        grad_w = mix_weight_grad_op(grad, h, perm, weights, ctx.impl)
+    return grad_h, None, grad_w, None
 
-    return backward
+
+def _simplex_backward(ctx, grad):
+    return _backward(simplex_mix_op, ctx, grad)
 
 
-simplex_mix_op.register_autograd(_make_backward(simplex_mix_op), setup_context=_setup_context)
-mask_mix_op.register_autograd(_make_backward(mask_mix_op), setup_context=_setup_context)
+def _mask_backward(ctx, grad):
+    return _backward(mask_mix_op, ctx, grad)
+
+
+simplex_mix_op.register_autograd(_simplex_backward, setup_context=_setup_context)
+mask_mix_op.register_autograd(_mask_backward, setup_context=_setup_context)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from .layout import empty_out, group_weights, mask_shape, row_layout, ungroup_weights
 
 SEGMENT = 4096  # longest bag: longer rows are cut so both cores get work and a bag stays in L1/L2
+PIECE_MIN = 256  # shortest piece a long row is cut into (odd lengths with no such divisor stay one bag)
 BAG_MIN = 16  # shortest run of elements sharing a weight that a position mask sends through embedding_bag
 CHUNK_ELEMS = 1 << 18  # elements of gathered partners per chunk in the weight gradient (1 MiB in fp32)
 
@@ -41,7 +42,7 @@ def _segments(group_len: int) -> int:
     if group_len <= SEGMENT:
         return 1
     piece = math.gcd(group_len, SEGMENT)
-    return group_len // piece if piece >= 256 else 1  # odd lengths: one long bag rather than tiny ones
+    return group_len // piece if piece >= PIECE_MIN else 1  # odd lengths: one long bag rather than tiny ones
 
 
 def mix(h: torch.Tensor, perm: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,22 @@ def test_reference_gradcheck_float64(kind):
     assert torch.autograd.gradcheck(lambda a, b: op(a, perm, b), (h, weights))
 
 
+@pytest.mark.parametrize("kind", ["simplex", "mask"])
+def test_reference_accumulates_half_inputs_in_fp32_and_returns_their_dtype(kind):
+    """bf16 h and weights, K = 8: the sum is accumulated in fp32 and rounded once to bf16, so it equals the
+    float64 result rounded to bf16 (a bf16 accumulation rounds at every partner: ~40 % of the outputs differ)."""
+    g = gen(9)
+    B, C, K = 64, 16, 8
+    h = torch.randn(B, C, 4, generator=g).bfloat16()
+    perm = mixing.sample_perm(K, B, g)
+    weights = torch.rand((B, K) if kind == "simplex" else (B, K, C), generator=g).bfloat16()
+    op = mixing.simplex_mix if kind == "simplex" else mixing.mask_mix
+    out = op(h, perm, weights)
+    assert out.dtype == torch.bfloat16
+    exact = op(h.double(), perm, weights.double()).bfloat16()
+    assert (out == exact).float().mean() > 0.99
+
+
 def test_sample_perm_rows():
     perm = mixing.sample_perm(5, 33, gen())
     assert perm.shape == (5, 33) and perm.dtype == torch.int64
@@ -81,7 +97,7 @@ def test_gamma_moments(alpha):
     assert_var(g, alpha)
 
 
-@pytest.mark.parametrize(("k", "alpha"), [(3, 1.0), (8, 0.5)])
+@pytest.mark.parametrize(("k", "alpha"), [(2, 0.7), (3, 1.0), (8, 0.5)])
 def test_dirichlet_on_simplex_with_dirichlet_moments(k, alpha):
     w = mixing.sample_dirichlet_weights(N, k, alpha, gen())
     assert w.shape == (N, k) and (w >= 0).all()
@@ -110,11 +126,79 @@ def test_bernoulli_masks_are_one_hot(per_example):
     assert m.shape == (N // 10, 2, 16)
     assert ((m == 0) | (m == 1)).all()
     torch.testing.assert_close(m.sum(1), torch.ones(N // 10, 16))
-    if per_example:  # p ~ U(0, 1) per example: E[m] = 1/2, Var of a row mean = 1/12 + (1/6) / 16
-        assert_mean(m[:, 0].mean(1), 0.5, 1 / 12 + 1 / 6 / 16)
-    else:  # one p per batch: every example draws from the same p
-        p = m[:, 0].mean()
-        assert_mean(m[:, 0], p.item(), p.item() * (1 - p.item()))
+
+
+def assert_bernoulli_p_rule(m: torch.Tensor, per_example: bool) -> None:
+    """m [batches, B, C]: 0/1 masks of source 0, p ~ U(0, 1) per batch (the public fm2) or per example, m ~ Bern(p)
+    per channel. Two spreads tell the rules apart: that of the examples' shares inside a batch (per batch:
+    E[p (1 - p)] / C = 1 / (6 C), only the binomial noise; per example: Var p + 1 / (6 C)) and that of a batch's
+    share over batches (per batch: sd ~ sqrt(1/12), the share is p; per example: sqrt(1/12) / sqrt(B))."""
+    n, B, C = m.shape
+    rows = m.double().mean(dim=2)  # [n, B] share of each example's channels from source 0
+    within = rows.var(dim=1).mean().item()
+    spread = rows.mean(dim=1).std().item()
+    if per_example:
+        want_within, want_spread = 1 / 12 + 1 / (6 * C), math.sqrt((1 / 12 + 1 / (6 * C)) / B)
+    else:
+        want_within, want_spread = 1 / (6 * C), math.sqrt(1 / 12 + 1 / (6 * B * C))
+    assert abs(within / want_within - 1) < 0.2, (within, want_within)  # ~5 standard errors at n = 400
+    assert abs(spread / want_spread - 1) < 0.2, (spread, want_spread)
+    if not per_example:  # the batch's share is p itself (+ binomial noise, sd < 0.03): U(0, 1)
+        from scipy import stats
+
+        assert stats.kstest(rows.mean(dim=1).numpy(), "uniform").statistic < 0.1
+
+
+BERNOULLI_SAMPLERS = {  # k = 2 Bernoulli mixup, as each sampler draws it: [B, C] masks of source 0
+    "bernoulli": lambda B, C, g, pe: mixing.sample_bernoulli_masks(B, C, g, per_example=pe)[:, 0],
+    "kway-k2": lambda B, C, g, pe: mixing.sample_kway_bernoulli_masks(B, 2, C, g, per_example=pe)[:, 0],
+    "kway-k2-dirichlet": lambda B, C, g, pe: mixing.sample_kway_bernoulli_masks(
+        B, 2, C, g, per_example=pe, sources="dirichlet"
+    )[:, 0],
+    "positions": lambda B, C, g, pe: mixing.sample_position_bernoulli_masks(B, 2, (C // 4, 4), g, pe)[:, 0].flatten(1),
+}
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+@pytest.mark.parametrize("sampler", list(BERNOULLI_SAMPLERS))
+def test_bernoulli_p_is_per_batch_or_per_example(sampler, per_example):
+    g = gen(4)
+    m = torch.stack([BERNOULLI_SAMPLERS[sampler](16, 32, g, per_example) for _ in range(400)])  # [n, B, C]
+    assert_bernoulli_p_rule(m, per_example)
+
+
+def test_the_p_rule_check_tells_per_batch_from_per_example():
+    """The check above fails each sampler run with the other rule (so it would catch a swapped rule)."""
+    g = gen(5)
+    for per_example in (False, True):
+        m = torch.stack([mixing.sample_bernoulli_masks(16, 32, g, per_example=per_example)[:, 0] for _ in range(400)])
+        with pytest.raises(AssertionError):
+            assert_bernoulli_p_rule(m, not per_example)
+
+
+def assert_uniform_partners(perms: torch.Tensor) -> None:
+    """perms [n, K, B]: row 0 the example itself; rows 1..K-1 independent uniform permutations (the public code's
+    torch.randperm per partner): each example is its own partner with probability 1/B (fixed points are allowed,
+    one per row on average, and their count has variance 1), every partner equally likely, rows independent."""
+    from scipy import stats
+
+    n, K, B = perms.shape
+    assert torch.equal(perms[:, 0], torch.arange(B).expand(n, B))
+    for k in range(1, K):
+        fixed = (perms[:, k] == torch.arange(B)).double().sum(dim=1)  # [n] fixed points of each permutation
+        assert abs(fixed.mean().item() - 1) < 6 / math.sqrt(n), fixed.mean()  # E = 1, Var = 1 for B >= 2
+        assert abs(fixed.var().item() - 1) < 6 * math.sqrt(3 / n), fixed.var()
+        pairs = (torch.arange(B).repeat(n), perms[:, k].flatten())
+        counts = torch.zeros(B, B).index_put_(pairs, torch.ones(n * B), accumulate=True)
+        assert stats.chisquare(counts.flatten().numpy()).pvalue > 1e-4  # partner j of example b: uniform
+    if K > 2:
+        same = (perms[:, 1] == perms[:, 2]).double()  # independent rows share a partner with probability 1/B
+        assert_mean(same, 1 / B, (1 / B) * (1 - 1 / B))
+
+
+def test_partners_are_uniform_random_permutations_as_the_public_randperm():
+    g = gen(6)
+    assert_uniform_partners(torch.stack([mixing.sample_perm(3, 8, g) for _ in range(3000)]))
 
 
 @pytest.mark.parametrize("k", [2, 3, 8])
@@ -125,6 +209,28 @@ def test_kway_bernoulli_masks_are_one_hot_with_uniform_sources(k):
     torch.testing.assert_close(m.sum(1), torch.ones(N // 10, 8))
     frac = m.mean(dim=(0, 2))  # source frequencies: 1/K each by symmetry
     torch.testing.assert_close(frac, torch.full((k,), 1 / k), atol=0.02, rtol=0)
+
+
+SAMPLERS = {  # every sampler, with the `device` argument last
+    "perm": lambda g, d: mixing.sample_perm(3, 9, g, device=d),
+    "uniform": lambda g, d: mixing.sample_uniform_weights(9, g, device=d),
+    "dirichlet": lambda g, d: mixing.sample_dirichlet_weights(9, 4, 1.0, g, device=d),
+    "beta": lambda g, d: mixing.sample_beta_weights(9, 0.4, g, per_example=True, device=d),
+    "bernoulli": lambda g, d: mixing.sample_bernoulli_masks(9, 5, g, device=d),
+    "kway": lambda g, d: mixing.sample_kway_bernoulli_masks(9, 3, 5, g, device=d),
+    "kway-dirichlet": lambda g, d: mixing.sample_kway_bernoulli_masks(9, 3, 5, g, device=d, sources="dirichlet"),
+    "cutmix": lambda g, d: mixing.sample_cutmix_masks(9, 3, (4, 4), 1.0, g, device=d),
+    "positions": lambda g, d: mixing.sample_position_bernoulli_masks(9, 2, (4, 4), g, device=d),
+}
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_samplers_return_their_draws_on_the_device_asked_for(sampler):
+    """device=None: the generator's device; else that device (here "meta": CPU draws moved there)."""
+    draw = SAMPLERS[sampler]
+    assert draw(gen(1), None).device == torch.device("cpu")
+    on_meta = draw(gen(1), "meta")
+    assert on_meta.device.type == "meta" and on_meta.shape == draw(gen(1), None).shape
 
 
 def test_samplers_are_reproducible_with_a_seeded_generator():
@@ -205,3 +311,74 @@ print(json.dumps(draws.argmax(axis=2).tolist()))
     for m in (ours, public):
         same = (m[:, :, :, 0] == m[:, :, :, 1]).all(dim=2).double().mean().item()
         assert abs(same - 1 / k) < 0.02, same
+
+
+@pytest.fixture(scope="module")
+def public_draws(tmp_path_factory):
+    """Many draws of the authors' own samplers (models/twogan.py: mixer=fm2, mixup and its partner permutation;
+    models/kgan.py: k = 3 mixup), run in a subprocess (its shims stay out of this process)."""
+    import json
+    import subprocess
+    import sys
+
+    if not (PUBLIC_AMR / "amr" / "models" / "twogan.py").exists():
+        pytest.skip("public AMR code not here")
+    code = f"""
+import json, sys
+import numpy as np, torch
+from torch.distributions import Dirichlet
+sys.path[:0] = [{str(PUBLIC_AMR / "amr")!r}, {str(PUBLIC_AMR / "shims")!r}]
+from models.twogan import TwoGAN
+from models.kgan import KGAN
+torch.manual_seed(0); np.random.seed(0)
+two = TwoGAN.__new__(TwoGAN)
+two.use_cuda = False
+out = {{}}
+two.mixer = "fm2"
+out["fm2"] = [two.sampler({B_PUB}, {C_PUB}, True).tolist() for _ in range({N_PUB})]
+two.mixer = "mixup"
+out["mixup"] = [two.sampler({B_PUB}, {C_PUB}, True)[:, 0].tolist() for _ in range({N_PUB})]
+out["perm"] = [two.mix(torch.zeros({B_PUB}, {C_PUB}))[1].tolist() for _ in range({N_PUB})]
+k3 = KGAN.__new__(KGAN)
+k3.use_cuda, k3.mixer, k3.k, k3.dirichlet = False, "mixup", 3, Dirichlet(torch.ones(3))  # as KGAN.__init__
+out["dirichlet"] = [k3.sampler({B_PUB}, {C_PUB}, True).tolist() for _ in range({N_PUB})]
+print(json.dumps(out))
+"""
+    cwd = tmp_path_factory.mktemp("public")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=cwd)
+    return {key: torch.tensor(value) for key, value in json.loads(res.stdout.splitlines()[-1]).items()}
+
+
+N_PUB, B_PUB, C_PUB = 400, 16, 32
+
+
+def ks2(a: torch.Tensor, b: torch.Tensor) -> float:
+    from scipy import stats
+
+    return stats.ks_2samp(a.flatten().numpy(), b.flatten().numpy()).statistic
+
+
+def test_bernoulli_p_rule_is_the_public_fm2s(public_draws):
+    """The public fm2 (p ~ U(0, 1) per batch, m ~ Bern(p)) passes the per-batch check and fails the per-example
+    one; our masks' batch shares have the same distribution as its."""
+    fm2 = public_draws["fm2"]  # [n, B, C]
+    assert_bernoulli_p_rule(fm2, per_example=False)
+    with pytest.raises(AssertionError):
+        assert_bernoulli_p_rule(fm2, per_example=True)
+    g = gen(7)
+    ours = torch.stack([mixing.sample_bernoulli_masks(B_PUB, C_PUB, g)[:, 0] for _ in range(N_PUB)])
+    assert ks2(ours.mean(dim=(1, 2)), fm2.mean(dim=(1, 2))) < 0.15  # two samples of 400 batch shares
+
+
+def test_mixup_weights_and_partners_are_the_public_samplers(public_draws):
+    """k = 2: a ~ U(0, 1) per example; k = 3: Dirichlet(1, 1, 1) per example; partners: torch.randperm."""
+    g = gen(8)
+    a = torch.stack([mixing.sample_uniform_weights(B_PUB, g)[:, 0] for _ in range(N_PUB)])  # [n, B]
+    assert ks2(a, public_draws["mixup"]) < 0.04  # 6400 draws each
+    for m in (a, public_draws["mixup"].double()):  # per example: the spread inside a batch is Var U(0, 1)
+        assert abs(m.var(dim=1).mean().item() * 12 - 1) < 0.1
+    w = torch.stack([mixing.sample_dirichlet_weights(B_PUB, 3, 1.0, g) for _ in range(N_PUB)])  # [n, B, 3]
+    pub = public_draws["dirichlet"]
+    assert ks2(w[..., 0], pub[..., 0]) < 0.04 and ks2(w.max(dim=2).values, pub.max(dim=2).values) < 0.04
+    n, B = public_draws["perm"].shape
+    assert_uniform_partners(torch.stack([torch.arange(B).expand(n, B), public_draws["perm"]], dim=1))

@@ -4,6 +4,8 @@ torch.compile); determinism. The "triton" impl runs in its own process: `test_tr
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from mix_cases import (
@@ -266,3 +268,104 @@ def test_torch_mask_mix_of_short_groups_bounds_its_indices():
         out = torch_mix.mix(h, perm, m)
     assert fwd.largest <= h_bytes  # the output; unchunked, the indices alone would be 8x h
     torch.testing.assert_close(out, kernels.mask_mix(h, perm, m, impl="ref"))
+
+
+# Every size-dependent branch of the torch impl, on small tensors: the thresholds that pick a branch at real sizes
+# (CHUNK_ELEMS, SEGMENT, PIECE_MIN, BAG_MIN of torch_mix) are set small so that each runs here, against "ref".
+# (name: thresholds, (B, C, S, K), kind, layout)
+SIZE_PATHS = {
+    # weight gradient in chunks of 2 examples (K x row = 3 x 60 elements each), the last one partial (B = 7)
+    "weight-grad-chunks-simplex": ({"CHUNK_ELEMS": 2 * 3 * 60}, (7, 3, (4, 5), 3), "simplex", "contiguous"),
+    "weight-grad-chunks-mask": ({"CHUNK_ELEMS": 2 * 3 * 60}, (7, 3, (4, 5), 3), "mask", "contiguous"),
+    "weight-grad-chunks-channels-last": ({"CHUNK_ELEMS": 2 * 3 * 60}, (7, 3, (4, 5), 3), "mask", "channels_last"),
+    "weight-grad-chunks-positions": ({"CHUNK_ELEMS": 2 * 3 * 60}, (7, 3, (4, 5), 3), "mask_pos", "contiguous"),
+    "weight-grad-chunks-full": ({"CHUNK_ELEMS": 2 * 3 * 60}, (7, 3, (4, 5), 3), "mask_full", "strided"),
+    # [B, C] codes (one element per channel): indices for 2 examples per chunk (5 bags x K = 3 each)
+    "index-chunks": ({"CHUNK_ELEMS": 2 * 5 * 3}, (7, 5, (), 3), "mask", "contiguous"),
+    "index-chunks-k8": ({"CHUNK_ELEMS": 3 * 5 * 8}, (9, 5, (), 8), "mask", "contiguous"),
+    # long rows cut into bags of 8 elements (row of 24 = 3 bags; a channel of 24 = 3 bags per channel)
+    "segments-simplex": ({"SEGMENT": 8, "PIECE_MIN": 4}, (5, 2, (3, 4), 3), "simplex", "contiguous"),
+    "segments-mask": ({"SEGMENT": 8, "PIECE_MIN": 4}, (5, 2, (4, 6), 3), "mask", "contiguous"),
+    "segments-and-index-chunks": (
+        {"SEGMENT": 8, "PIECE_MIN": 4, "CHUNK_ELEMS": 2 * 2 * 3 * 8},
+        (9, 2, (4, 6), 8),
+        "mask",
+        "contiguous",
+    ),
+    # an odd row length has no piece >= PIECE_MIN that divides it: one long bag
+    "odd-long-row": ({"SEGMENT": 8, "PIECE_MIN": 4}, (5, 1, (5, 5), 3), "simplex", "contiguous"),
+    # position masks: through embedding_bag when the channels-last groups reach BAG_MIN, else summed in place
+    "positions-bags": ({"BAG_MIN": 2}, (5, 3, (4, 5), 3), "mask_pos", "channels_last"),
+    "positions-in-place": ({"BAG_MIN": 64}, (5, 20, (4, 5), 3), "mask_pos", "channels_last"),
+    "empty-batch-simplex": ({}, (0, 3, (4,), 2), "simplex", "contiguous"),
+    "empty-batch-mask": ({}, (0, 3, (4,), 2), "mask", "contiguous"),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", list(SIZE_PATHS))
+def test_every_size_path_of_the_torch_impl_matches_ref(case, dtype, monkeypatch):
+    from amr_fast.kernels import torch_mix
+
+    thresholds, (B, C, S, K), kind, layout = SIZE_PATHS[case]
+    for name, value in thresholds.items():
+        assert hasattr(torch_mix, name)
+        monkeypatch.setattr(torch_mix, name, value)
+    if "SEGMENT" in thresholds:  # the rows are in fact cut (or, odd, kept whole)
+        row = math.prod(S) * (C if kind == "simplex" else 1)
+        assert (torch_mix._segments(row) > 1) != (case == "odd-long-row")
+    check_against_ref("torch", B, C, S, K, kind, dtype, layout)
+
+
+@pytest.mark.parametrize("kind", KINDS + MASK_KINDS[1:2])
+@pytest.mark.parametrize("needs", ["h", "weights"])
+def test_backward_computes_only_the_gradients_asked_for(kind, needs):
+    """The custom op's backward with only h (or only the weights) requiring grad equals ref's."""
+    h, perm, weights, grad = make_case(6, 3, (4,), 3, kind, torch.float32, "contiguous")
+    op = kernels.simplex_mix if kind == "simplex" else kernels.mask_mix
+    got = {}
+    for impl in ("ref", "torch"):
+        hh, ww = h.clone().requires_grad_(needs == "h"), weights.clone().requires_grad_(needs == "weights")
+        op(hh, perm, ww, impl=impl).backward(grad)
+        assert (hh.grad is None) == (needs != "h") and (ww.grad is None) == (needs != "weights")
+        got[impl] = hh.grad if needs == "h" else ww.grad
+    torch.testing.assert_close(got["torch"], got["ref"], atol=1e-5 * got["ref"].abs().max().item(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS + MASK_KINDS[1:2])
+def test_torch_float64_equals_ref_to_float64_rounding(kind, monkeypatch):
+    """float64 stays float64 through the torch impl (forward, grad of h, grad of the weights, chunked too): it
+    equals ref to ~1e-12 relative, where an fp32 accumulation anywhere would be ~1e-7 off."""
+    from amr_fast.kernels import torch_mix
+
+    monkeypatch.setattr(torch_mix, "CHUNK_ELEMS", 2 * 3 * 24)  # 2 examples per weight-gradient chunk
+    h, perm, weights, grad = make_case(7, 3, (8,), 3, kind, torch.float64, "contiguous")
+    weights, grad = weights.double(), grad.double()
+    op = kernels.simplex_mix if kind == "simplex" else kernels.mask_mix
+    got = {}
+    for impl in ("ref", "torch"):
+        hh, ww = h.clone().requires_grad_(True), weights.clone().requires_grad_(True)
+        out = op(hh, perm, ww, impl=impl)
+        out.backward(grad)
+        got[impl] = (out, hh.grad, ww.grad)
+    for a, b in zip(got["torch"], got["ref"]):
+        assert a.dtype == torch.float64
+        torch.testing.assert_close(a, b, atol=1e-12 * b.abs().max().item(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS + MASK_KINDS[1:2])
+def test_torch_weight_grad_of_half_inputs_sums_exact_products_in_fp32(kind):
+    """bf16 h, grad and weights: each product of two bf16 numbers is exact in fp32, and their sum is accumulated in
+    fp32, so the weights' gradient is within fp32 rounding of the float64 one (rounding the products to bf16
+    first would be ~1e-3 off), returned in the weights' dtype."""
+    from amr_fast.kernels import torch_mix
+
+    h, perm, weights, grad = make_case(7, 3, (8,), 3, kind, torch.bfloat16, "contiguous")
+    weights = weights.bfloat16()
+    got = torch_mix.weight_grad(grad, h, perm, weights)
+    assert got.dtype == torch.bfloat16
+    want = mixing.mask_mix if kind != "simplex" else mixing.simplex_mix
+    ww = weights.double().requires_grad_(True)
+    want(h.double(), perm, ww).backward(grad.double())
+    exact = ww.grad.bfloat16()  # float64, rounded once to the weights' dtype
+    assert (got == exact).float().mean() > 0.95
