@@ -15,9 +15,15 @@ strides included.
 from __future__ import annotations
 
 import torch
+import torch._dynamo  # noqa: F401  (see below)
 
 from . import torch_mix
 from .layout import empty_out, inverse_perm, weights_at_source
+
+# The first call of a custom op imports torch._dynamo. Imported after `init_process_group`, it keeps the default
+# process group alive until the interpreter's exit, where gloo's threads, never joined, abort the process (SIGABRT,
+# "terminate called without an active exception") after a run that ended well: so it is imported with the ops,
+# before any process group exists. (torch 2.13; `tests/test_distributed.py` checks that a group goes at its end.)
 
 
 def _impl_module(impl: str):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -98,9 +99,14 @@ def main() -> None:
     for label, kw in {"class": dict(mixer="class", disc_mix="pixel"), "mixup3": dict(mixer="mixup", k=3, beta=0.5),
                       "bernoulli": dict(mixer="bernoulli", per_example_mask=False)}.items():  # fmt: skip
         result.update({f"{label}/{k}": v for k, v in check_amr(dataclasses.replace(base, **kw), rank, world).items()})
+    dist.barrier()
+    dist.destroy_process_group()
+    # the group's threads must be gone now: one left to the interpreter's exit aborts the process (kernels/ops.py)
+    tasks = Path("/proc/self/task")
+    threads = [(t / "comm").read_text() for t in tasks.iterdir()] if tasks.exists() else []
+    result["gloo_threads_left"] = sum("gloo" in name for name in threads)
     if rank == 0:
         json.dump(result, open(out, "w"))
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
