@@ -516,14 +516,13 @@ def run_train_e2e(data: Path, kimg: float, overrides: dict[str, str], workdir: P
     steady = rows[1:] or rows
     images = [r["nimg"] - p["nimg"] for p, r in zip(rows[:-1], rows[1:])] if len(rows) > 1 else [rows[0]["nimg"]]
     seconds = sum(n / r["img/s"] for n, r in zip(images, steady))
-    log = (outdir / "log.txt").read_text()  # the run's first lines say the precision and the processes
-    precision = re.search(r"^precision (\w+):", log, re.M)
-    precision = {"no": "fp32", None: "?"}.get(precision and precision[1], precision and precision[1])
-    procs = re.search(r"^(\d+) process\(es\)", log, re.M)
+    log = (outdir / "log.txt").read_text()  # its first line says the processes and the precision (`start_line`)
+    start = re.search(r", (\d+) process(?:es)? on \S+, precision (\w+)", log)
+    procs, precision = (int(start[1]), start[2]) if start else (None, "?")
     shutil.rmtree(outdir, ignore_errors=True)
     return {"img_per_s": sum(images) / seconds, "precision": precision, "peak_rss_mb": info["peak_rss_mb"],
             "cpu_s": info["cpu_s"], "wall_s": info["wall_s"], "sec_eval_last": rows[-1].get("sec/eval"),
-            "overrides": overrides, "processes": int(procs[1]) if procs else None}  # fmt: skip
+            "overrides": overrides, "processes": procs}  # fmt: skip
 
 
 def run_public(public: Path, variant: str = "mixup", iters: int = 0) -> dict:
