@@ -114,8 +114,9 @@ def start_processes(n: int, argv: list[str]) -> int:
         run(args)
     except ChildFailedError as err:
         return next(iter(err.failures.values())).exitcode or 1
-    except SignalException:  # Ctrl-C / SIGTERM: the processes had it too, saved a state and exited (see Run)
-        return 0
+    except SignalException as stop:  # Ctrl-C / SIGTERM: the processes had it too, saved a state and exited (Run)
+        _stop_signal[0] = stop.sigval
+        return exit_status()
     return 0
 
 

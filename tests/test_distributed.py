@@ -175,6 +175,25 @@ def test_the_default_cli_starts_processes_stops_on_sigterm_and_resumes_on_one(sh
     assert stats.read_jsonl(run / "stats.jsonl")[-1]["kimg"] >= kimg + 0.032
 
 
+def test_ctrl_c_to_the_processes_exits_130_so_make_stops(shards, tmp_path):
+    """Ctrl-C in a terminal (SIGINT to the process group) of a 2-process run: a state is saved and the command
+    exits 130, as one process does, so `make demo` stops instead of going on to its next line."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        cli_train(shards, run, "total_kimg=40", "batch=16", "procs=2"),
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    wait_for_rows(run, proc, 1)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-2000:] + err[-3000:]
+    assert "stopped by a signal" in out and checkpoint.find_latest_state(run) is not None
+
+
 def test_accelerate_launch_cpu_num_processes_is_stopped_with_the_right_command(shards, tmp_path):
     """accelerate 1.x: `accelerate launch --cpu --num_processes 2` starts ONE process with WORLD_SIZE unset."""
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
