@@ -133,3 +133,9 @@ def counted(batches: Iterable[dict], total: int | None, desc: str, show: bool = 
             b.update(len(batch["x"]))
     finally:
         b.close()
+
+
+def fmt_time(seconds: float) -> str:
+    """Seconds as the status line and the summary write them: 4m05s, 1h02m03s."""
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

@@ -51,6 +51,7 @@ from amr_fast.config import from_dict, parse_overrides, resolve, to_json
 from amr_fast.data import stream_counts
 from amr_fast.eval import tensorboard as eval_tensorboard
 from amr_fast.precision import default_device_type, keep_freed_memory, precision_choice
+from amr_fast.progress import fmt_time
 
 # Fields that may differ when a run is resumed (the schedule and runtime knobs); every other field must match.
 RESUMABLE_FIELDS = (
@@ -174,11 +175,6 @@ def contention_note(speeds: list[float], speed: float) -> str:
         return ""
     return (f"  <- {speed / best:.0%} of this run's earlier {best:.0f} img/s: the cores are contended (another "
             "job on this machine?); stop it, or give each run its own cores (procs=N, taskset -c)")  # fmt: skip
-
-
-def fmt_time(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def trim_stats(path: Path, nimg: int) -> None:

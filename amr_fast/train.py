@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,9 +58,8 @@ from amr_fast import data as amr_data
 from amr_fast import run as run_lib
 from amr_fast.config import PRESETS, TrainConfig, preset_line, probe_adam_args
 from amr_fast.eval import grids
-from amr_fast.eval.cli import encode_codes, factor_sampler, make_encode, recon_error
-from amr_fast.eval.disentangle import FACTORVAE_PROTOCOLS, factorvae, factorvae_counts
-from amr_fast.eval.probe import code_probes
+from amr_fast.eval.probe import probe_accuracy
+from amr_fast.eval.summary import final_figures, summary_lines
 from amr_fast.losses import AMRLoss
 from amr_fast.models.base import to_channels_last
 from amr_fast.run import (
@@ -72,7 +70,6 @@ from amr_fast.run import (
     cpu_processes,
     due,
     exit_status,
-    fmt_time,
     start_processes,
     step_status,
 )
@@ -346,30 +343,7 @@ def _grid_batch(root: Path, splits: dict, run: Run) -> tuple[torch.Tensor, torch
     grid_split = next((s for s in ("valid", "test", "train") if s in splits), None)
     if not run.is_main or grid_split is None:
         return None
-    return tuple(t.to(run.device) for t in grid_images(root, grid_split, splits[grid_split]["num_samples"]))
-
-
-def grid_images(root: Path, split: str, num_samples: int, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """The n images of samples-*.png: evenly spaced over the split (splits may be sorted by class, e.g. dSprites'
-    valid), dealt round-robin over their labels so that the first three (the k = 3 triangle) and the pairs
-    (i, i + n/2) of the strips mix different classes where the split has them. -> (x [n, ...], y [n])."""
-    want = set(torch.linspace(0, max(num_samples - 1, 0), n).round().long().tolist())
-    xs, ys, seen = [], [], 0
-    for b in amr_data.eval_loader(root, split, 256, rank=0, world_size=1):
-        for i in range(len(b["y"])):
-            if seen + i in want:
-                xs.append(b["x"][i])
-                ys.append(int(b["y"][i]))
-        seen += len(b["y"])
-        if seen > max(want):
-            break
-    by_label: dict[int, list[int]] = {}
-    for i, label in enumerate(ys):
-        by_label.setdefault(label, []).append(i)
-    queues, order = list(by_label.values()), []
-    while any(queues):
-        order += [q.pop(0) for q in queues if q]
-    return torch.stack([xs[i] for i in order]), torch.tensor([ys[i] for i in order])
+    return tuple(t.to(run.device) for t in grids.grid_images(root, grid_split, splits[grid_split]["num_samples"]))
 
 
 def schedule(cfg: TrainConfig, it: int) -> tuple[bool, int]:
@@ -395,53 +369,6 @@ def partial_batch(batches: list[dict], images: int, batch: int, world: int) -> l
         return batches
     keep = max(1, images // (world * len(batches)))
     return [{key: v[:keep] for key, v in b.items()} for b in batches]
-
-
-EVAL_CACHE_BYTES = 1 << 30  # eval splits up to this size stay on the device between probe evaluations
-
-
-def _eval_batches(root: Path, split: str, device, rank: int, world_size: int, cache: dict | None):
-    """This rank's share of `split` as device batches (uint8 images, labels) of 1024. With `cache` (a dict the
-    loop keeps), a split of at most EVAL_CACHE_BYTES is read from its shards once and kept on the device: the
-    per-epoch probe of the paper presets then costs the encoder's forward pass only."""
-    if cache is not None and split in cache:
-        yield from cache[split]
-        return
-    kept, size = [], 0
-    for b in amr_data.eval_loader(root, split, 1024, rank=rank, world_size=world_size):
-        xy = (b["x"].to(device, non_blocking=True), b["y"].to(device, non_blocking=True))
-        size += xy[0].numel() * xy[0].element_size()
-        if kept is not None and size <= EVAL_CACHE_BYTES:
-            kept.append(xy)
-        else:
-            kept = None
-        yield xy
-    if cache is not None and kept is not None:
-        cache[split] = kept
-
-
-@torch.no_grad()
-def probe_accuracy(ae, probe, root: Path, split: str, device, rank: int, world_size: int, autocast, cache=None,
-                   channels_last: bool = False):  # fmt: skip
-    """Exact accuracy of the online probe on a whole split: each rank classifies its share, counts are summed."""
-    was_training = ae.training
-    ae.eval()
-    probe.eval()
-    counts = torch.zeros(2, dtype=torch.float64, device=device)  # correct, total
-    size = -(-amr_data.load_index(root)["splits"][split]["num_samples"] // world_size)
-    batches = ({"x": x, "y": y} for x, y in _eval_batches(root, split, device, rank, world_size, cache))
-    for b in progress.counted(batches, size, f"online probe on {split}", rank == 0):
-        x, y = amr_data.to_unit(b["x"], device), b["y"]
-        with autocast():
-            logits = probe(ae.encode(to_channels_last(x) if channels_last else x).flatten(1))
-        counts[0] += (logits.argmax(dim=1) == y.long()).sum()
-        counts[1] += y.numel()
-    if world_size > 1:
-        dist.all_reduce(counts)
-    ae.train(was_training)
-    probe.train(was_training)
-    correct, total = counts.tolist()
-    return correct / total if total else math.nan
 
 
 def _probe_figures(run: Run, parts: Parts, root: Path, has_test: bool, cache: dict) -> dict:
@@ -501,83 +428,11 @@ def _summary(run: Run, ae: torch.nn.Module, stopped: bool, root: Path, splits: d
         "time": s.time,
         "img_per_s": s.nimg / s.time if s.time > 0 else None,
     }
-    if not stopped and run.is_main and cfg.arch != "mlp" and "valid" in splits:
-        summary["recon"] = recon_error(ae, cfg, root, "valid", run.device, limit=5000)
-        ae.train()
-    if not stopped and run.is_main and cfg.arch == "dsprites64" and amr_data.load_index(root).get("factor_names"):
-        summary["factorvae"] = _factorvae(ae, cfg, root, run.device)
-        summary["shape_probes"] = _shape_probes(ae, cfg, root, run.device)
+    if not stopped and run.is_main:
+        summary.update(final_figures(ae, cfg, root, run.device, splits))
     for line in summary_lines(summary):
         run.say(line)
     return summary
-
-
-def summary_lines(summary: dict) -> list[str]:
-    """Where a run's outputs are and its final figures (printed at the end of every run and kept in log.txt)."""
-    probe = summary["probe"]
-    lines = [
-        f"run directory:   {summary['run_dir']}",
-        f"last snapshot:   {summary['snapshot'] or 'none yet (snapshot_kimg)'}",
-        f"last samples:    {summary['samples'] or 'none yet (snapshot_kimg)'}",
-    ]
-    if probe["best_valid_acc"] is not None:
-        test = "n/a (no test split)" if probe["test_acc_at_best"] is None else f"{probe['test_acc_at_best']:.4f}"
-        lines.append(
-            f"online probe:    best valid acc {probe['best_valid_acc']:.4f} at {probe['best_kimg']:.3f} kimg, last "
-            f"{probe['last_valid_acc']:.4f}; test acc at the best {test}"
-        )
-    if summary.get("recon"):
-        r = summary["recon"]
-        lines.append(
-            f"recon error:     mean |x_rec - x| {r['l1']:.4f}, MSE {r['mse']:.4f} "
-            f"({r['n']} {r['split']} images, pixels in [-1, 1])"
-        )
-    for protocol, f in (summary.get("factorvae") or {}).items():
-        what = {
-            "kim-mnih": f"Kim & Mnih, all 5 dSprites factors, {f['n_train']}+{f['n_eval']} votes of "
-            f"{f['batch_size']}; chance 0.2",
-            "amr-public": f"the AMR authors' procedure: train accuracy on {f['n_train']} votes of {f['batch_size']}, "
-            "posY uncredited; max 0.8",
-        }[protocol]
-        lines.append(f"FactorVAE score: {f['score']:.3f} {protocol} ({what})")
-    if summary.get("shape_probes"):
-        p = summary["shape_probes"]
-        lines.append(
-            f"shape probes:    linear {p['linear']:.3f}, MLP {p['mlp']:.3f} (offline, on the final code: "
-            f"{p['n_train']} train -> {p['n_test']} valid codes; chance {1 / p['num_classes']:.2f})"
-        )
-    if summary.get("img_per_s"):
-        lines.append(
-            f"training time:   {fmt_time(summary['time'])} for {summary['kimg']:g} kimg, "
-            f"{summary['img_per_s']:.0f} img/s (probes and snapshots included)"
-        )
-    if summary["stopped"]:
-        lines.append("stopped early by a signal: re-run the same command to resume")
-    return lines
-
-
-def _shape_probes(ae, cfg, root: Path, device) -> dict:
-    """Offline probes of the final code for the labels (dSprites: shape), linear and one-hidden-layer MLP: how much
-    of the shape the code holds, and how much of it a linear read-out (the paper's probe) can use."""
-    encode = make_encode(ae, device)
-    h_tr, y_tr = encode_codes(encode, root, "train", 10_000)
-    h_va, y_va = encode_codes(encode, root, "valid", 5_000)
-    ae.train()
-    return {**code_probes(h_tr, y_tr, h_va, y_va, cfg.num_classes), "num_classes": cfg.num_classes}
-
-
-def _factorvae(ae, cfg, root: Path, device) -> dict:
-    """The FactorVAE score of the trained encoder under both protocols (kim-mnih, amr-public), each with its
-    published vote counts unless cfg.factorvae_votes / factorvae_vote_batch shorten them; procedural dSprites are
-    rendered afresh, a sharded dSprites is sampled from its train split (`amr-fast eval` does the same)."""
-    sampler = factor_sampler(amr_data.load_index(root), cfg, pool=50_000)
-    encode, out = make_encode(ae, device), {}
-    for protocol in FACTORVAE_PROTOCOLS:
-        kw = factorvae_counts(protocol, cfg.factorvae_votes, cfg.factorvae_vote_batch)
-        score = factorvae(encode, sampler, protocol, seed=0, **kw).as_dict()
-        out[protocol] = {k: score[k] for k in ("score", "train_accuracy", "n_train", "n_eval", "batch_size")}
-    ae.train()
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from amr_fast import checkpoint, classify, cli, progress, train
 from amr_fast.bench import BENCHES
 from amr_fast.config import TrainConfig, to_json
 from amr_fast.eval import report
-from amr_fast.eval.cli import recon_error
+from amr_fast.eval.metrics import recon_error
 from amr_fast.models import build_networks
 
 SPIRAL = ["--preset", "spiral-mixup", "total_kimg=0.512", "tick_kimg=0.256", "probe_kimg=1", "snapshot_kimg=0.512",

@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 from amr_fast import checkpoint, cli, run, stats, train
 from amr_fast.config import PRESETS, TrainConfig, to_json
 from amr_fast.data import make_shards
+from amr_fast.eval import grids
+from amr_fast.eval.summary import factorvae_scores, summary_lines
 from amr_fast.losses import AMRLoss
 from amr_fast.models import build_networks
 
@@ -393,7 +395,7 @@ def test_summary_lines_give_probe_recon_factorvae_and_speed():
                              "amr-public": {"score": 0.61, "n_train": 800, "n_eval": 800, "batch_size": 800}},
                "shape_probes": {"linear": 0.481, "mlp": 0.992, "n_train": 10000, "n_test": 5000,
                                 "num_classes": 3}}  # fmt: skip
-    text = "\n".join(train.summary_lines(summary))
+    text = "\n".join(summary_lines(summary))
     assert "shape probes:    linear 0.481, MLP 0.992 (offline, on the final code: 10000 train -> 5000 valid" in text
     assert "best valid acc 0.5000 at 160.000 kimg, last 0.4800" in text
     assert "recon error:     mean |x_rec - x| 0.0290, MSE 0.0320 (5000 valid images" in text
@@ -404,7 +406,7 @@ def test_summary_lines_give_probe_recon_factorvae_and_speed():
 
 def test_grid_images_are_spread_over_the_split_with_the_labels_interleaved(shards):
     n = json.loads((shards / "index.json").read_text())["splits"]["valid"]["num_samples"]
-    x, y = train.grid_images(shards, "valid", n)  # dSprites' valid split is sorted by grid index, i.e. by shape
+    x, y = grids.grid_images(shards, "valid", n)  # dSprites' valid split is sorted by grid index, i.e. by shape
     assert x.shape == (8, 1, 16, 16) and x.dtype == torch.uint8
     assert sorted(y[:3].tolist()) == [0, 1, 2]  # the k = 3 triangle mixes the three shapes
     assert all(y[i] != y[i + 4] for i in range(4))  # each strip (i, i + 4) mixes two shapes
@@ -503,7 +505,7 @@ def test_dsprites_summary_scores_factorvae_under_both_protocols(tmp_path):
     cfg = TrainConfig(data=str(root), arch="dsprites64", img_size=64, width=8, code_dim=6, num_classes=3,
                       mixer="none", factorvae_votes=10, factorvae_vote_batch=4).validate()  # fmt: skip
     ae = build_networks(cfg)["ae"]
-    out = train._factorvae(ae, cfg, root, torch.device("cpu"))
+    out = factorvae_scores(ae, cfg, root, torch.device("cpu"))
     assert list(out) == ["kim-mnih", "amr-public"] and ae.training
     assert (out["kim-mnih"]["n_train"], out["kim-mnih"]["n_eval"], out["kim-mnih"]["batch_size"]) == (10, 10, 4)
     assert (out["amr-public"]["n_train"], out["amr-public"]["batch_size"]) == (10, 4)

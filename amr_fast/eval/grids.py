@@ -29,6 +29,7 @@ from einops import rearrange
 from PIL import Image
 
 from amr_fast import kernels, mixing, models
+from amr_fast.data import eval_loader
 from amr_fast.data.images import to_unit
 
 BACKGROUND = 255  # white between tiles
@@ -523,3 +524,26 @@ def training_grid(
     else:
         panels.append(interpolation_strips(ae, x_a, x_b, cfg))
     return stack_panels(panels)
+
+
+def grid_images(root: Path, split: str, num_samples: int, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The n images of samples-*.png: evenly spaced over the split (splits may be sorted by class, e.g. dSprites'
+    valid), dealt round-robin over their labels so that the first three (the k = 3 triangle) and the pairs
+    (i, i + n/2) of the strips mix different classes where the split has them. -> (x [n, ...], y [n])."""
+    want = set(torch.linspace(0, max(num_samples - 1, 0), n).round().long().tolist())
+    xs, ys, seen = [], [], 0
+    for b in eval_loader(root, split, 256, rank=0, world_size=1):
+        for i in range(len(b["y"])):
+            if seen + i in want:
+                xs.append(b["x"][i])
+                ys.append(int(b["y"][i]))
+        seen += len(b["y"])
+        if seen > max(want):
+            break
+    by_label: dict[int, list[int]] = {}
+    for i, label in enumerate(ys):
+        by_label.setdefault(label, []).append(i)
+    queues, order = list(by_label.values()), []
+    while any(queues):
+        order += [q.pop(0) for q in queues if q]
+    return torch.stack([xs[i] for i in order]), torch.tensor([ys[i] for i in order])

@@ -6,18 +6,25 @@ scored on the test split: the codes are standardised with the train split's mean
 logistic regression is solved by full-batch L-BFGS with a small L2 penalty (deterministic, no learning-rate
 schedule to tune). `fit_linear` is also the classifier of the beta-VAE metric (`amr_fast.eval.disentangle`).
 `fit_mlp` is the nonlinear counterpart (one hidden layer): it tells "the code holds y, but not linearly" (an
-autoencoder's dSprites code usually holds shape that way) from "the code has lost y".
+autoencoder's dSprites code usually holds shape that way) from "the code has lost y". `probe_accuracy` scores the
+online probe during training: its exact accuracy on a whole split, shared over the ranks.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
+from amr_fast import progress
+from amr_fast.data import eval_loader, load_index
 from amr_fast.data.images import to_unit
+from amr_fast.models.base import to_channels_last
 
 
 @dataclass
@@ -141,3 +148,50 @@ def code_probes(
         "n_train": len(y_train),
         "n_test": len(y_test),
     }
+
+
+EVAL_CACHE_BYTES = 1 << 30  # eval splits up to this size stay on the device between probe evaluations
+
+
+def _eval_batches(root: Path, split: str, device, rank: int, world_size: int, cache: dict | None):
+    """This rank's share of `split` as device batches (uint8 images, labels) of 1024. With `cache` (a dict the
+    loop keeps), a split of at most EVAL_CACHE_BYTES is read from its shards once and kept on the device: the
+    per-epoch probe of the paper presets then costs the encoder's forward pass only."""
+    if cache is not None and split in cache:
+        yield from cache[split]
+        return
+    kept, size = [], 0
+    for b in eval_loader(root, split, 1024, rank=rank, world_size=world_size):
+        xy = (b["x"].to(device, non_blocking=True), b["y"].to(device, non_blocking=True))
+        size += xy[0].numel() * xy[0].element_size()
+        if kept is not None and size <= EVAL_CACHE_BYTES:
+            kept.append(xy)
+        else:
+            kept = None
+        yield xy
+    if cache is not None and kept is not None:
+        cache[split] = kept
+
+
+@torch.no_grad()
+def probe_accuracy(ae, probe, root: Path, split: str, device, rank: int, world_size: int, autocast, cache=None,
+                   channels_last: bool = False):  # fmt: skip
+    """Exact accuracy of the online probe on a whole split: each rank classifies its share, counts are summed."""
+    was_training = ae.training
+    ae.eval()
+    probe.eval()
+    counts = torch.zeros(2, dtype=torch.float64, device=device)  # correct, total
+    size = -(-load_index(root)["splits"][split]["num_samples"] // world_size)
+    batches = ({"x": x, "y": y} for x, y in _eval_batches(root, split, device, rank, world_size, cache))
+    for b in progress.counted(batches, size, f"online probe on {split}", rank == 0):
+        x, y = to_unit(b["x"], device), b["y"]
+        with autocast():
+            logits = probe(ae.encode(to_channels_last(x) if channels_last else x).flatten(1))
+        counts[0] += (logits.argmax(dim=1) == y.long()).sum()
+        counts[1] += y.numel()
+    if world_size > 1:
+        dist.all_reduce(counts)
+    ae.train(was_training)
+    probe.train(was_training)
+    correct, total = counts.tolist()
+    return correct / total if total else math.nan
