@@ -18,23 +18,15 @@ the run's autocast and the attack's gradient in fp32, written to stats.jsonl. `f
 presets) steps eps on the standardised input (pixel - mean) / std without clipping, as the public attack; `pixel`
 steps eps in [0, 1] pixels and clamps.
 
-The run machinery is `amr_fast.run`'s, shared with `amr-fast train` (this file holds the classifier, its step,
-its evaluation and what happens at a tick): run directory config.json, log.txt, stats.jsonl,
-snapshot-<kimg>.safetensors (module "classifier"), state-<kimg>/ (safetensors and JSON; re-running the same
-command resumes from the newest complete one, and raising total_kimg extends a finished run). SIGTERM / SIGINT
-(also to the whole process group) save a state and exit. A non-finite loss or gradient (on any rank: one
-all-reduce of a flag per step, the step's only host sync, as `amr-fast train`; on one GPU no sync: fused SGD skips
-the step on the device, as `amr-fast train`'s Adam) skips the optimiser step and puts back the BatchNorm statistics
-of that forward pass; `max_nonfinite` such steps in a row stop the run with an error.
-Neither a snapshot nor a resume state is ever written with non-finite weights. precision=fp16 (or fp16 chosen by
-`accelerate launch`) scales the loss dynamically, as `amr-fast train`.
+The harness (`amr_fast.run`: run directory, resume, signals, the tick with its snapshot and state, the non-finite
+step counter, fp16 loss scaling) is shared with `amr-fast train`; this file holds the classifier, its step, its
+evaluation and its outputs (snapshot-<kimg>.safetensors with the module "classifier"). A skipped non-finite step
+also puts back the BatchNorm statistics of its forward pass; neither a snapshot nor a resume state is ever written
+with non-finite weights.
 
-stats.jsonl keys: kimg, nimg, lr, time, seconds, sec/tick, img/s, loss/cls, train/error (% vs the first source's
-label), nonfinite (skipped steps since the start of the run), data/seen and data/skipped (samples the loaders
-delivered / skipped as damaged since the start of the run, all ranks) per tick;
-eval/test_error and time/eval (s) on ticks where an evaluation ran, eval/fgsm_error@<eps> (%, e.g.
-eval/fgsm_error@0.03) on those where FGSM ran.
-`amr-fast report RUN...` shows them (`amr_fast.eval.report.classify_table`).
+stats.jsonl keys, besides the harness's (`Run.tick`): lr, loss/cls, train/error (% vs the first source's label)
+every tick; eval/test_error and time/eval (s) on ticks where an evaluation ran, eval/fgsm_error@<eps> (%, e.g.
+eval/fgsm_error@0.03) on those where FGSM ran. `amr-fast report RUN...` shows them.
 
 Commands:
   amr-fast classify --preset fashion-mnist-manifold --data data/fashion-mnist-32 --outdir runs/fm-manifold
@@ -72,7 +64,6 @@ from amr_fast.run import (
     due,
     exit_status,
     start_processes,
-    step_status,
     sum_over_ranks,
 )
 
@@ -284,23 +275,17 @@ class Step:
         loss = mixup_loss(logits, y_mix, cfg.loss)
         self.opt.zero_grad(set_to_none=True)
         (loss * run.state.loss_scale).backward()  # DDP averages the gradients over ranks
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if self.defer:  # one process, fused SGD: skipped on the device, no host sync
-            bad = run_lib.skip_on_device([self.opt], run_lib.step_flags([loss], grads, None, lambda f: f))
+        reduce = lambda f: sum_over_ranks(f, run.world)  # noqa: E731
+        status, stop = run_lib.apply_step(
+            [self.opt], self.params, [loss], run.stop_requested, reduce, run.state.loss_scale, self.defer
+        )
+        if isinstance(status, torch.Tensor):  # skipped on the device: put the statistics back where it says so
             for cur, before in zip(self.bn_stats, self.bn_stats_before):
-                cur.copy_(torch.where(bad > 0, before, cur))
-            stats.report("loss/cls", loss, 1 - bad)
-            stats.report("train/error", (logits.detach().argmax(1) != y).float() * 100, 1 - bad)
-            return bad, run.stop_requested
-        status, stop = step_status([loss], grads, run.stop_requested, lambda f: sum_over_ranks(f, run.world))
-        if status == "ok":
-            if run.state.loss_scale != 1.0:
-                torch._foreach_mul_(grads, 1.0 / run.state.loss_scale)
-            self.opt.step()
-            stats.report("loss/cls", loss)
-            stats.report("train/error", (logits.detach().argmax(1) != y).float() * 100)
-        elif self.bn_stats:  # skipped: weights, momentum and BatchNorm statistics stay as they were
+                cur.copy_(torch.where(status > 0, before, cur))
+        elif status != "ok" and self.bn_stats:  # skipped: weights, momentum and BatchNorm statistics stay as they were
             torch._foreach_copy_(self.bn_stats, self.bn_stats_before)
+        errors = (logits.detach().argmax(1) != y).float() * 100
+        run_lib.report_step(status, [("loss/cls", loss), ("train/error", errors)])
         return status, stop
 
 
@@ -334,32 +319,15 @@ def train_classifier(
     s = run.state
     torch.manual_seed(cfg.seed)  # the same initial weights for every rank and every rerun of a seed
     net = build_classifier(cfg).to(run.device)
-    fused = run_lib.fused_optimizers(run.device) or None  # on CUDA: one kernel a step, skipped on the device
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                          weight_decay=cfg.weight_decay, fused=fused)  # fmt: skip
-    if fused and cfg.momentum:  # zero momentum buffers: a first step skipped on the device leaves no garbage
-        for p in net.parameters():  # (fused SGD's own first step fills empty buffers); buf = 0 * m + g is exact
-            opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    opt = _sgd(net, cfg, run.device)
     model = run.accelerator.prepare(net)  # DDP on several processes (BatchNorm statistics: per rank)
     run.resume({"classifier": net}, {"opt": opt})
-
-    def save_state() -> Path:
-        """run.save_state, refused on every rank together if any weight or momentum is non-finite."""
-        bad = first_nonfinite(net, opt)
-        if sum_over_ranks(torch.tensor([float(bad is not None)], device=run.device), run.world).tolist()[0]:
-            raise ValueError(
-                f"refusing to write a resume state at {s.nimg / 1000:g} kimg: {bad or 'a tensor on another rank'} is "
-                f"non-finite (the run diverged); lower lr or use precision=fp32, and resume from an earlier state"
-            )
-        return run.save_state({"classifier": net}, {"opt": opt}, {})
-
     batches = data.train_loader(root, cfg.batch, rank=run.rank, world_size=run.world, seed=cfg.seed,
                                 workers=cfg.workers, start_batch=s.nimg // cfg.batch, **run.loader_args())  # fmt: skip
-    step = Step(model, opt, cfg, run)
+    step, out = Step(model, opt, cfg, run), _outputs(run, net, opt, root)
     n_params = sum(p.numel() for p in net.parameters())
     run.say(f"{cfg.arch} width {cfg.width:g} ({n_params / 1e6:.2f} M params), mode {cfg.mode}")
     model.train()
-    row, stop = {}, False
     # SIGTERM / SIGINT: finish the step, save a state, return (the flag rides on the step's all-reduce); the loader's
     # threads are joined when the loop ends, never at interpreter exit
     with run, contextlib.closing(batches):
@@ -368,27 +336,55 @@ def train_classifier(
             status, stop = step(next(batches), lr, s.nimg // cfg.batch)
             run.count_step(status)
             prev, s.nimg = s.nimg, s.nimg + cfg.batch
-            attack = run.finished or due(prev, s.nimg, cfg.fgsm_kimg)
-            if attack or due(prev, s.nimg, cfg.eval_kimg):
-                with run.not_training():  # img/s counts training only; the evaluation is sec/eval
-                    _evaluate(net, root, cfg, run, attack)
-            if run.finished or due(prev, s.nimg, cfg.tick_kimg):
-                row = run.tick({"lr": lr})
-                if isinstance(row.get("eval/test_error"), (int, float)):  # the public code reports the best epoch
-                    s.best_test_error = min(row["eval/test_error"], s.best_test_error or 100.0)
-            if (run.finished or due(prev, s.nimg, cfg.snapshot_kimg)) and run.is_main:
-                path = run.outdir / f"snapshot-{checkpoint.kimg_tag(s.nimg)}.safetensors"
-                with run.not_training(), progress.phase(f"writing {path.name}"):
-                    checkpoint.save_snapshot(path, {"classifier": net}, dataclasses.asdict(cfg), s.nimg / 1000)
-            if run.finished or due(prev, s.nimg, cfg.state_kimg):
-                save_state()
-            if stop:
+            if run.after_step(prev, stop, out, {"lr": lr}):
                 break
-        if stop and not run.finished:
-            run.stop(save_state)
-            return run.outdir
-    run.say(done_line(run, row))
+    if not run.stopped:
+        run.say(done_line(run, run.last_row))
     return run.outdir
+
+
+def _sgd(net: nn.Module, cfg: ClassifyConfig, device: torch.device) -> torch.optim.SGD:
+    """SGD with the config's momentum and weight decay; fused on CUDA (one kernel a step, skipped on the device)."""
+    fused = run_lib.fused_optimizers(device) or None
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                          weight_decay=cfg.weight_decay, fused=fused)  # fmt: skip
+    if fused and cfg.momentum:  # zero momentum buffers: a first step skipped on the device leaves no garbage
+        for p in net.parameters():  # (fused SGD's own first step fills empty buffers); buf = 0 * m + g is exact
+            opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    return opt
+
+
+def _outputs(run: Run, net: nn.Module, opt: torch.optim.Optimizer, root: Path) -> run_lib.Outputs:
+    """The classifier's evaluation (test error every eval_kimg, FGSM every fgsm_kimg, both at the end; reported for
+    the tick's row), its snapshot, and its resume state, refused on every rank together if any weight or momentum
+    is non-finite."""
+    cfg, s = run.cfg, run.state
+
+    def evaluate(prev: int) -> dict:
+        attack = run.finished or due(prev, s.nimg, cfg.fgsm_kimg)
+        if attack or due(prev, s.nimg, cfg.eval_kimg):
+            _evaluate(net, root, cfg, run, attack)
+        return {}
+
+    def snapshot() -> None:
+        path = run.outdir / f"snapshot-{checkpoint.kimg_tag(s.nimg)}.safetensors"
+        with progress.phase(f"writing {path.name}"):
+            checkpoint.save_snapshot(path, {"classifier": net}, dataclasses.asdict(cfg), s.nimg / 1000)
+
+    def save_state() -> Path:
+        bad = first_nonfinite(net, opt)
+        if sum_over_ranks(torch.tensor([float(bad is not None)], device=run.device), run.world).tolist()[0]:
+            raise ValueError(
+                f"refusing to write a resume state at {s.nimg / 1000:g} kimg: {bad or 'a tensor on another rank'} is "
+                f"non-finite (the run diverged); lower lr or use precision=fp32, and resume from an earlier state"
+            )
+        return run.save_state({"classifier": net}, {"opt": opt}, {})
+
+    def on_tick(row: dict) -> None:  # the public code reports the best epoch
+        if isinstance(row.get("eval/test_error"), (int, float)):
+            s.best_test_error = min(row["eval/test_error"], s.best_test_error or 100.0)
+
+    return run_lib.Outputs(evaluate, snapshot, save_state, on_tick)
 
 
 def done_line(run: Run, row: dict) -> str:

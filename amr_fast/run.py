@@ -18,6 +18,11 @@ sequence of blocks around one state object, `run.state`):
   workers ignore them) set `run.stop_requested`; the trainer finishes its step, `run.stop` saves a state, and the
   process exits cleanly (`exit_status`: 130 after SIGINT, so that make or a script stops too, else 0); a second
   signal acts at once;
+- one step's end for both trainers (`apply_step`: the optimisers step unless a loss or gradient is non-finite on
+  some rank, the fp16 gradients unscaled first; `report_step`: a skipped step's values do not count) and what
+  follows it (`run.after_step`): the trainer's evaluations when due (`Outputs.evaluate`, timed apart as sec/eval),
+  and every tick_kimg the stats row, then the snapshot (rank 0 writes it, every rank waits) and the resume state
+  when due, or the state and the end after a signal;
 - the kimg schedule (`due`), the non-finite step counter with the divergence stop and the fp16 loss scale
   (`run.count_step`, `step_status`); with fused optimisers on one process (CUDA; not fp16) a step's flags stay on
   the device: the optimisers skip a non-finite step there (`skip_on_device`) and the counter is settled at the
@@ -240,6 +245,53 @@ def sum_over_ranks(flags: torch.Tensor, world_size: int) -> torch.Tensor:
     return flags
 
 
+def apply_step(
+    optimizers: list[torch.optim.Optimizer],
+    params: list[torch.Tensor],
+    losses: Iterable[torch.Tensor],
+    stop: bool,
+    reduce: Callable[[torch.Tensor], Any],
+    loss_scale: float = 1.0,
+    defer: bool = False,
+) -> tuple[str | torch.Tensor, bool]:
+    """After the backward pass: step `optimizers` unless a loss or a gradient of `params` is non-finite on some
+    rank. Returns (status, stop requested on some rank): status "ok" | "loss" | "grad" of `step_status`, whose
+    `reduce` sums the flags over ranks (and may average the gradients in the same all-reduce); the gradients are
+    divided by the fp16 `loss_scale` before the step. defer (`Run.defer_skips`, fused optimisers): the step is
+    skipped on the device, status is `skip_on_device`'s 0/1 tensor and nothing waits for the device."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if defer:  # one process: nothing to reduce
+        return skip_on_device(optimizers, step_flags(losses, grads, None, lambda f: f)), stop
+    status, stop_any = step_status(losses, grads, stop, reduce)
+    if status == "ok":
+        if loss_scale != 1.0:  # `reduce` may have given gradients to parameters that had none here
+            torch._foreach_mul_([p.grad for p in params if p.grad is not None], 1.0 / loss_scale)
+        for opt in optimizers:
+            opt.step()
+    return status, stop_any
+
+
+def report_step(status: str | torch.Tensor, values: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """`stats.report` a step's (name, value) pairs unless the step was skipped: on the host, only after "ok"; for a
+    device status (`skip_on_device`), weighted by 1 - status, without a sync."""
+    if isinstance(status, str) and status != "ok":
+        return
+    keep = 1 - status if isinstance(status, torch.Tensor) else None
+    for name, value in values:
+        stats.report(name, value, keep)
+
+
+@dataclasses.dataclass
+class Outputs:
+    """What a trainer hands the harness for `Run.after_step`: its evaluation and its files. Every rank calls
+    `evaluate`, `on_tick` and `save_state`; rank 0 alone calls `snapshot`, then every rank waits for it."""
+
+    evaluate: Callable[[int], dict]  # (nimg before the step) -> the due evaluations' row entries ({}: none due)
+    snapshot: Callable[[], None]  # snapshot-<kimg>.safetensors (and the trainer's pictures)
+    save_state: Callable[[], Path]  # state-<kimg>/ (`Run.save_state` with the trainer's modules)
+    on_tick: Callable[[dict], None] = lambda row: None  # the tick's row, before the snapshot and the state
+
+
 @dataclasses.dataclass
 class LoopState:
     """What every loop carries from step to step and saves in each resume state (loop.json)."""
@@ -306,6 +358,9 @@ class Run:
         self.eval_seconds = 0.0  # time since the last tick spent in `not_training` blocks (sec/eval)
         self.data_stats: dict = {}  # the training loader's counts (`loader_args`), since this process started
         self._data_base: dict = {}
+        self._evaluated: dict = {}  # the row entries of the evaluations since the last tick (`after_step`)
+        self.stopped = False  # a signal ended the run before total_kimg (`after_step`)
+        self.last_row: dict = {}  # the last stats row (`tick`) of this process
 
     def loader_args(self) -> dict:
         """Keyword arguments of `data.train_loader` every run passes: its counts and the damage limit."""
@@ -413,8 +468,9 @@ class Run:
         self._check_diverged(most, "losses/gradients", "by")  # counted on the device: by this tick
 
     def tick(self, extra: dict) -> dict:
-        """One stats row: kimg, nimg, the trainer's `extra`, times, speed, skipped steps, and every value reported
-        since the last tick (reduced over ranks); rank 0 appends it to stats.jsonl and prints the status line."""
+        """One stats row: kimg, nimg, the trainer's `extra`, times (time, seconds, sec/tick, sec/eval), speed (img/s),
+        skipped steps (nonfinite), the loaders' counts (data/seen, data/skipped), eta, and every value reported since
+        the last tick (reduced over ranks); rank 0 appends it to stats.jsonl and prints the status line."""
         self.settle_skips()
         s, now = self.state, time.time()
         s.time = now - self.start_time
@@ -428,11 +484,35 @@ class Run:
                     "nonfinite": s.nonfinite_total, **counts, "eta": self._eta(now)})  # fmt: skip
         self._note = contention_note(self._speeds, row["img/s"])
         self.bar.update(s.nimg - self.bar.n)
-        row = self.collector.tick(row)
+        row = self.last_row = self.collector.tick(row)
         if self.tb is not None:
             self.tb.scalars(row, s.nimg / 1000)
         self.tick_time, self.tick_start_nimg, s.tick_nimg, self.eval_seconds = now, s.nimg, s.nimg, 0.0
         return row
+
+    def after_step(self, prev_nimg: int, stop: bool, out: Outputs, extra: dict) -> bool:
+        """After a step took `state.nimg` from prev_nimg: the trainer's due evaluations (`out.evaluate`, timed as
+        sec/eval), then at a tick (every tick_kimg, and at the end) the stats row of `extra`, the evaluations'
+        entries and every reported value, the snapshot and the resume state when due (both fall on ticks). Returns
+        True when the loop must end: `stop` (a signal on some rank) before total_kimg, after saving a state."""
+        s, cfg, done = self.state, self.cfg, self.finished
+        with self.not_training():
+            self._evaluated.update(out.evaluate(prev_nimg))
+        if done or due(s.tick_nimg, s.nimg, cfg.tick_kimg):
+            since = s.tick_nimg
+            out.on_tick(self.tick({**extra, **self._evaluated}))
+            self._evaluated = {}
+            if done or due(since, s.nimg, cfg.snapshot_kimg):
+                with self.not_training():
+                    if self.is_main:
+                        out.snapshot()
+                    self.accelerator.wait_for_everyone()
+            if done or due(since, s.nimg, cfg.state_kimg):
+                out.save_state()
+        if stop and not self.finished:  # save where we are (mid-tick values are dropped) and end cleanly
+            self.stopped = True
+            self.stop(out.save_state)
+        return stop
 
     def save_state(
         self,

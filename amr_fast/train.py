@@ -18,10 +18,11 @@ Every `tick_kimg`: a status line and a `stats.jsonl` row. Every `probe_kimg`: th
 validation accuracy (every rank evaluates its share), and the test accuracy whenever validation improves (the
 paper reports the best validation accuracy). Every `snapshot_kimg`: `snapshot-<kimg>.safetensors` and
 `samples-<kimg>.png`. Every `state_kimg`: `state-<kimg>/` (networks, optimisers, loop state, RNG
-states; safetensors and JSON). The run machinery (directory, resume, signals, schedule, non-finite counter, stats
-rows) is `amr_fast.run`'s, shared with `amr-fast classify`: this file holds the AMR parts, their step and what
-happens at a tick. Re-running the same command resumes from the newest complete state; SIGTERM / SIGINT (also to
-the whole process group) save a state and exit.
+states; safetensors and JSON). The harness (`amr_fast.run`: directory, resume, signals, the tick with its
+snapshot and state, the non-finite counter, stats rows) is shared with `amr-fast classify`; this file holds the AMR
+parts, their step (`train_iteration`), the loop and what the harness calls at its fixed points (`_outputs`).
+Re-running the same command resumes from the newest complete state; SIGTERM / SIGINT (also to the whole process
+group) save a state and exit.
 
 Run it (from the repository root; the same flags everywhere, the launcher decides the processes):
 
@@ -53,7 +54,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from amr_fast import checkpoint, globalbatch, models, progress, stats
+from amr_fast import checkpoint, globalbatch, models, progress
 from amr_fast import data as amr_data
 from amr_fast import run as run_lib
 from amr_fast.config import PRESETS, TrainConfig, preset_line, probe_adam_args
@@ -71,7 +72,6 @@ from amr_fast.run import (
     due,
     exit_status,
     start_processes,
-    step_status,
 )
 
 STATUS_KEYS = (
@@ -183,24 +183,13 @@ def train_iteration(
                 reported.append(parts.loss.accumulate_gradients(phase, gain))  # requires_grad: own modules only
 
     params = [p for modules, _ in groups for m in modules for p in m.parameters()]
-    losses = [v for r in reported for v in r.values()]
-    grads = [p.grad for p in params if p.grad is not None]
-    if parts.defer_skips:  # one process, no fp16: the fused optimisers skip a non-finite step on the device
-        flags = run_lib.step_flags(losses, grads, None, lambda f: f)  # one process: nothing to reduce
-        bad = run_lib.skip_on_device([opt for _, opt in groups], flags)
-        for _, opt in groups:
-            opt.zero_grad(set_to_none=True)
-        return bad, stop, reported
+    optimizers = [opt for _, opt in groups]
     # the flags ride on the gradients' one all-reduce; their .tolist() is THE host sync of an iteration
-    status, stop_any = step_status(
-        losses, grads, stop, lambda flags: _reduce_gradients(params, flags, parts.world_size)
-    )
-    if status == "ok":
-        if parts.loss_scale != 1.0:
-            torch._foreach_mul_([p.grad for p in params if p.grad is not None], 1.0 / parts.loss_scale)
-        for _, opt in groups:
-            opt.step()
-    for _, opt in groups:
+    status, stop_any = run_lib.apply_step(
+        optimizers, params, [v for r in reported for v in r.values()], stop,
+        lambda flags: _reduce_gradients(params, flags, parts.world_size), parts.loss_scale, parts.defer_skips,
+    )  # fmt: skip
+    for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     return status, stop_any, reported
 
@@ -245,9 +234,6 @@ def training_loop(
     fused = all(g.get("fused") for opt in parts.optimizers.values() for g in opt.param_groups)
     parts.defer_skips = run.defer_skips and fused
 
-    def save_state() -> Path:
-        return run.save_state(nets, parts.optimizers, {})
-
     data_iter = iter(amr_data.train_loader(root, cfg.batch, rank=run.rank, world_size=run.world, micro=batch_gpu,
                                            seed=cfg.seed, workers=cfg.workers, start_batch=s.it,
                                            **run.loader_args()))  # fmt: skip
@@ -259,7 +245,7 @@ def training_loop(
     if accum > 1:
         run.say(f"mixing partners are drawn within each accumulation step's {run.world * batch_gpu} images, not the "
                 f"whole batch of {cfg.batch} (raise batch_gpu or the number of processes to widen it)")  # fmt: skip
-    stop, probe_row, eval_cache = False, {}, {}
+    out = _outputs(run, parts, nets, root, splits, probe_split, grid)
     # SIGTERM / SIGINT set run.stop_requested; the flag rides on the step's all-reduce. The loader is closed (its
     # threads joined) when the loop ends: never at interpreter exit.
     with run, contextlib.closing(data_iter):
@@ -271,31 +257,11 @@ def training_loop(
             batches = partial_batch(batches, images, cfg.batch, run.world)
             status, stop, reported = train_iteration(parts, batches, update_ae, run.stop_requested, s.it)
             run.count_step(status, "losses/gradients")
-            keep = 1 - status if isinstance(status, torch.Tensor) else None  # decided on the device: 0 if skipped
-            for name, value in (kv for r in reported for kv in r.items()) if keep is not None or status == "ok" else ():
-                stats.report(name, value, keep)  # a skipped step's values do not count
-            s.it, s.nimg = s.it + 1, s.nimg + images
-
-            if probe_split and (run.finished or due(s.nimg - images, s.nimg, cfg.probe_kimg)):
-                with run.not_training():  # img/s counts training only; the rest is sec/eval
-                    probe_row = _probe_figures(run, parts, root, "test" in splits, eval_cache)
-            if run.finished or due(s.tick_nimg, s.nimg, cfg.tick_kimg):  # a tick: stats, snapshot, state
-                prev, done = s.tick_nimg, run.finished
-                row, probe_row = {"it": s.it, **probe_row}, {}
-                run.tick(row)
-                if done or due(prev, s.nimg, cfg.snapshot_kimg):
-                    with run.not_training():
-                        if run.is_main:
-                            _write_snapshot(run, nets, grid)
-                        run.accelerator.wait_for_everyone()
-                if done or due(prev, s.nimg, cfg.state_kimg):
-                    save_state()
-            if stop:
+            run_lib.report_step(status, (kv for r in reported for kv in r.items()))  # a skipped step's do not count
+            prev, s.it, s.nimg = s.nimg, s.it + 1, s.nimg + images
+            if run.after_step(prev, stop, out, {"it": s.it}):
                 break
-        stopped = stop and not run.finished  # a signal during the last step: finished anyway
-        if stopped:  # save where we are (mid-tick stats are dropped) and exit cleanly
-            run.stop(save_state)
-    return _summary(run, nets["ae"], stopped, root, splits)
+    return _summary(run, nets["ae"], root, splits)
 
 
 def _micro_batches(cfg: TrainConfig, world: int) -> tuple[int, int]:
@@ -371,20 +337,27 @@ def partial_batch(batches: list[dict], images: int, batch: int, world: int) -> l
     return [{key: v[:keep] for key, v in b.items()} for b in batches]
 
 
-def _probe_figures(run: Run, parts: Parts, root: Path, has_test: bool, cache: dict) -> dict:
-    """The online probe's validation accuracy, and its test accuracy whenever validation improves (stats keys)."""
-    s = run.state
+def _outputs(run: Run, parts: Parts, nets: dict, root: Path, splits: dict, probe_split: str | None,
+             grid: tuple | None) -> run_lib.Outputs:  # fmt: skip
+    """The AMR run's evaluation, every probe_kimg and at the end: the online probe's exact validation accuracy, and
+    its test accuracy whenever validation improves (the paper reports the best validation accuracy); its snapshot
+    with the samples PNG; its resume state."""
+    s, cfg, cache = run.state, run.cfg, {}  # cache: the probe's splits, kept on the device between evaluations
     args = (run.device, run.rank, run.world, parts.autocast, cache, parts.channels_last)
-    s.valid_acc = probe_accuracy(parts.ae, parts.probe, root, "valid", *args)
-    if s.best_valid_acc is None or s.valid_acc > s.best_valid_acc:
-        s.best_valid_acc, s.best_kimg = s.valid_acc, s.nimg / 1000
-        if has_test:
-            s.test_acc_at_best = probe_accuracy(parts.ae, parts.probe, root, "test", *args)
-    return {
-        "probe/valid_acc": s.valid_acc,
-        "probe/best_valid_acc": s.best_valid_acc,
-        "probe/test_acc_at_best": s.test_acc_at_best,
-    }
+
+    def evaluate(prev: int) -> dict:
+        if not probe_split or not (run.finished or due(prev, s.nimg, cfg.probe_kimg)):
+            return {}
+        s.valid_acc = probe_accuracy(parts.ae, parts.probe, root, "valid", *args)
+        if s.best_valid_acc is None or s.valid_acc > s.best_valid_acc:
+            s.best_valid_acc, s.best_kimg = s.valid_acc, s.nimg / 1000
+            if "test" in splits:
+                s.test_acc_at_best = probe_accuracy(parts.ae, parts.probe, root, "test", *args)
+        keys = ("valid_acc", "best_valid_acc", "test_acc_at_best")
+        return {f"probe/{k}": getattr(s, k) for k in keys}
+
+    return run_lib.Outputs(evaluate, lambda: _write_snapshot(run, nets, grid),
+                           lambda: run.save_state(nets, parts.optimizers, {}))  # fmt: skip
 
 
 def _write_snapshot(run: Run, nets: dict[str, torch.nn.Module], grid: tuple | None) -> None:
@@ -409,13 +382,13 @@ def _write_snapshot(run: Run, nets: dict[str, torch.nn.Module], grid: tuple | No
     nets["ae"].train()
 
 
-def _summary(run: Run, ae: torch.nn.Module, stopped: bool, root: Path, splits: dict) -> dict:
+def _summary(run: Run, ae: torch.nn.Module, root: Path, splits: dict) -> dict:
     """The run's summary (returned on every rank; rank 0 prints where its outputs are)."""
     s, cfg = run.state, run.cfg
     summary = {
         "run_dir": str(run.outdir),
         "kimg": s.nimg / 1000,
-        "stopped": stopped,
+        "stopped": run.stopped,
         "snapshot": s.snapshot,
         "samples": s.samples,
         "probe": {
@@ -428,7 +401,7 @@ def _summary(run: Run, ae: torch.nn.Module, stopped: bool, root: Path, splits: d
         "time": s.time,
         "img_per_s": s.nimg / s.time if s.time > 0 else None,
     }
-    if not stopped and run.is_main:
+    if not run.stopped and run.is_main:
         summary.update(final_figures(ae, cfg, root, run.device, splits))
     for line in summary_lines(summary):
         run.say(line)

@@ -234,3 +234,72 @@ def test_reports_of_a_step_skipped_on_the_device_do_not_count():
     stats.report("loss", torch.tensor(float("nan")), keep=torch.tensor(0.0))
     stats.report("loss", torch.tensor([4.0, 6.0]), keep=torch.tensor(1.0))
     assert stats.collect() == {"loss": 4.0}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The one tick of both trainers (`Run.after_step`) and the end of their steps (`apply_step`).
+
+
+def _outputs(r: run.Run, events: list, every_kimg: int) -> run.Outputs:
+    """An `Outputs` that records its calls; its evaluation is due every `every_kimg` and gives {"eval/at": nimg}."""
+
+    def evaluate(prev: int) -> dict:
+        events.append(("evaluate", prev))
+        return {"eval/at": r.state.nimg} if run.due(prev, r.state.nimg, every_kimg) else {}
+
+    return run.Outputs(evaluate, lambda: events.append(("snapshot", r.state.nimg)),
+                       lambda: events.append(("state", r.state.nimg)),
+                       lambda row: events.append(("row", row["nimg"], row.get("eval/at"))))  # fmt: skip
+
+
+def test_after_step_evaluates_when_due_and_snapshots_and_saves_on_ticks(tmp_path):
+    """Every step: the trainer's evaluation (its own schedule); every tick_kimg: the row, with the evaluations since
+    the last tick, then the snapshot and the state when due; at the end all three."""
+    cfg = TrainConfig(total_kimg=10, tick_kimg=2, snapshot_kimg=4, state_kimg=8)
+    r = run.Run(cfg, tmp_path / "r", run.LoopState(), log=None)
+    r.resume({}, {})
+    events: list = []
+    out = _outputs(r, events, every_kimg=3)
+    with r:
+        while not r.finished:
+            prev, r.state.nimg = r.state.nimg, r.state.nimg + 1000
+            assert not r.after_step(prev, False, out, {})
+    assert [e for e in events if e[0] == "evaluate"] == [("evaluate", 1000 * i) for i in range(10)]
+    assert [e for e in events if e[0] != "evaluate"] == [
+        ("row", 2000, None), ("row", 4000, 3000), ("snapshot", 4000), ("row", 6000, 6000), ("row", 8000, None),
+        ("snapshot", 8000), ("state", 8000), ("row", 10000, 9000), ("snapshot", 10000), ("state", 10000),
+    ]  # fmt: skip
+    rows = stats.read_jsonl(tmp_path / "r" / "stats.jsonl")
+    assert [row["nimg"] for row in rows] == [2000, 4000, 6000, 8000, 10000] and rows[1]["eval/at"] == 3000
+    assert r.last_row["nimg"] == 10000 and not r.stopped
+
+
+def test_after_step_saves_a_state_and_ends_the_loop_after_a_signal(tmp_path):
+    cfg = TrainConfig(total_kimg=10, tick_kimg=4, snapshot_kimg=4, state_kimg=4)
+    r = run.Run(cfg, tmp_path / "r", run.LoopState(), log=None)
+    r.resume({}, {})
+    events: list = []
+    out = _outputs(r, events, every_kimg=100)
+    with r:
+        r.state.nimg = 1000
+        assert r.after_step(0, True, out, {})
+    assert r.stopped and events == [("evaluate", 0), ("state", 1000)]
+
+
+def test_apply_step_unscales_fp16_gradients_and_skips_non_finite_steps():
+    """The gradients are divided by the loss scale before the step, also those the reduction gave to parameters
+    without one here; a non-finite loss or gradient leaves the parameters as they were."""
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([a, b], lr=1.0)
+
+    def reduce(flags):  # as a gradient all-reduce: b, without a gradient on this rank, gets the others'
+        b.grad = torch.full_like(b, 8.0)
+        return flags
+
+    a.grad = torch.full_like(a, 4.0)
+    assert run.apply_step([opt], [a, b], [torch.tensor(1.0)], False, reduce, loss_scale=4.0) == ("ok", False)
+    assert a.tolist() == [-1.0, -1.0] and b.tolist() == [-2.0, -2.0]
+    a.grad = torch.full_like(a, float("inf"))
+    assert run.apply_step([opt], [a, b], [torch.tensor(1.0)], True, lambda f: f, 4.0) == ("grad", True)
+    assert run.apply_step([opt], [a], [torch.tensor(float("nan"))], False, lambda f: f) == ("loss", False)
+    assert a.tolist() == [-1.0, -1.0] and b.tolist() == [-2.0, -2.0]
