@@ -1,4 +1,7 @@
-"""THE SPEC: reference samplers and mixing ops in plain torch, written like the papers' equations.
+"""THE SPEC: the reference mixing ops, their argument checks and the samplers, in plain torch, written like the
+papers' equations. Three parts, in this order: `check_mix_args` (the errors every impl raises, ref, torch and
+triton alike), the reference ops `simplex_mix` / `mask_mix`, and the samplers of partners, weights and masks
+(`sample_*`, with the code-grid helpers of the spatial masks).
 
 Every fast path (`amr_fast.kernels`, impl "torch" and "triton") is tested against `simplex_mix` and `mask_mix`
 here. Both papers' mixes are one operation over k partners of each example b in the batch:

@@ -180,7 +180,7 @@ def test_help_lists_every_benchmark_and_every_config_field(capsys):
 
 def test_the_report_legend_names_only_the_columns_the_table_has(tmp_path):
     rows = [{"kimg": 1.0, "probe/best_valid_acc": 0.5}]
-    runs = [report.Run(tmp_path, {"data": "builtin:dsprites-procedural", "method": "amr", "mixer": "none"}, rows,
+    runs = [report.RunRecord(tmp_path, {"data": "builtin:dsprites-procedural", "method": "amr", "mixer": "none"}, rows,
                        {"recon": {"l1": 0.1}})]  # fmt: skip
     note = report.results_table(runs).strip().splitlines()[-1]
     assert "recon L1" in note and "online linear probe" in note

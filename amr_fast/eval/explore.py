@@ -111,7 +111,7 @@ class Explorer:
                 "amr32 or dsprites64 snapshot with 1 or 3 channels"
             )
         self.cfg, self.impl = cfg, impl
-        self.ae = grids.unwrap(nets["ae"]).eval()
+        self.ae = grids.autoencoder(nets["ae"]).eval()
         self.snapshot = str(snapshot)
         with torch.no_grad():
             self.code_shape = tuple(self.ae.encode(torch.zeros(1, cfg.channels, cfg.img_size, cfg.img_size)).shape[1:])

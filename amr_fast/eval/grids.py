@@ -46,8 +46,9 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def unwrap(ae: torch.nn.Module) -> torch.nn.Module:
-    """The autoencoder inside a DDP / compile wrapper (the thing with `.encode` / `.decode`)."""
+def autoencoder(ae: torch.nn.Module) -> torch.nn.Module:
+    """`models.unwrap(ae)`, checked to be an autoencoder (the thing with `.encode` / `.decode`): a clear error when
+    another network is passed."""
     ae = models.unwrap(ae)
     if not (hasattr(ae, "encode") and hasattr(ae, "decode")):
         raise ValueError(f"expected an autoencoder with .encode/.decode (nets['ae']); got {type(ae).__name__}")
@@ -176,7 +177,7 @@ def save_png(path: str | os.PathLike, img: np.ndarray) -> None:
 
 def reconstructions(ae: torch.nn.Module, x: torch.Tensor, cfg) -> np.ndarray:
     """Two rows: the inputs x [N, C, H, W] and their reconstructions dec(enc(x))."""
-    ae = unwrap(ae)
+    ae = autoencoder(ae)
     with inference(ae):
         x = to_unit(x).to(_device(ae))
         x_rec = decode(ae, ae.encode(x), cfg)
@@ -188,7 +189,7 @@ def interpolation_strips(
 ) -> np.ndarray:
     """Per pair (x_a[i], x_b[i]): a row dec(a h_a + (1 - a) h_b) for a = 1 ... 0 in `steps` steps (first column
     decodes h_a, last h_b), and with `pixel` a row of the pixel blend a x_a + (1 - a) x_b under it."""
-    ae = unwrap(ae)
+    ae = autoencoder(ae)
     if steps < 2:
         raise ValueError(f"steps must be >= 2 (the two end points); got {steps}")
     impl = getattr(cfg, "impl", "auto")
@@ -215,7 +216,7 @@ def bernoulli_strips(
     """Bernoulli mixup (AMR section 2): per pair, columns x_a, x_b, then dec(m h_a + (1 - m) h_b) with per-channel
     masks m ~ Bern(p) for p = 1 ... 0: the same uniform draw per channel along the row, so channels switch from
     h_a to h_b one at a time (first mix column is h_a, last is h_b)."""
-    ae = unwrap(ae)
+    ae = autoencoder(ae)
     impl = getattr(cfg, "impl", "auto")
     with inference(ae):
         dev = _device(ae)
@@ -247,7 +248,7 @@ def kway_mixes(
     """k-way mixes (AMR section 2): xs [K, N, C, H, W] are K aligned sets of sources. Per example a row: the K
     sources, then n_mix random mixes: mode "mixup" w ~ Dirichlet(alpha 1_K) with `simplex_mix`, mode "bernoulli"
     each channel from one of the K sources (`mask_mix`), drawn with `amr_fast.mixing`'s samplers."""
-    ae = unwrap(ae)
+    ae = autoencoder(ae)
     impl = getattr(cfg, "impl", "auto")
     k, n = xs.shape[0], xs.shape[1]
     with inference(ae):
@@ -298,7 +299,7 @@ def spatial_mixes(
     code grid (`sample_spatial_masks`; k = 2: sorted by the partner's area); under each mix the same mask applied
     to the pixels (nearest upsampling of the grid: the boxes are visible as pasted regions), or, for a vector code,
     the mask itself (`mask_pictures`)."""
-    ae = unwrap(ae)
+    ae = autoencoder(ae)
     impl = getattr(cfg, "impl", "auto")
     k, n = xs.shape[0], xs.shape[1]
     with inference(ae):
@@ -344,7 +345,7 @@ def triangle_grid(
     "bernoulli": each channel from source j with probability w_j (one uniform draw per channel for the whole
     triangle, so neighbouring tiles differ by few channels). Corners decode the three codes themselves.
     With `pixel`, the same triangle of pixel blends sum_j w_j x_j is drawn to its right, `GAP` columns apart."""
-    ae = unwrap(ae)
+    ae = autoencoder(ae)
     if x3.shape[0] != 3 or steps < 2:
         raise ValueError(f"triangle_grid needs exactly 3 images and steps >= 2; got {x3.shape[0]} images, {steps}")
     impl = getattr(cfg, "impl", "auto")
@@ -389,7 +390,7 @@ def class_mixes(
     target label vector y_mix [T, num_classes]: the class mixer maps it to per-channel weights m [T, 2, C]
     (`ClassMixer.forward`; a mixer returning p [T, C], the weight of x_a, is accepted too) and
     h_mix = m_0 h_a + m_1 h_b through `mask_mix`."""
-    ae = unwrap(ae)
+    ae = autoencoder(ae)
     impl = getattr(cfg, "impl", "auto")
     with inference(ae), inference(mixer):
         dev = _device(ae)
@@ -437,7 +438,7 @@ def spiral_mixes(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoded random mixes of 2-D points x ([N, 2] or the trainer's [N, 2, 1, 1] "images"): the run's own mixer
     (mixup, Bernoulli, k-way) over random partners from `amr_fast.mixing` -> (x_rec [N, 2], x_mix [N, 2]) on CPU."""
-    ae = unwrap(ae)
+    ae = autoencoder(ae)
     impl = getattr(cfg, "impl", "auto")
     k = max(2, int(getattr(cfg, "k", 2)))
     with inference(ae):

@@ -23,7 +23,7 @@ from amr_fast.data.procedural import DSPRITES_STYLES
 from amr_fast.eval import disentangle as dis
 from amr_fast.eval.grids import decode
 from amr_fast.eval.probe import encode_batches, offline_probe
-from amr_fast.eval.report import Run, best_valid
+from amr_fast.eval.report import RunRecord, best_valid
 from amr_fast.stats import read_jsonl
 
 
@@ -128,7 +128,7 @@ def _online_probe(meta: dict, out_dir: Path) -> dict:
     figures = meta.get("probe") if isinstance(meta.get("probe"), dict) else {}
     best = figures.get("best_valid_acc")
     if best is None and (out_dir / "stats.jsonl").is_file():
-        best = best_valid(Run(out_dir, {}, read_jsonl(out_dir / "stats.jsonl")))
+        best = best_valid(RunRecord(out_dir, {}, read_jsonl(out_dir / "stats.jsonl")))
     return {"online_best_valid_acc": best, "online_test_acc_at_best": figures.get("test_acc_at_best")}
 
 

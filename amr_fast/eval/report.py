@@ -40,7 +40,7 @@ MIX_ORDER = ("-", "mixup", "bernoulli", "class")
 
 
 @dataclass
-class Run:
+class RunRecord:
     """One run directory: its config (dict from config.json), stats rows, and the last line of each
     metric-<name>.jsonl written by `amr-fast eval`."""
 
@@ -85,10 +85,10 @@ NOT_VARIANT = {"seed", "data", "workers", "compile", "channels_last", "impl", "p
 NOT_VARIANT |= {"snapshot_kimg", "state_kimg", "max_nonfinite", "batch_gpu"}
 
 
-def annotate_variants(runs: list[Run]) -> None:
+def annotate_variants(runs: list[RunRecord]) -> None:
     """Runs of one dataset and one (method, mix, k) that differ in other config fields (e.g. beta, total_kimg)
     are different rows, not seeds: give each the differing fields as its `variant`."""
-    groups: dict[tuple, list[Run]] = defaultdict(list)
+    groups: dict[tuple, list[RunRecord]] = defaultdict(list)
     for r in runs:
         groups[(r.dataset, r.base_label)].append(r)
     for group in groups.values():
@@ -98,7 +98,7 @@ def annotate_variants(runs: list[Run]) -> None:
             r.variant = ", ".join(f"{k}={r.cfg.get(k)}" for k in differ)
 
 
-def load_run(path: str | Path) -> Run:
+def load_run(path: str | Path) -> RunRecord:
     """A run directory made by `amr-fast train` (config.json, stats.jsonl, metric-*.jsonl)."""
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -111,7 +111,7 @@ def load_run(path: str | Path) -> Run:
         lines = read_jsonl(m)
         if lines:
             metrics[m.stem[len("metric-") :]] = lines[-1]
-    return Run(path, cfg, rows, metrics)
+    return RunRecord(path, cfg, rows, metrics)
 
 
 def find_key(rows: list[dict], keys: tuple[str, ...]) -> str | None:
@@ -121,14 +121,14 @@ def find_key(rows: list[dict], keys: tuple[str, ...]) -> str | None:
     return None
 
 
-def best_valid(run: Run) -> float | None:
+def best_valid(run: RunRecord) -> float | None:
     """Best online-probe validation accuracy of the run (a fraction), None if it never reported one."""
     key = find_key(run.rows, PROBE_KEYS)
     vals = [r[key] for r in run.rows if key and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
     return max(vals) if vals else None
 
 
-def metric_value(run: Run, name: str) -> float | None:
+def metric_value(run: RunRecord, name: str) -> float | None:
     """The headline number of metric-<name>.jsonl (probe: test accuracy; factorvae/betavae: score; recon: l1)."""
     line = run.metrics.get(name)
     if line is None:
@@ -170,7 +170,7 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def results_table(runs: list[Run]) -> str:
+def results_table(runs: list[RunRecord]) -> str:
     """The markdown table (see module docstring) followed by one line saying what the cells are."""
     if not runs:
         raise ValueError("no runs given; pass run directories of `amr-fast train`")
@@ -233,7 +233,7 @@ FGSM_UNITS_TEXT = {
 
 
 def classify_table(runs: list) -> str:
-    """Markdown table of classifier runs (`Run` objects of `amr-fast classify` run dirs):
+    """Markdown table of classifier runs (`RunRecord` objects of `amr-fast classify` run dirs):
     rows = mode, columns = dataset x (test error, FGSM error at each eps), cells = mean ± std over seeds of the
     last evaluation of each run (%), followed by one line saying what the cells are."""
 
@@ -281,7 +281,7 @@ def classify_table(runs: list) -> str:
 
 
 def _curves(
-    runs: list[Run], keys: tuple[str, ...], scale: float
+    runs: list[RunRecord], keys: tuple[str, ...], scale: float
 ) -> dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per (dataset, label): kimg grid common to every seed, mean and std of the key over seeds."""
     annotate_variants(runs)
@@ -304,7 +304,7 @@ def _curves(
     return out
 
 
-def plot_curves(runs: list[Run], path: str | Path) -> None:
+def plot_curves(runs: list[RunRecord], path: str | Path) -> None:
     """Learning curves: one column per dataset; rows: the online probe's validation accuracy (%), its accuracy on
     its training batches (%) and the reconstruction loss, each line the mean over seeds with a ±std band; a row
     is left out when no curve in it has two points. Written as PNG (Agg backend)."""
@@ -349,7 +349,7 @@ def plot_curves(runs: list[Run], path: str | Path) -> None:
     plt.close(fig)
 
 
-def spiral_figure(runs: list[Run], n: int = 1000, seed: int = 0) -> np.ndarray:
+def spiral_figure(runs: list[RunRecord], n: int = 1000, seed: int = 0) -> np.ndarray:
     """The supplement's figure 12: for each spiral run (arch mlp), decoded random mixes of n spiral points over
     the points themselves, titled by the run's beta."""
     panels = []

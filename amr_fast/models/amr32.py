@@ -36,7 +36,8 @@ import math
 
 from torch import nn
 
-from amr_fast.models.base import AutoEncoder, AvgPool2, Discriminator, InstanceNorm, Upsample2, sn
+from amr_fast.models.base import AutoEncoder, Discriminator, sn
+from amr_fast.models.cpu_ops import AvgPool2, InstanceNorm, Upsample2
 
 SLOPE = 0.01  # the public code's nn.LeakyReLU() default
 

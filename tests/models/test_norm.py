@@ -1,11 +1,11 @@
-"""models.base.InstanceNorm: GroupNorm(C, C)'s maths (InstanceNorm2d, affine) in every layout; its channels-last
+"""models.cpu_ops.InstanceNorm: GroupNorm(C, C)'s maths (InstanceNorm2d, affine) in every layout; its channels-last
 path (our autograd function) against torch's group_norm, forward and backward, fp64 and bf16."""
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from amr_fast.models.base import InstanceNorm
+from amr_fast.models.cpu_ops import InstanceNorm
 
 
 def _pair(shape, dtype, channels_last):

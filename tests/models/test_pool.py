@@ -1,12 +1,12 @@
-"""models.base.AvgPool2 and Upsample2: the same maths as nn.AvgPool2d(2) and nearest 2x upsampling, forward and
+"""models.cpu_ops.AvgPool2 and Upsample2: the same maths as nn.AvgPool2d(2) and nearest 2x upsampling, forward and
 backward, any layout and parity."""
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from amr_fast.models import base
-from amr_fast.models.base import AvgPool2, Upsample2
+from amr_fast.models import cpu_ops
+from amr_fast.models.cpu_ops import AvgPool2, Upsample2
 
 CASES = [
     (AvgPool2, lambda t: F.avg_pool2d(t, 2), shape)
@@ -63,10 +63,10 @@ def test_cpu_tunings_run_on_cpu_only(module, tuned, monkeypatch):
     """The CPU tunings (our pooling, upsampling, NHWC InstanceNorm) are chosen by device: on a CPU tensor they run,
     on any other device (a meta tensor here, CUDA on a GPU) torch's own op does, in either memory format."""
     calls = []
-    fn = getattr(base, tuned)
+    fn = getattr(cpu_ops, tuned)
     real = fn.apply
     monkeypatch.setattr(fn, "apply", lambda *a: calls.append(a[0].device.type) or real(*a))
-    net = module() if module else base.InstanceNorm(4)
+    net = module() if module else cpu_ops.InstanceNorm(4)
     for device in ("cpu", "meta"):
         x = torch.randn(2, 4, 6, 6, device=device).contiguous(memory_format=torch.channels_last)
         y = net.to(device)(x)

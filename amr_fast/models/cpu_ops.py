@@ -1,0 +1,158 @@
+"""Layers with our own CPU kernels (autograd functions), the same maths as torch's layers they replace:
+`AvgPool2` (2x2 average pooling), `Upsample2` (nearest 2x upsampling) and `InstanceNorm` (with an NHWC function
+for channels-last input). They win on a CPU, where torch's kernels for these ops are slow in bf16 or in
+channels-last memory (README, "What makes the default fast"); on every other device each layer calls torch's op,
+one fused launch there. Tested against torch's layers in tests/models/.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _cpu_4d(x: torch.Tensor) -> bool:
+    """Whether the CPU tunings below apply: they win on a CPU; on a GPU torch's own kernel is one fused launch where
+    ours are several (and inductor fuses torch's), so CUDA (and every other device) takes torch's op."""
+    return x.dim() == 4 and x.device.type == "cpu"
+
+
+def _is_nhwc(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _as_nhwd(x: torch.Tensor, nhwc: bool) -> torch.Tensor:
+    """[B, C, H, W] -> [N, H, W, D] without a copy: [B, H, W, C] for channels-last memory, else [B*C, H, W, 1]."""
+    B, C, H, W = x.shape
+    return x.permute(0, 2, 3, 1) if nhwc else x.reshape(B * C, H, W, 1)
+
+
+def _from_nhwd(t: torch.Tensor, B: int, C: int, nhwc: bool) -> torch.Tensor:
+    """The inverse of `_as_nhwd` for t [N, h, w, D] of any h, w: [B, C, h, w], channels-last memory if nhwc."""
+    return t.permute(0, 3, 1, 2) if nhwc else t.reshape(B, C, t.shape[1], t.shape[2])
+
+
+def _same_layout(dy: torch.Tensor, nhwc: bool) -> torch.Tensor:
+    return dy.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+
+
+def _sum2x2(t: torch.Tensor) -> torch.Tensor:
+    """[N, H, W, D] -> [N, H // 2, W // 2, D]: sums of the 2x2 blocks (floor mode): the row pairs first (adds of
+    contiguous rows), then the column pairs of that half-size result."""
+    N, H, W, D = t.shape
+    h, w = H // 2, W // 2
+    rows = t[:, : 2 * h, : 2 * w].reshape(N, h, 2, 2 * w, D)  # a view when the sides are even
+    pairs = (rows[:, :, 0] + rows[:, :, 1]).view(N, h, w, 2, D)
+    return pairs[:, :, :, 0] + pairs[:, :, :, 1]
+
+
+def _repeat2x2(t: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """[N, h, w, D] -> [N, H, W, D]: every value repeated over a 2x2 block (columns, then whole rows: two
+    expand-copies), zero-padded to H x W when H or W is odd."""
+    N, h, w, D = t.shape
+    g = t.unsqueeze(3).expand(N, h, w, 2, D).reshape(N, h, 1, 2 * w, D)
+    g = g.expand(N, h, 2, 2 * w, D).reshape(N, 2 * h, 2 * w, D)
+    return g if (2 * h, 2 * w) == (H, W) else torch.nn.functional.pad(g, (0, 0, 0, W - 2 * w, 0, H - 2 * h))
+
+
+class _AvgPool2(torch.autograd.Function):
+    """2x2 average pooling, stride 2, floor mode: block sums / 4; backward repeats dy / 4 over the blocks. NCHW or
+    channels-last memory (the output keeps the input's)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.in_shape, ctx.nhwc = x.shape, _is_nhwc(x)
+        return _from_nhwd(_sum2x2(_as_nhwd(x, ctx.nhwc)).mul_(0.25), *x.shape[:2], ctx.nhwc)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = ctx.in_shape
+        g = _as_nhwd(_same_layout(dy, ctx.nhwc), ctx.nhwc) * 0.25
+        return _from_nhwd(_repeat2x2(g, H, W), B, C, ctx.nhwc)
+
+
+class _Upsample2(torch.autograd.Function):
+    """Nearest-neighbour 2x upsampling: repeat over 2x2 blocks; backward sums dy over the blocks. NCHW or
+    channels-last memory (the output keeps the input's)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        ctx.nhwc = _is_nhwc(x)
+        return _from_nhwd(_repeat2x2(_as_nhwd(x, ctx.nhwc), 2 * H, 2 * W), B, C, ctx.nhwc)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
+        B, C = dy.shape[:2]
+        return _from_nhwd(_sum2x2(_as_nhwd(_same_layout(dy, ctx.nhwc), ctx.nhwc)), B, C, ctx.nhwc)
+
+
+class AvgPool2(nn.AvgPool2d):
+    """`nn.AvgPool2d(2)`, the same maths, on CPU tensors by our row-pair / column-pair adds (faster than torch's
+    avg_pool2d kernels there, forward and backward, in NCHW and channels-last memory). In bf16 the two adds round
+    twice (torch's kernel once): differences of an ulp or two. Other devices: torch's kernel."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _AvgPool2.apply(x) if _cpu_4d(x) else super().forward(x)
+
+
+class Upsample2(nn.Upsample):
+    """`nn.Upsample(scale_factor=2, mode="nearest")`, the same maths, on CPU tensors by two expand-copies forward
+    and two adds backward (faster than torch's kernels there), NCHW or channels-last memory. Other devices: torch's
+    kernel."""
+
+    def __init__(self) -> None:
+        super().__init__(scale_factor=2, mode="nearest")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Upsample2.apply(x) if _cpu_4d(x) else super().forward(x)
+
+
+class _InstanceNormNHWC(torch.autograd.Function):
+    """Per-example, per-channel normalisation + affine of a channels-last [B, C, H, W] tensor, computed in fp32 on
+    its [B, H*W, C] view (fp64 for fp64; two-pass mean and variance); backward recomputes x_hat from the saved
+    input."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+        B, C, H, W = x.shape
+        acc = torch.promote_types(x.dtype, torch.float32)
+        xf = x.permute(0, 2, 3, 1).reshape(B, H * W, C).to(acc, copy=True)  # [B, HW, C], a copy
+        mean = xf.mean(1, keepdim=True)  # [B, 1, C]
+        xf -= mean
+        rstd = (xf.square().mean(1, keepdim=True) + eps).rsqrt()
+        y = xf.mul_(rstd * weight.to(acc)).add_(bias.to(acc))
+        ctx.save_for_backward(x, mean, rstd, weight)
+        return y.to(x.dtype).view(B, H, W, C).permute(0, 3, 1, 2)  # channels-last again
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, mean, rstd, weight = ctx.saved_tensors
+        B, C, H, W = x.shape
+        n, acc = H * W, mean.dtype
+        g = dy.permute(0, 2, 3, 1).reshape(B, n, C).to(acc)
+        xhat = x.permute(0, 2, 3, 1).reshape(B, n, C).to(acc, copy=True).sub_(mean).mul_(rstd)
+        s1 = g.sum(1, keepdim=True)  # [B, 1, C]: sum of dy
+        s2 = (g * xhat).sum(1, keepdim=True)  # sum of dy * x_hat
+        dx = xhat.mul_(s2 / -n).add_(g).sub_(s1 / n).mul_(rstd * weight.to(acc))
+        dx = dx.to(dy.dtype).view(B, H, W, C).permute(0, 3, 1, 2)
+        return dx, s2.sum((0, 1)).to(weight.dtype), s1.sum((0, 1)).to(weight.dtype), None
+
+
+class InstanceNorm(nn.GroupNorm):
+    """`InstanceNorm2d(C, affine=True)` as `GroupNorm(C, C)` (one channel per group: the same maths, parameter
+    names and eps; torch's CPU instance_norm goes through a slower batch-norm reshape). On channels-last CPU input
+    it runs `_InstanceNormNHWC`, because torch's channels-last group_norm is far slower there than its NCHW kernel
+    and channels-last is what makes the model's convolutions fast. Other devices (CUDA): torch's group_norm, one
+    kernel each way (and fused by inductor with compile=true)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _cpu_4d(x) and _is_nhwc(x):
+            return _InstanceNormNHWC.apply(x, self.weight, self.bias, self.eps)
+        return super().forward(x)
