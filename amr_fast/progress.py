@@ -22,8 +22,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-# No tqdm monitor thread: with it, a run stopped by SIGTERM with loader threads sometimes aborted at exit
-# ("terminate called without an active exception", tests/test_classify.py's process-group test, 1 in 3 here).
+# No tqdm monitor thread: with it, a run stopped by SIGTERM with loader threads can abort at exit ("terminate
+# called without an active exception").
 tqdm.monitor_interval = 0
 _last_output = [0.0]  # when the run last printed a line of its own (`note_output`): plain lines wait after it
 

@@ -26,8 +26,8 @@ How the training stream is made (our equivalent of WebDataset's resampled shards
   with W dividing C (workers 1, 2, 3, 4, 6) each worker reads its own slots only. `start_batch` (global batches
   already trained on) resumes the same stream on any world size and worker count, skipping whole rounds without
   reading them and replaying only the current round up to the resume point.
-- Damage costs the damaged samples only: a sample that will not decode, fails its CRC-32 (shards written since
-  the checksum was added) or has a label outside the index's classes, a run of samples behind a broken tar
+- Damage costs the damaged samples only: a sample that will not decode, fails its CRC-32 (where its header has
+  one) or has a label outside the index's classes, a run of samples behind a broken tar
   header (reading resumes at the next valid header), and the tail of a truncated shard are skipped with a
   warning naming the shard and counted (`stats["skipped"]`, next to `stats["seen"]`); the slot then tops its
   round up from the round's unused units, so the batch count stays equal (every rank reads the same

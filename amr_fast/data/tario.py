@@ -12,8 +12,8 @@ next valid header (found with a vectorised scan of the following blocks), so ran
 samples they hit and a truncated shard loses its tail. Raw payloads have no checksum of their own in tar, so our
 writer puts one in each header: the CRC-32 of the member's payload, as `crc` + 8 hex digits + NUL in the ustar
 header's 12 unused bytes (offset 500, "pad" in POSIX; `tar`, `tarfile` and WebDataset ignore it). Both readers
-verify it where present and drop the member's sample if it fails; shards written without it (older amr_fast,
-other writers) load as before, unverified.
+verify it where present and drop the member's sample if it fails; shards without it (other writers) load
+unverified.
 """
 
 from __future__ import annotations

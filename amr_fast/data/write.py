@@ -9,9 +9,9 @@ write never looks complete.
 
 Encoding (`encoding="auto"`): raw uint8 bytes up to 64x64x3 values per image (MNIST-like, SVHN, CIFAR, dSprites,
 CelebA / Zappos at 64x64), lossless PNG above; JPEG (q95) on request. Raw shards have a fixed layout that the
-reader parses without a Python loop over samples; decoding a PNG costs 40-130x more than raw (README, "Data",
-measured per image), while PNG stores natural 64x64 images only ~30% smaller and each tar member costs a
-512-byte header and padding anyway. Binary dSprites compress 20x as PNG: `--encoding png` for the full grid if
+reader parses without a Python loop over samples; decoding a PNG costs far more than raw (README, "Data"),
+while PNG stores natural 64x64 images only a little smaller and each tar member costs a 512-byte header and
+padding anyway. Binary dSprites compress well as PNG: `--encoding png` for the full grid if
 disk matters more than decode speed.
 """
 

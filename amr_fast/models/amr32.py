@@ -20,12 +20,12 @@ Quirks of the public code (architectures/arch_kyle.py) and what we did with each
   `weight`); ours start at 1 (bias 0), the usual affine-norm init.
 - CHANGED: the decoder ends in tanh (public: a linear output), so x_rec lies in [-1, 1] like x and BCE can be
   computed from logits (AutoEncoder.decode_with_logits).
-- SAME MATHS, FASTER: InstanceNorm2d(C, affine=True) is `base.InstanceNorm`, computed as GroupNorm(C, C) (one
+- SAME MATHS, FASTER: InstanceNorm2d(C, affine=True) is `cpu_ops.InstanceNorm`, computed as GroupNorm(C, C) (one
   channel per group: the same per-example, per-channel normalisation and affine, same eps and parameter names;
-  torch's CPU instance_norm goes through a batch-norm reshape that is several times slower), and by our own NHWC
-  function on channels-last maps (the presets' default layout).
-- SAME MATHS, FASTER: the 2x2 average pooling and the nearest 2x upsampling are `base.AvgPool2` / `base.Upsample2`
-  (row-pair and column-pair adds / expand-copies; torch's NCHW kernels are 2-5x slower in bf16).
+  torch's CPU instance_norm goes through a slower batch-norm reshape), and by our own NHWC function on
+  channels-last maps (the presets' default layout).
+- SAME MATHS, FASTER: the 2x2 average pooling and the nearest 2x upsampling are `cpu_ops.AvgPool2` /
+  `cpu_ops.Upsample2` (row-pair and column-pair adds / expand-copies, faster than torch's kernels on a CPU).
 - The ACGAN head (class-conditional mixer only) is a spectrally normalised linear layer on D's pooled last
   features (public: a separate ResNet discriminator, architectures/discriminators.py).
 """
@@ -49,7 +49,7 @@ def _scales(img_size: int) -> int:
 def _conv(cin: int, cout: int, norm: bool) -> list[nn.Module]:
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1)]
     if norm:
-        layers.append(InstanceNorm(cout))  # InstanceNorm2d(affine=True), computed ~2-5x faster on CPU
+        layers.append(InstanceNorm(cout))  # InstanceNorm2d(affine=True), our kernel on CPU
     layers.append(nn.LeakyReLU(SLOPE))
     return layers
 
