@@ -254,7 +254,7 @@ class Step:
         self.params = list(model.parameters())
         self.bn_stats = [b for b in model.buffers() if b.is_floating_point()]
         self.bn_stats_before = [b.clone() for b in self.bn_stats]
-        self.defer = run.defer_skips and all(g.get("fused") for g in opt.param_groups)  # after the resume
+        self.defer = run.defers([opt])
 
     def __call__(self, batch: dict, lr: float, step: int = 0) -> tuple[str | torch.Tensor, bool]:
         """Step `step` on this rank's rows of a global batch. Returns (status of `amr_fast.run.step_status`, or with

@@ -490,6 +490,11 @@ class Run:
         self.tick_time, self.tick_start_nimg, s.tick_nimg, self.eval_seconds = now, s.nimg, s.nimg, 0.0
         return row
 
+    def defers(self, optimizers: Iterable[torch.optim.Optimizer]) -> bool:
+        """Whether steps of `optimizers` are skipped on the device (`apply_step`'s defer): `defer_skips` and every
+        optimiser fused. Asked after `resume`: a state saved with unfused optimisers (on a CPU) keeps them unfused."""
+        return self.defer_skips and all(g.get("fused") for opt in optimizers for g in opt.param_groups)
+
     def after_step(self, prev_nimg: int, stop: bool, out: Outputs, extra: dict) -> bool:
         """After a step took `state.nimg` from prev_nimg: the trainer's due evaluations (`out.evaluate`, timed as
         sec/eval), then at a tick (every tick_kimg, and at the end) the stats row of `extra`, the evaluations'

@@ -230,9 +230,7 @@ def training_loop(
     nets = _networks(cfg, run)
     parts = Parts.build(cfg, nets, run.world, run.rank, run.accelerator.autocast)
     run.resume(nets, parts.optimizers)
-    # after the resume: a state saved by a run with unfused optimisers (on a CPU) keeps them unfused
-    fused = all(g.get("fused") for opt in parts.optimizers.values() for g in opt.param_groups)
-    parts.defer_skips = run.defer_skips and fused
+    parts.defer_skips = run.defers(parts.optimizers.values())
 
     data_iter = iter(amr_data.train_loader(root, cfg.batch, rank=run.rank, world_size=run.world, micro=batch_gpu,
                                            seed=cfg.seed, workers=cfg.workers, start_batch=s.it,
