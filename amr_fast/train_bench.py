@@ -45,12 +45,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from amr_fast import data as amr_data
 from amr_fast import mixing
 from amr_fast import stats as amr_stats
-from amr_fast.config import PRESETS, TrainConfig, probe_adam_args
+from amr_fast.config import TrainConfig, probe_adam_args
 from amr_fast.data import to_unit
 from amr_fast.data.builtin import cache_dir
 from amr_fast.losses import gan_loss, recon_loss
 from amr_fast.models import build_networks
 from amr_fast.precision import choose_precision, cpu_has_native_bf16, keep_freed_memory
+from amr_fast.presets import PRESETS
 from amr_fast.train import Parts, train_iteration
 
 MODELS = {

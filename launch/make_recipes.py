@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from amr_fast.config import PRESET_ROWS, PRESETS
+from amr_fast.presets import PRESET_ROWS, PRESETS
 
 HERE = Path(__file__).resolve().parent
 

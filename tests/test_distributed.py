@@ -21,9 +21,9 @@ from safetensors.torch import load_file
 from test_train import loss_rows, run_driver, tiny, wait_for_rows
 
 from amr_fast import checkpoint, globalbatch, stats
-from amr_fast.config import to_json
 from amr_fast.data import make_shards, train_loader
 from amr_fast.models import build_networks
+from amr_fast.overrides import to_json
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -18,10 +18,11 @@ from PIL import Image
 
 from amr_fast import checkpoint, classify, cli, progress, train
 from amr_fast.bench import BENCHES
-from amr_fast.config import TrainConfig, to_json
+from amr_fast.config import TrainConfig
 from amr_fast.eval import report
 from amr_fast.eval.cli import recon_error
 from amr_fast.models import build_networks
+from amr_fast.overrides import to_json
 
 SPIRAL = ["--preset", "spiral-mixup", "total_kimg=0.512", "tick_kimg=0.256", "probe_kimg=1", "snapshot_kimg=0.512",
           "state_kimg=0.512", "workers=0"]  # fmt: skip
