@@ -1,4 +1,4 @@
-"""What a run tells its user (issue 20): progress off a terminal as plain lines, a one-line start instead of the
+"""What a run tells its user: progress off a terminal as plain lines, a one-line start instead of the
 config's JSON, log.txt holding what was printed, the status line's ETA, Ctrl-C stopping `make`, the file modes of
 a run, and the commands' help and messages that were wrong."""
 

@@ -1,4 +1,4 @@
-"""Smoke test of `amr-fast bench kernels` (kernels/bench.py): every impl timed next to a same-size copy, the
+"""Smoke test of `amr-fast bench kernels` (amr_fast/bench/kernels.py): every impl timed next to a same-size copy, the
 beyond-cache row with the fresh-output copy, a table and a JSON file. Timings are not asserted (noisy machine)."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import json
 
 import pytest
 import torch
-from amr_fast.kernels import bench
+
+from amr_fast.bench import kernels as bench
 
 
 def test_bench_quick_writes_table_and_json(tmp_path, capsys):
