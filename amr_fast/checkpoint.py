@@ -32,8 +32,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import amr_fast
-from amr_fast.config import from_dict
 from amr_fast.models import build_networks
+from amr_fast.overrides import from_dict
 
 SNAPSHOT_FORMAT = "amr_fast.snapshot.v1"
 STATE_MARKER = "COMPLETE"

@@ -53,8 +53,10 @@ from torch.nn import functional as F
 
 from amr_fast import checkpoint, data, globalbatch, kernels, mixing, progress, stats
 from amr_fast import run as run_lib
-from amr_fast.config import CLASSIFY_PRESETS, ClassifyConfig, from_dict
+from amr_fast.config import ClassifyConfig
 from amr_fast.models import build_classifier
+from amr_fast.overrides import from_dict
+from amr_fast.presets import CLASSIFY_PRESETS
 from amr_fast.run import (
     LoopState,
     Run,

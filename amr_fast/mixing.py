@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import torch
 
+from amr_fast.config import KWAY_SOURCES  # how k-way Bernoulli (k >= 3) picks each channel's source
+
 # ---------------------------------------------------------------------------------------------------------------
 # Argument checks shared by every impl (ref, torch, triton).
 
@@ -197,9 +199,6 @@ def sample_bernoulli_masks(
     p = torch.rand(batch if per_example else 1, 1, generator=generator, device=dev).expand(batch, channels)
     m = (torch.rand(batch, channels, generator=generator, device=dev) < p).float()
     return torch.stack([m, 1 - m], dim=1).to(_dev(generator, device))
-
-
-KWAY_SOURCES = ("uniform", "dirichlet")  # how k-way Bernoulli (k >= 3) picks the source of each channel
 
 
 def sample_kway_bernoulli_masks(

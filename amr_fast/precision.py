@@ -1,6 +1,6 @@
 """`precision=auto`: which mixed precision a run gets on the device it runs on (one place, for every trainer).
 
-- CUDA: bf16 autocast where the GPU supports it, else fp32 (unchanged from before).
+- CUDA: bf16 autocast where the GPU supports it, else fp32.
 - CPU: bf16 autocast where the CPU computes bf16 natively (x86 `avx512_bf16` or `amx_bf16`, ARM `bf16`), where
   oneDNN's bf16 convolutions and matmuls run 2-3x faster than fp32; fp32 elsewhere (emulated bf16 is slower).
   Parameters, optimiser states, norms' statistics and the losses stay fp32 either way (autocast computes convs
@@ -19,6 +19,7 @@ reuse instead of returning them to the system: see its docstring).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -80,6 +81,17 @@ def precision_choice(requested: str, device_type: str) -> tuple[str, str]:
     return "no", f"precision=auto: fp32 on {device_type}"
 
 
+def autocast(precision: str, device_type: str = "cpu"):
+    """A context-manager factory for a run's `precision` ("fp32", "bf16" or "fp16") on `device_type`, as
+    Accelerate's `accelerator.autocast` gives the trainers (for code that times their steps without a run)."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return functools.partial(torch.autocast, device_type, dtype=dtype)
+    raise ValueError(f"precision must be fp32, bf16 or fp16; got {precision!r}")
+
+
 def default_device_type() -> str:
     """The device a single-process run without `accelerate launch` trains on: "cuda" if available, else "cpu"."""
     if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
@@ -94,9 +106,9 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt
 def keep_freed_memory() -> bool:
     """On glibc, serve the training step's large temporaries (activations and their gradients, up to 32 MB each)
     from the heap and keep freed ones for the next iteration: by default blocks above a (self-adjusting) threshold
-    are fresh mmaps that the kernel zero-fills page by page on first touch, every iteration. Measured on the
-    32x32 bf16 step (2 cores): 712 -> 824 img/s NCHW, 819 -> 932 channels-last. Peak memory is the same; freed
-    memory stays with the process. `AMR_FAST_MALLOC=0` leaves malloc alone. Returns whether it took effect."""
+    are fresh mmaps that the kernel zero-fills page by page on first touch, every iteration (README, "Training
+    speed", has what it gains). Peak memory is the same; freed memory stays with the process. `AMR_FAST_MALLOC=0`
+    leaves malloc alone. Returns whether it took effect."""
     if os.environ.get("AMR_FAST_MALLOC", "1") == "0" or platform.libc_ver()[0] != "glibc":
         return False
     try:

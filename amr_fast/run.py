@@ -52,10 +52,11 @@ import torch.distributed as dist
 from accelerate import Accelerator
 
 from amr_fast import checkpoint, progress, stats
-from amr_fast.config import from_dict, parse_overrides, resolve, to_json
 from amr_fast.data import stream_counts
 from amr_fast.eval import tensorboard as eval_tensorboard
+from amr_fast.overrides import from_dict, parse_overrides, to_json
 from amr_fast.precision import default_device_type, keep_freed_memory, precision_choice
+from amr_fast.presets import resolve
 from amr_fast.progress import fmt_time
 
 # Fields that may differ when a run is resumed (the schedule and runtime knobs); every other field must match.

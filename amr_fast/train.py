@@ -57,12 +57,13 @@ import torch.distributed as dist
 from amr_fast import checkpoint, globalbatch, models, progress
 from amr_fast import data as amr_data
 from amr_fast import run as run_lib
-from amr_fast.config import PRESETS, TrainConfig, preset_line, probe_adam_args
+from amr_fast.config import TrainConfig, probe_adam_args
 from amr_fast.eval import grids
 from amr_fast.eval.probe import probe_accuracy
 from amr_fast.eval.summary import final_figures, summary_lines
 from amr_fast.losses import AMRLoss
 from amr_fast.models.base import to_channels_last
+from amr_fast.presets import PRESETS, preset_line
 from amr_fast.run import (
     LoopState,
     Run,

@@ -23,10 +23,9 @@ import os
 import torch
 
 from amr_fast import mixing
+from amr_fast.config import IMPLS  # the one definition (config stays torch-free)
 
 from . import ops
-
-IMPLS = ("auto", "ref", "torch", "triton")
 
 
 @functools.cache

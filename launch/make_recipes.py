@@ -1,5 +1,5 @@
 """Write launch/recipes/<preset>.sh, one script per row of the AMR paper's tables (Beckham et al., NeurIPS 2019,
-tables 1-4) and per machine-local preset, from amr_fast.config.PRESETS. Re-run after changing the presets:
+tables 1-4) and per machine-local preset, from amr_fast.presets.PRESETS. Re-run after changing the presets:
 
     python launch/make_recipes.py            # rewrites launch/recipes/ (tests check it is up to date)
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from amr_fast.config import PRESET_ROWS, PRESETS
+from amr_fast.presets import PRESET_ROWS, PRESETS
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU acceptance run of amr_fast in one call (README "Running the GPU check"; issues 14, 23).
+# The GPU acceptance run of amr_fast in one call (README "Running the GPU check").
 #
 #   bash scripts/gpu-check.sh [OUTDIR]      # OUTDIR defaults to $OUT, else runs/gpu-check
 #

@@ -1,4 +1,4 @@
-"""Helpers of `scripts/gpu-check.sh`, the GPU acceptance run (README "Running the GPU check"; issues 14, 23).
+"""Helpers of `scripts/gpu-check.sh`, the GPU acceptance run (README "Running the GPU check").
 
 Standard library only, except `synth-idx` (numpy) and `env` (imports torch if it can), so that the report is
 written even when the install failed. Subcommands:

@@ -17,9 +17,10 @@ import torch
 import torch.distributed as dist
 
 from amr_fast import classify, globalbatch
-from amr_fast.config import ClassifyConfig, from_dict
+from amr_fast.config import ClassifyConfig
 from amr_fast.losses import AMRLoss
 from amr_fast.models import build_classifier, build_networks
+from amr_fast.overrides import from_dict
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

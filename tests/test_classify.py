@@ -13,7 +13,8 @@ from amr_fast import classify, kernels
 from amr_fast import run as run_lib
 from amr_fast.checkpoint import find_latest_state, latest_snapshot, load_snapshot
 from amr_fast.classify import mixup_forward, mixup_loss
-from amr_fast.config import ClassifyConfig, from_dict
+from amr_fast.config import ClassifyConfig
+from amr_fast.overrides import from_dict
 from amr_fast.stats import read_jsonl
 
 
@@ -210,7 +211,7 @@ def test_fgsm_normalised_units_are_the_public_step_on_the_standardised_input(sta
     per-channel statistics, SVHN's 0.5 / 0.5), loss = `bce_loss(softmax(pred), to_one_hot(target, num_classes))`.
     Here that step is written out on z = (pixel - mean) / std fed to the same network without its standardisation,
     and compared with ours on x in [-1, 1]; images at the range's ends show that nothing is clipped."""
-    from amr_fast.config import NORMALISATION
+    from amr_fast.presets import NORMALISATION
 
     norm = NORMALISATION["cifar10"] if standardise else ((), ())
     cfg = tiny_cfg(mode="erm", channels=3, norm_mean=norm[0], norm_std=norm[1])
@@ -265,7 +266,7 @@ def test_evaluate_predicts_under_autocast_and_takes_the_attacks_gradient_in_fp32
 def test_paper_presets_evaluate_every_epoch_and_attack_in_the_public_units():
     """The public supervised/main.py (commit 83547a7) runs `val_acc, val_los   = validate(test_loader, net, log)`
     after every epoch's `train(...)` and keeps `best_acc` over them; FGSM in the public attack's units."""
-    from amr_fast.config import CLASSIFY_PAPER_PRESETS
+    from amr_fast.presets import CLASSIFY_PAPER_PRESETS
 
     for name, (dataset, _) in CLASSIFY_PAPER_PRESETS.items():
         cfg = classify.CLASSIFY_PRESETS[name]

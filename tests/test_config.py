@@ -4,22 +4,13 @@ errors, JSON round trip."""
 import dataclasses
 import json
 import re
+from pathlib import Path
 
 import pytest
 
-from amr_fast.config import (
-    CLASSIFY_PRESETS,
-    PRESET_ROWS,
-    PRESETS,
-    ClassifyConfig,
-    TrainConfig,
-    from_dict,
-    parse_overrides,
-    preset_line,
-    probe_adam_args,
-    resolve,
-    to_json,
-)
+from amr_fast.config import ClassifyConfig, TrainConfig, probe_adam_args
+from amr_fast.overrides import from_dict, parse_overrides, to_json
+from amr_fast.presets import CLASSIFY_PRESETS, PRESET_ROWS, PRESETS, preset_line, resolve
 
 PAPER_DATASETS = ("mnist", "kmnist", "svhn32", "svhn256", "cifar10-256", "cifar10-1024", "dsprites")
 
@@ -77,6 +68,15 @@ def test_presets_never_default_to_a_local_dataset_path():
     assert all(getattr(demo, f) == getattr(row, f) for f in same)
     for name in ("fashion-mnist-aegan", "fashion-mnist-mixup", "fashion-mnist-bernoulli", "fashion-mnist-mixup-k3"):
         assert PRESETS[name].code_channels * 16 == 32 and PRESETS[name].img_size == 32
+
+
+def test_every_preset_name_is_written_out_in_the_source():
+    """A user who greps for a preset's name finds where it is defined: no name exists only as a generated string."""
+    import amr_fast.presets
+
+    source = Path(amr_fast.presets.__file__).read_text()
+    missing = [name for name in [*PRESETS, *CLASSIFY_PRESETS] if f'"{name}"' not in source]
+    assert not missing
 
 
 def test_resolve_parses_overrides_by_type():
@@ -314,7 +314,7 @@ def test_cifar10_1024_presets_say_their_network_is_inferred():
     """The CIFAR10 (1024) scripts name a network file the public code lacks (../shared/public-amr/amr/exps/
     cifar10_1024/mixup_lamb50.sh line 8: --arch=architectures/arch_acai_kyle_1024.py; line 23 sets the probe's
     n_in 1024): --list-presets says ours is an inference; no other row carries a note."""
-    from amr_fast.config import PRESET_ROWS, preset_line
+    from amr_fast.presets import PRESET_ROWS, preset_line
 
     inferred = [name for name in PRESET_ROWS if "network inferred" in preset_line(name)]
     assert inferred == [name for name in PRESET_ROWS if name.startswith("cifar10-1024")] and len(inferred) == 8

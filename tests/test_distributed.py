@@ -21,9 +21,9 @@ from safetensors.torch import load_file
 from test_train import loss_rows, run_driver, tiny, wait_for_rows
 
 from amr_fast import checkpoint, globalbatch, stats
-from amr_fast.config import to_json
 from amr_fast.data import make_shards, train_loader
 from amr_fast.models import build_networks
+from amr_fast.overrides import to_json
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -92,9 +92,9 @@ def assert_runs_agree(a: Path, b: Path, cfg) -> None:
         assert float((wa[key] - wb[key]).abs().max()) <= 1e-3 * scale, key
 
 
-def test_one_process_and_two_resumed_on_one_then_two_train_alike(shards, tmp_path):
-    """The same run on 1 process, and on 2 -> 1 -> 2 processes by resuming (real shards, Bernoulli mixing, fp32):
-    every tick's losses and the final weights agree, so 2 processes train as 1 and a state moves between world
+def test_one_process_and_two_resumed_on_one_then_four_train_alike(shards, tmp_path):
+    """The same run on 1 process, and on 2 -> 1 -> 4 processes by resuming (real shards, Bernoulli mixing, fp32):
+    every tick's losses and the final weights agree, so N processes train as 1 and a state moves between world
     sizes. A resumed run is a rerun with more total_kimg (a schedule field)."""
     cfg = tiny(shards, mixer="bernoulli", precision="fp32", total_kimg=0.096, batch=8)
     run_driver(cfg, tmp_path / "one")
@@ -102,8 +102,8 @@ def test_one_process_and_two_resumed_on_one_then_two_train_alike(shards, tmp_pat
     run_driver(dataclasses.replace(cfg, total_kimg=0.032), mixed, launcher=TORCHRUN)
     r = run_driver(dataclasses.replace(cfg, total_kimg=0.064), mixed)
     assert "resuming" in r.stdout and "1 process on cpu" in r.stdout
-    r = run_driver(cfg, mixed, launcher=TORCHRUN)
-    assert "resuming" in r.stdout and "2 processes on cpu" in r.stdout
+    r = run_driver(cfg, mixed, launcher=[*TORCHRUN[:-1], "4"])
+    assert "resuming" in r.stdout and "4 processes on cpu" in r.stdout
     assert_runs_agree(tmp_path / "one", mixed, cfg)
 
 

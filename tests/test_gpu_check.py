@@ -1,7 +1,7 @@
 """scripts/gpu-check.sh and its helper scripts/gpu_check.py, the GPU acceptance run: the parts that only a GPU run
 reaches (the bench and training sections of the report, stopping a run after its first tick) on fake records; the
 budget's arithmetic on fake timings; and the whole script with stand-in steps (GPU_CHECK_FAKE=1), slow or killed
-half-way, returning what a 15-minute lease can bring back (issue 23)."""
+half-way, returning what a 15-minute lease can bring back."""
 
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ import torch
 from torch.nn import functional as F
 
 from amr_fast import kernels, mixing
-from amr_fast.config import PRESETS
 from amr_fast.losses import PHASE_MODULES, AMRLoss
 from amr_fast.models import build_networks
+from amr_fast.presets import PRESETS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

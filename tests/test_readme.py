@@ -1,4 +1,4 @@
-"""The README stays true mechanically (issue 20): every `amr-fast ...` command in its code blocks parses (the
+"""The README stays true mechanically: every `amr-fast ...` command in its code blocks parses (the
 trainers' with --dry-run, which also checks every preset and config field they name), every file, module and
 `field=value` it names exists, and nothing a user reads points outside the repository.
 

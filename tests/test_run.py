@@ -13,8 +13,9 @@ from accelerate.state import AcceleratorState
 from PIL import Image
 
 from amr_fast import checkpoint, classify, cli, run, stats, train
-from amr_fast.config import ClassifyConfig, TrainConfig, to_json
+from amr_fast.config import ClassifyConfig, TrainConfig
 from amr_fast.models import build_classifier, build_networks
+from amr_fast.overrides import to_json
 
 
 def test_step_status_sees_a_non_finite_loss_or_gradient_and_the_stop_request():

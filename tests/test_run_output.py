@@ -1,4 +1,4 @@
-"""What a run tells its user (issue 20): progress off a terminal as plain lines, a one-line start instead of the
+"""What a run tells its user: progress off a terminal as plain lines, a one-line start instead of the
 config's JSON, log.txt holding what was printed, the status line's ETA, Ctrl-C stopping `make`, the file modes of
 a run, and the commands' help and messages that were wrong."""
 
@@ -18,10 +18,11 @@ from PIL import Image
 
 from amr_fast import checkpoint, classify, cli, progress, train
 from amr_fast.bench import BENCHES
-from amr_fast.config import TrainConfig, to_json
+from amr_fast.config import TrainConfig
 from amr_fast.eval import report
 from amr_fast.eval.metrics import recon_error
 from amr_fast.models import build_networks
+from amr_fast.overrides import to_json
 
 SPIRAL = ["--preset", "spiral-mixup", "total_kimg=0.512", "tick_kimg=0.256", "probe_kimg=1", "snapshot_kimg=0.512",
           "state_kimg=0.512", "workers=0"]  # fmt: skip

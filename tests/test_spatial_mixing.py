@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from amr_fast import mixing
-from amr_fast.config import PRESETS
 from amr_fast.losses import AMRLoss
 from amr_fast.models import build_networks
+from amr_fast.presets import PRESETS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -16,12 +16,14 @@ import torch
 from safetensors.torch import load_file
 
 from amr_fast import checkpoint, cli, run, stats, train
-from amr_fast.config import PRESETS, TrainConfig, to_json
+from amr_fast.config import TrainConfig
 from amr_fast.data import make_shards
 from amr_fast.eval import grids
 from amr_fast.eval.summary import factorvae_scores, summary_lines
 from amr_fast.losses import AMRLoss
 from amr_fast.models import build_networks
+from amr_fast.overrides import to_json
+from amr_fast.presets import PRESETS
 
 DRIVER = Path(__file__).with_name("train_driver.py")
 LOSS_KEYS = ("loss/ae", "loss/recon", "loss/disc", "probe/acc")

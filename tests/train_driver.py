@@ -55,7 +55,7 @@ def main() -> None:
     import amr_fast.data
     import amr_fast.models
     from amr_fast import train
-    from amr_fast.config import from_dict
+    from amr_fast.overrides import from_dict
 
     if args.sleep:
         step = train.train_iteration
@@ -103,7 +103,8 @@ def main() -> None:
 
 def classify_main(args: argparse.Namespace) -> None:
     from amr_fast import classify
-    from amr_fast.config import ClassifyConfig, from_dict
+    from amr_fast.config import ClassifyConfig
+    from amr_fast.overrides import from_dict
 
     if args.sleep:
         step = classify.Step.__call__

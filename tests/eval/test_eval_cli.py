@@ -8,9 +8,10 @@ import torch
 
 from amr_fast import checkpoint, cli
 from amr_fast import data as amr_data
-from amr_fast.config import TrainConfig, to_json
+from amr_fast.config import TrainConfig
 from amr_fast.eval import report
 from amr_fast.models import build_networks
+from amr_fast.overrides import to_json
 
 
 @pytest.fixture(scope="module")

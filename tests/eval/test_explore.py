@@ -16,9 +16,10 @@ from PIL import Image
 
 from amr_fast import checkpoint, cli
 from amr_fast import data as amr_data
-from amr_fast.config import TrainConfig, to_json
+from amr_fast.config import TrainConfig
 from amr_fast.eval import explore
 from amr_fast.models import build_networks
+from amr_fast.overrides import to_json
 
 S = 16  # amr32 at its smallest working size: a 4 x 4 code grid
 

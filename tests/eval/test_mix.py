@@ -6,9 +6,10 @@ import torch
 from PIL import Image
 
 from amr_fast import checkpoint, cli
-from amr_fast.config import TrainConfig, to_json
+from amr_fast.config import TrainConfig
 from amr_fast.eval import grids, mix
 from amr_fast.models import build_networks
+from amr_fast.overrides import to_json
 
 PAD = grids.PAD
 S = 16  # the model's image size (amr32 at its smallest working size)

@@ -7,8 +7,8 @@ import numpy as np
 from PIL import Image
 
 from amr_fast import cli
-from amr_fast.config import CLASSIFY_PRESETS
 from amr_fast.eval import report
+from amr_fast.presets import CLASSIFY_PRESETS
 
 KEY = report.PROBE_KEYS[0]
 
@@ -98,8 +98,9 @@ def test_report_spiral_figure_draws_data_and_mixes(tmp_path):
     import torch
 
     from amr_fast import checkpoint
-    from amr_fast.config import resolve, to_json
     from amr_fast.models import build_networks
+    from amr_fast.overrides import to_json
+    from amr_fast.presets import resolve
 
     dirs = []
     for beta in ("0", "1"):

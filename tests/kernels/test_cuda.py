@@ -1,4 +1,4 @@
-"""The mixing ops on a GPU (docs/design.md, "The mixing-op contract"; run by `scripts/gpu-check.sh`, issue 14): the
+"""The mixing ops on a GPU (docs/design.md, "The mixing-op contract"; run by `scripts/gpu-check.sh`): the
 "triton" impl against the "ref" spec, forward and backward, over odd shapes, K = 2..8, fp32 / fp16 / bf16,
 contiguous / channels-last / strided layouts, the papers' code sizes and one h of more than 2^31 elements (int64
 offsets); `torch.library.opcheck`; `torch.compile(fullgraph=True)` (inductor) of a model calling the ops; a

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from amr_fast.config import PRESETS
 from amr_fast.models import build_networks
 from amr_fast.models.amr32 import AMR32AutoEncoder
 from amr_fast.models.mixer import ClassMixer
+from amr_fast.presets import PRESETS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

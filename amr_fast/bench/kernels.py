@@ -121,7 +121,7 @@ def impls_for(device: torch.device, compile: bool = True) -> dict[str, dict[str,
 def _kernel_fns(h: torch.Tensor, perm: torch.Tensor, weights: dict[str, torch.Tensor]) -> dict[str, Callable]:
     """The Triton forward and weight-gradient kernels alone (each one launch reading K partner rows and one more
     |h|-sized tensor): "OP:fwd-kernel", "OP:wgrad-kernel"."""
-    from . import triton_mix  # imports triton: only where it runs
+    from amr_fast.kernels import triton_mix  # imports triton: only where it runs
 
     grad = torch.randn_like(h)
     fns = {}
@@ -216,7 +216,7 @@ def compiled_kernels() -> dict:
     """Registers and spills of the Triton kernels last launched (the big size's, right after it)."""
     if kernels.triton_import_error() is not None:
         return {}
-    from . import triton_mix
+    from amr_fast.kernels import triton_mix
 
     return triton_mix.compiled_info()
 

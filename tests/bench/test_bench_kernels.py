@@ -1,4 +1,4 @@
-"""Smoke test of `amr-fast bench kernels` (kernels/bench.py): every impl timed next to a same-size copy, the
+"""Smoke test of `amr-fast bench kernels` (amr_fast/bench/kernels.py): every impl timed next to a same-size copy, the
 beyond-cache row with the fresh-output copy, a table and a JSON file. Timings are not asserted (noisy machine)."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ import json
 
 import pytest
 import torch
-from amr_fast.kernels import bench
+
+from amr_fast import kernels
+from amr_fast.bench import kernels as bench
 
 
 def test_bench_quick_writes_table_and_json(tmp_path, capsys):
@@ -97,3 +99,12 @@ def test_cuda_timing_runs_many_back_to_back_calls_between_two_events(monkeypatch
     ms = bench.time_ms(fns, torch.device("cuda"), budget_s=0.0, min_reps=3)
     assert calls == {"fast": 2 + 3 * 40, "slow": 2 + 3}  # warm-up, then 40 calls (20 ms) vs one per repeat
     assert abs(ms["fast"][0] - 0.5) < 1e-6 and abs(ms["slow"][0] - 30) < 1e-6  # per call
+
+
+@pytest.mark.skipif(kernels.triton_import_error() is not None, reason="triton is not installed")
+def test_the_cuda_rows_reach_the_triton_kernels():
+    """What only a GPU run times, built here without running it: the kernel-alone rows and the kernels' meta."""
+    h, perm = torch.randn(4, 3, 2, 2), torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]])
+    fns = bench._kernel_fns(h, perm, {"simplex_mix": torch.full((4, 2), 0.5)})
+    assert set(fns) == {"simplex_mix:fwd-kernel", "simplex_mix:wgrad-kernel"}
+    assert isinstance(bench.compiled_kernels(), dict)

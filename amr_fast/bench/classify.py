@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import platform
 import time
 
 import torch
 
-from amr_fast.classify import CLASSIFY_PRESETS, build_classifier, evaluate, mixup_forward, mixup_loss, random_crop_flip
-from amr_fast.precision import keep_freed_memory
-from amr_fast.train_bench import _precisions, autocast_factory
+from amr_fast.bench.common import names, precisions, setup, write_json
+from amr_fast.classify import build_classifier, evaluate, mixup_forward, mixup_loss, random_crop_flip
+from amr_fast.precision import autocast
+from amr_fast.presets import CLASSIFY_PRESETS
 
 MODES = ("erm", "mixup", "manifold")
 MODELS = {
@@ -45,14 +44,17 @@ def _step_fn(cfg, precision: str, seed: int = 0, device: str = "cpu"):
     torch.manual_seed(seed)
     model = build_classifier(cfg).to(device)
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    # The trainer's optimiser (amr_fast.classify)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+    )
     g = torch.Generator().manual_seed(seed)
-    autocast = autocast_factory(precision, torch.device(device).type)
+    amp = autocast(precision, torch.device(device).type)
 
     def step(batch: dict) -> None:
         x = batch["x"].to(device).float() / 127.5 - 1
         x = random_crop_flip(x, cfg.crop_pad, cfg.flip, g)
-        with autocast():
+        with amp():
             logits, y_mix, _ = mixup_forward(model, x, batch["y"].to(device), cfg, g)
         loss = mixup_loss(logits, y_mix, cfg.loss)
         opt.zero_grad(set_to_none=True)
@@ -116,10 +118,10 @@ def bench_eval(base, precision: str, device: str = "cpu", iters: int = 4, eval_i
     50,000 training images (FGSM: divided by the 10 epochs between attacks of the paper presets)."""
     step, model = _step_fn(base, precision, device=device)
     train, test = _batches(base, 4, base.batch), _batches(base, 2, base.eval_batch)
-    autocast = autocast_factory(precision, torch.device(device).type)
+    amp = autocast(precision, torch.device(device).type)
 
     def run_eval(attack: bool, n: int) -> None:
-        evaluate(model, iter([test[i % len(test)] for i in range(n)]), base, torch.device(device), attack, autocast)
+        evaluate(model, iter([test[i % len(test)] for i in range(n)]), base, torch.device(device), attack, amp)
 
     def run_train(n: int) -> None:
         for i in range(n):
@@ -154,17 +156,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    keep_freed_memory()  # as the trainers do on a CPU (amr_fast.run.Run)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "host": platform.node(),
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "models": {}}  # fmt: skip
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        if name not in MODELS:
-            raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    results = setup(args) | {"models": {}}
+    for name in names(args.models, MODELS):
         dataset, extra = MODELS[name]
         base = dataclasses.replace(CLASSIFY_PRESETS[f"{dataset}-manifold"], **extra)
-        for precision in _precisions(args.precisions):
+        for precision in precisions(args.precisions):
             if args.eval:
                 r = results["models"][f"{name} {precision}"] = bench_eval(base, precision, args.device, args.iters)
                 print(
@@ -182,8 +178,5 @@ def main(args: argparse.Namespace) -> int:
                     f"img/cpu-s  {p['vs_erm']:.3f}x ERM's time per image",
                     flush=True,
                 )
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
-        print(f"wrote {args.out}")
+    write_json(args.out, results)
     return 0
