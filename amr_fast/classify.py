@@ -18,11 +18,10 @@ the run's autocast and the attack's gradient in fp32, written to stats.jsonl. `f
 presets) steps eps on the standardised input (pixel - mean) / std without clipping, as the public attack; `pixel`
 steps eps in [0, 1] pixels and clamps.
 
-The harness (`amr_fast.run`: run directory, resume, signals, the tick with its snapshot and state, the non-finite
-step counter, fp16 loss scaling) is shared with `amr-fast train`; this file holds the classifier, its step, its
-evaluation and its outputs (snapshot-<kimg>.safetensors with the module "classifier"). A skipped non-finite step
-also puts back the BatchNorm statistics of its forward pass; neither a snapshot nor a resume state is ever written
-with non-finite weights.
+The harness (`amr_fast.run`: run directory, resume, signals, the tick with its snapshot and state, non-finite
+steps, fp16 loss scaling) is shared with `amr-fast train`; this file holds the classifier, its step, evaluation and
+outputs (`_outputs`). A skipped step also puts back the BatchNorm statistics of its forward pass; no snapshot or
+resume state is ever written with non-finite weights.
 
 stats.jsonl keys, besides the harness's (`Run.tick`): lr, loss/cls, train/error (% vs the first source's label)
 every tick; eval/test_error and time/eval (s) on ticks where an evaluation ran, eval/fgsm_error@<eps> (%, e.g.
