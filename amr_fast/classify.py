@@ -320,7 +320,7 @@ def train_classifier(
     s = run.state
     torch.manual_seed(cfg.seed)  # the same initial weights for every rank and every rerun of a seed
     net = build_classifier(cfg).to(run.device)
-    opt = _sgd(net, cfg, run.device)
+    opt = make_sgd(net, cfg, run.device)
     model = run.accelerator.prepare(net)  # DDP on several processes (BatchNorm statistics: per rank)
     run.resume({"classifier": net}, {"opt": opt})
     batches = data.train_loader(root, cfg.batch, rank=run.rank, world_size=run.world, seed=cfg.seed,
@@ -344,7 +344,7 @@ def train_classifier(
     return run.outdir
 
 
-def _sgd(net: nn.Module, cfg: ClassifyConfig, device: torch.device) -> torch.optim.SGD:
+def make_sgd(net: nn.Module, cfg: ClassifyConfig, device: torch.device) -> torch.optim.SGD:
     """SGD with the config's momentum and weight decay; fused on CUDA (one kernel a step, skipped on the device)."""
     fused = run_lib.fused_optimizers(device) or None
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,

@@ -25,7 +25,7 @@ import time
 import torch
 
 from amr_fast.bench.common import names, precisions, setup, write_json
-from amr_fast.classify import build_classifier, evaluate, mixup_forward, mixup_loss, random_crop_flip
+from amr_fast.classify import build_classifier, evaluate, make_sgd, mixup_forward, mixup_loss, random_crop_flip
 from amr_fast.precision import autocast
 from amr_fast.presets import CLASSIFY_PRESETS
 
@@ -44,10 +44,7 @@ def _step_fn(cfg, precision: str, seed: int = 0, device: str = "cpu"):
     torch.manual_seed(seed)
     model = build_classifier(cfg).to(device)
     model.train()
-    # The trainer's optimiser (amr_fast.classify)
-    opt = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
-    )
+    opt = make_sgd(model, cfg, torch.device(device))  # the trainer's optimiser
     g = torch.Generator().manual_seed(seed)
     amp = autocast(precision, torch.device(device).type)
 
