@@ -77,6 +77,21 @@ def test_position_bernoulli_is_kway_bernoulli_over_positions(k):
     assert m.shape == (7, k, 3, 5) and torch.equal(m.flatten(2), ref)
 
 
+def test_position_bernoulli_draws_p_per_batch_by_default():
+    default = mixing.sample_position_bernoulli_masks(7, 2, (3, 5), torch.Generator().manual_seed(3))
+    per_batch = mixing.sample_position_bernoulli_masks(7, 2, (3, 5), torch.Generator().manual_seed(3), False)
+    assert torch.equal(default, per_batch)
+
+
+def test_cutmix_masks_have_k_sources_when_the_last_box_is_empty():
+    # One cell, one example: the last source's box is empty (side rounded to 0) in about half the draws, and the
+    # masks must still be [B, K, *grid] one-hot over all K sources.
+    g = torch.Generator().manual_seed(0)
+    masks = [mixing.sample_cutmix_masks(1, 3, (1,), 1.0, g) for _ in range(20)]
+    assert all(m.shape == (1, 3, 1) for m in masks)
+    assert any(m[0, 2, 0] == 0 for m in masks)  # the case did occur
+
+
 def test_samplers_are_reproducible():
     for fn in (
         lambda g: mixing.sample_cutmix_masks(9, 3, (4, 4), 1.0, g),
@@ -87,6 +102,8 @@ def test_samplers_are_reproducible():
 
 def test_code_grid_and_position_mask():
     assert mixing.code_grid((2, 4, 4)) == (4, 4) and mixing.code_grid((10,)) == (10,)
+    assert mixing.code_grid((2, 7)) == (7,)  # a 1-D feature map [C, L]: its L positions
+    assert mixing.position_mask(torch.rand(3, 2, 7), torch.zeros(3, 2, 7)).shape == (3, 2, 1, 7)
     m = torch.rand(3, 2, 4, 4)
     assert mixing.position_mask(m, torch.zeros(3, 2, 4, 4)).shape == (3, 2, 1, 4, 4)
     assert mixing.position_mask(torch.rand(3, 2, 10), torch.zeros(3, 10)).shape == (3, 2, 10)
