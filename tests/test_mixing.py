@@ -97,6 +97,21 @@ def test_gamma_moments(alpha):
     assert_var(g, alpha)
 
 
+def test_gamma_draws_one_at_a_time_and_a_scalar_shape():
+    # The rejection loop must fill the last remaining draw too: single draws have the Gamma law.
+    alpha, g = 2.5, gen()
+    one = torch.cat([mixing.sample_gamma(alpha, (1,), g) for _ in range(1000)])
+    assert (one > 0).all()
+    assert_mean(one, alpha, alpha)
+    assert 0.5 < one.double().var().item() / alpha < 2
+    assert mixing.sample_gamma(alpha, (), g).shape == ()
+
+
+def test_gamma_rejects_alpha_zero():
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        mixing.sample_gamma(0.0, (3,), gen())
+
+
 @pytest.mark.parametrize(("k", "alpha"), [(2, 0.7), (3, 1.0), (8, 0.5)])
 def test_dirichlet_on_simplex_with_dirichlet_moments(k, alpha):
     w = mixing.sample_dirichlet_weights(N, k, alpha, gen())
