@@ -121,15 +121,23 @@ def test_auto_runs_torch_on_cpu_and_explicit_triton_explains():
 @pytest.mark.parametrize("impl", ("ref", "torch"))
 def test_bad_input_names_argument_and_shape(impl):
     h, perm, w = torch.randn(5, 3, 2), torch.stack([torch.arange(5), torch.arange(5).flip(0)]), torch.rand(5, 2)
-    with pytest.raises(TypeError, match="h must be a floating-point tensor"):
+    with pytest.raises(TypeError, match="h must be a floating-point tensor .*; got torch.int64$"):
         kernels.simplex_mix(torch.ones(5, 3, dtype=torch.int64), perm, w, impl=impl)
+    with pytest.raises(TypeError, match="h must be a floating-point tensor .*; got list$"):
+        kernels.simplex_mix([1.0, 2.0], perm, w, impl=impl)
+    with pytest.raises(TypeError, match="perm must be an integer tensor .*; got list$"):
+        kernels.simplex_mix(h, [[0, 1], [1, 0]], w, impl=impl)
+    with pytest.raises(TypeError, match="w must be a floating-point tensor; got torch.int64$"):
+        kernels.simplex_mix(h, perm, torch.ones(5, 2, dtype=torch.int64), impl=impl)
+    with pytest.raises(TypeError, match="m must be a floating-point tensor; got list$"):
+        kernels.mask_mix(h, perm, [[1.0, 0.0]], impl=impl)
     with pytest.raises(ValueError, match=r"perm must have shape \[K, B\] = \[K, 5\]"):
         kernels.simplex_mix(h, perm[:, :4], w, impl=impl)
     with pytest.raises(ValueError, match=r"w must have shape \[B, K\] = \[5, 2\]"):
         kernels.simplex_mix(h, perm, torch.rand(5, 3), impl=impl)
     with pytest.raises(ValueError, match=r"m must have shape \[B, K, C\] = \[5, 2, 3\]"):
         kernels.mask_mix(h, perm, torch.rand(5, 2, 4), impl=impl)
-    with pytest.raises(TypeError, match="perm must be an integer tensor"):
+    with pytest.raises(TypeError, match="perm must be an integer tensor .*; got torch.float32$"):
         kernels.simplex_mix(h, perm.float(), w, impl=impl)
     with pytest.raises(ValueError, match=r"perm values must lie in \[0, 5\)"):
         kernels.simplex_mix(h, perm + 1, w, impl=impl)
