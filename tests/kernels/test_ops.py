@@ -133,10 +133,16 @@ def test_bad_input_names_argument_and_shape(impl):
         kernels.mask_mix(h, perm, [[1.0, 0.0]], impl=impl)
     with pytest.raises(ValueError, match=r"perm must have shape \[K, B\] = \[K, 5\]"):
         kernels.simplex_mix(h, perm[:, :4], w, impl=impl)
-    with pytest.raises(ValueError, match=r"w must have shape \[B, K\] = \[5, 2\]"):
+    with pytest.raises(ValueError, match=r"w must have shape \[B, K\] = \[5, 2\] \(B, C, S from h"):
         kernels.simplex_mix(h, perm, torch.rand(5, 3), impl=impl)
-    with pytest.raises(ValueError, match=r"m must have shape \[B, K, C\] = \[5, 2, 3\]"):
+    with pytest.raises(
+        ValueError, match=r"m must have shape \[B, K, C\] = \[5, 2, 3\], or \[B, K, \*M\] with M each 1 or \[3, 2\] \(B"
+    ):
         kernels.mask_mix(h, perm, torch.rand(5, 2, 4), impl=impl)
+    with pytest.raises(ValueError, match=r"m must have shape \[B, K, C\] = \[5, 2, 3\] \(B, C, S from h"):
+        kernels.mask_mix(h[..., 0], perm, torch.rand(5, 2, 4), impl=impl)  # a vector code: no [B, K, *M] form
+    with pytest.raises(ValueError, match="must be on one device"):
+        kernels.simplex_mix(h, perm, torch.rand(5, 2, device="meta"), impl=impl)
     with pytest.raises(TypeError, match="perm must be an integer tensor .*; got torch.float32$"):
         kernels.simplex_mix(h, perm.float(), w, impl=impl)
     with pytest.raises(ValueError, match=r"perm values must lie in \[0, 5\)"):
