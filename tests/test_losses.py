@@ -345,6 +345,14 @@ def test_forward_is_shared_between_phases_and_ae_needs_update_ae():
     assert loss.passes == {"enc": 3, "dec": 2, "disc": 3}  # + the consistency term's encoder pass
 
 
+def test_mixup_in_d_counts_one_d_pass_per_phase():
+    cfg = tiny("mnist-mixup", disc_mix="pixel")  # D runs in two parts: the images, then the mixed features
+    nets, loss = setup(cfg)
+    loss.begin(*batch(cfg), False, torch.Generator().manual_seed(0))
+    loss.accumulate_gradients("disc")
+    assert loss.passes == {"enc": 1, "dec": 1, "disc": 1}
+
+
 def test_gain_scales_the_gradients():
     cfg = tiny("mnist-bernoulli")
     grads = []
