@@ -141,6 +141,8 @@ def test_bad_input_names_argument_and_shape(impl):
         kernels.mask_mix(h, perm, torch.rand(5, 2, 4), impl=impl)
     with pytest.raises(ValueError, match=r"m must have shape \[B, K, C\] = \[5, 2, 3\] \(B, C, S from h"):
         kernels.mask_mix(h[..., 0], perm, torch.rand(5, 2, 4), impl=impl)  # a vector code: no [B, K, *M] form
+    with pytest.raises(ValueError, match=r"perm values must lie in \[0, 1\)"):  # one example: still checked
+        kernels.simplex_mix(h[:1], torch.tensor([[0], [1]]), w[:1], impl=impl)
     with pytest.raises(ValueError, match="must be on one device"):
         kernels.simplex_mix(h, perm, torch.rand(5, 2, device="meta"), impl=impl)
     with pytest.raises(TypeError, match="perm must be an integer tensor .*; got torch.float32$"):
