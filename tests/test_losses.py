@@ -345,6 +345,29 @@ def test_forward_is_shared_between_phases_and_ae_needs_update_ae():
     assert loss.passes == {"enc": 3, "dec": 2, "disc": 3}  # + the consistency term's encoder pass
 
 
+def test_begin_checks_y_and_a_failed_begin_leaves_no_stale_forward():
+    cfg = tiny("mnist-mixup")
+    nets, loss = setup(cfg)
+    x, y = batch(cfg)
+    g = torch.Generator().manual_seed(0)
+    for bad in (y[:-1], y[:, None]):  # wrong length; [B, 1] instead of [B]
+        with pytest.raises(ValueError, match=r"y must be \[B\] int64 labels"):
+            loss.begin(x, bad, True, g)
+    loss.begin(x, y, True, g)
+    with pytest.raises(RuntimeError):  # the encoder fails on images with the wrong channel count
+        loss.begin(torch.cat([x, x], dim=1), y, True, g)
+    with pytest.raises(ValueError, match="call begin"):  # the previous batch's forward is gone
+        loss.accumulate_gradients("disc")
+
+
+def test_betavae_counts_one_encoder_and_one_decoder_pass():
+    cfg = tiny("dsprites-betavae")
+    nets, loss = setup(cfg)
+    loss.begin(*batch(cfg), True, torch.Generator().manual_seed(0))
+    loss.begin(*batch(cfg), True, torch.Generator().manual_seed(1))
+    assert loss.passes == {"enc": 2, "dec": 2, "disc": 0}
+
+
 def test_mixup_in_d_counts_one_d_pass_per_phase():
     cfg = tiny("mnist-mixup", disc_mix="pixel")  # D runs in two parts: the images, then the mixed features
     nets, loss = setup(cfg)
