@@ -368,6 +368,18 @@ def test_betavae_counts_one_encoder_and_one_decoder_pass():
     assert loss.passes == {"enc": 2, "dec": 2, "disc": 0}
 
 
+def test_betavae_noise_comes_from_the_generator_given():
+    cfg = tiny("dsprites-betavae")
+    nets, loss = setup(cfg)
+    x, y = batch(cfg)
+    rec = []
+    for global_seed in (1, 2):  # the global RNG moves between the calls; the step's generator does not
+        torch.manual_seed(global_seed)
+        loss.begin(x, y, False, torch.Generator().manual_seed(0))
+        rec.append(loss._fwd.x_rec)
+    assert torch.equal(*rec)
+
+
 def test_mixup_in_d_counts_one_d_pass_per_phase():
     cfg = tiny("mnist-mixup", disc_mix="pixel")  # D runs in two parts: the images, then the mixed features
     nets, loss = setup(cfg)

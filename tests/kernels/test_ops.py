@@ -385,3 +385,16 @@ def test_torch_weight_grad_of_half_inputs_sums_exact_products_in_fp32(kind):
     want(h.double(), perm, ww).backward(grad.double())
     exact = ww.grad.bfloat16()  # float64, rounded once to the weights' dtype
     assert (got == exact).float().mean() > 0.95
+
+
+def test_torch_position_mix_of_half_inputs_sums_exact_products_in_fp32():
+    """fp16 h and soft fp16 position masks (the in-place path, one partner at a time): each product is exact in
+    fp32 and summed there, then rounded once to fp16, as the reference does (rounding a product to fp16 first
+    moves some outputs by an ulp)."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(16, 8, 6, 6, generator=g).half()
+    m = torch.rand(16, 2, 1, 6, 6, generator=g).half()
+    perm = torch.stack([torch.arange(16), torch.randperm(16, generator=g)])
+    got = kernels.mask_mix(h, perm, m, impl="torch")
+    assert got.dtype == torch.float16
+    assert torch.equal(got, mixing.mask_mix(h, perm, m))
