@@ -118,6 +118,13 @@ def test_auto_runs_torch_on_cpu_and_explicit_triton_explains():
             kernels.simplex_mix(h, torch.stack([torch.arange(4)] * 2), torch.rand(4, 2), impl="triton")
 
 
+def test_ops_default_to_auto():
+    h, perm, w = torch.randn(5, 3, 2), torch.stack([torch.arange(5), torch.arange(5).flip(0)]), torch.rand(5, 2)
+    m = torch.rand(5, 2, 3)
+    assert torch.equal(kernels.simplex_mix(h, perm, w), kernels.simplex_mix(h, perm, w, impl="auto"))
+    assert torch.equal(kernels.mask_mix(h, perm, m), kernels.mask_mix(h, perm, m, impl="auto"))
+
+
 @pytest.mark.parametrize("impl", ("ref", "torch"))
 def test_bad_input_names_argument_and_shape(impl):
     h, perm, w = torch.randn(5, 3, 2), torch.stack([torch.arange(5), torch.arange(5).flip(0)]), torch.rand(5, 2)
