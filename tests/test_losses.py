@@ -245,6 +245,18 @@ def test_disc_mix_draws_folded_beta_weights_and_a_layer_per_step_as_mugan():
     assert set(layers) == {0, 1, 2} and counts.min() > 300 / 3 - 4 * (300 * 2 / 9) ** 0.5, counts
 
 
+def test_disc_mix_draws_lam_per_example_and_nothing_without_it():
+    for mode in ("pixel", "none"):
+        cfg = tiny("mnist-mixup", disc_mix=mode)
+        nets, loss = setup(cfg)
+        x, y = batch(cfg)
+        loss.begin(x, y, False, torch.Generator().manual_seed(0))
+        if mode == "none":
+            assert loss._fwd.w_dm is None
+        else:  # Beta(0.2, 0.2) per example: B distinct shares (one per batch would repeat a single value)
+            assert loss._fwd.w_dm[:B, 0].unique().numel() == B
+
+
 def test_disc_mix_layer_must_exist():
     cfg = tiny("spiral-mixup", disc_mix="hidden", disc_mix_layer=4)
     with pytest.raises(ValueError, match=r"disc_mix_layer must lie in 1..3 for arch=mlp"):
