@@ -118,6 +118,14 @@ def test_auto_runs_torch_on_cpu_and_explicit_triton_explains():
             kernels.simplex_mix(h, torch.stack([torch.arange(4)] * 2), torch.rand(4, 2), impl="triton")
 
 
+def test_without_triton_only_an_explicit_triton_fails(monkeypatch):
+    monkeypatch.setattr(kernels, "triton_import_error", lambda: "ImportError: no module named triton")
+    h = torch.randn(4, 2)
+    assert kernels.resolve_impl("auto", h) == "torch" and kernels.resolve_impl("torch", h) == "torch"
+    with pytest.raises(ValueError, match="triton does not import"):
+        kernels.resolve_impl("triton", h)
+
+
 def test_ops_default_to_auto():
     h, perm, w = torch.randn(5, 3, 2), torch.stack([torch.arange(5), torch.arange(5).flip(0)]), torch.rand(5, 2)
     m = torch.rand(5, 2, 3)
