@@ -255,6 +255,7 @@ def test_disc_mix_draws_lam_per_example_and_nothing_without_it():
             assert loss._fwd.w_dm is None
         else:  # Beta(0.2, 0.2) per example: B distinct shares (one per batch would repeat a single value)
             assert loss._fwd.w_dm[:B, 0].unique().numel() == B
+            assert loss._fwd.w_dm[:, 0].max() <= 0.5  # folded: the real's share is at most 1/2
 
 
 def test_disc_mix_layer_must_exist():

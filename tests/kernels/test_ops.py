@@ -126,6 +126,15 @@ def test_without_triton_only_an_explicit_triton_fails(monkeypatch):
         kernels.resolve_impl("triton", h)
 
 
+def test_explicit_triton_runs_on_cpu_tensors_only_in_the_interpreter(monkeypatch):
+    h = torch.randn(4, 2)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert kernels.resolve_impl("triton", h) == "triton"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        kernels.resolve_impl("triton", h)
+
+
 def test_ops_default_to_auto():
     h, perm, w = torch.randn(5, 3, 2), torch.stack([torch.arange(5), torch.arange(5).flip(0)]), torch.rand(5, 2)
     m = torch.rand(5, 2, 3)
