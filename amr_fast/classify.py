@@ -406,10 +406,20 @@ def _evaluate(net: nn.Module, root: Path, cfg: ClassifyConfig, run: Run, attack:
     test = data.eval_loader(root, cfg.eval_split, cfg.eval_batch, rank=run.rank, world_size=run.world, workers=0)
     total = -(-data.load_index(root)["splits"][cfg.eval_split]["num_samples"] // run.world)
     what = "test error" + ("".join(f" + FGSM {eps:g}" for eps in cfg.fgsm_eps) if attack else "")
-    test = progress.counted(test, min(total, cfg.eval_max or total), f"{what} on {cfg.eval_split}", run.is_main)
+    share = eval_share(cfg.eval_max, run.rank, run.world)
+    if share is not None:  # eval_max images in all, whatever the number of processes
+        total, test = min(total, share), (test if share else iter(()))
+        cfg = dataclasses.replace(cfg, eval_max=share)  # an empty share reads nothing
+    test = progress.counted(test, total, f"{what} on {cfg.eval_split}", run.is_main)
     for name, values in evaluate(net, test, cfg, run.device, attack, run.accelerator.autocast).items():
         stats.report(name, values)
     stats.report("time/eval", time.time() - t_eval)
+
+
+def eval_share(eval_max: int, rank: int, world: int) -> int | None:
+    """This rank's part of `eval_max` images in all (None: no limit): eval_max // world, one more on the first
+    eval_max % world ranks."""
+    return eval_max // world + (rank < eval_max % world) if eval_max else None
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ClassifyConfig]:

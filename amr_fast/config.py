@@ -222,7 +222,7 @@ class ClassifyConfig:
     fgsm_units: str = "normalised"  # "normalised": eps on the standardised input (pixel - mean) / std, no clipping
     #                                 (the public attacks.py); "pixel": eps in [0, 1] pixels, clamped to the image
     eval_batch: int = 500  # images per evaluation batch on each process (no effect on the figures; lower on OOM)
-    eval_max: int = 0  # evaluate on at most this many images per rank (0 = the whole split)
+    eval_max: int = 0  # evaluate on at most this many images in all, split over the processes (0 = the whole split)
     # runtime
     seed: int = 0
     workers: int = 2

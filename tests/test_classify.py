@@ -605,3 +605,11 @@ def test_bad_outdir_is_one_line_without_traceback(shards, tmp_path, capsys):
     assert cli.main(["classify", "--outdir", str(tmp_path / "file"), f"data={shards}", "total_kimg=0.008"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is a file" in err and "Traceback" not in err
+
+
+def test_eval_max_is_the_images_in_all_whatever_the_number_of_processes():
+    """eval_max=7 evaluates 7 images on 1, 2, 3 or 8 processes (the ranks' shares add up), no limit at 0."""
+    for world in (1, 2, 3, 8):
+        shares = [classify.eval_share(7, rank, world) for rank in range(world)]
+        assert sum(shares) == 7 and max(shares) - min(shares) <= 1, (world, shares)
+    assert classify.eval_share(0, 0, 2) is None
