@@ -245,7 +245,7 @@ def test_disc_mix_draws_folded_beta_weights_and_a_layer_per_step_as_mugan():
     assert set(layers) == {0, 1, 2} and counts.min() > 300 / 3 - 4 * (300 * 2 / 9) ** 0.5, counts
 
 
-def test_disc_mix_draws_lam_per_example_and_nothing_without_it():
+def test_disc_mix_draws_lam_per_example_a_layer_per_step_and_nothing_when_off():
     for mode in ("pixel", "none"):
         cfg = tiny("mnist-mixup", disc_mix=mode)
         nets, loss = setup(cfg)
@@ -256,6 +256,15 @@ def test_disc_mix_draws_lam_per_example_and_nothing_without_it():
         else:  # Beta(0.2, 0.2) per example: B distinct shares (one per batch would repeat a single value)
             assert loss._fwd.w_dm[:B, 0].unique().numel() == B
             assert loss._fwd.w_dm[:, 0].max() <= 0.5  # folded: the real's share is at most 1/2
+    cfg = tiny("mnist-mixup", disc_mix="hidden", disc_mix_layer=1)
+    nets, loss = setup(cfg)
+    x, y = batch(cfg)
+    layers = set()
+    with torch.no_grad():
+        for step in range(40):  # the layer uniform over {pixels, after block 1} per step: both seen, nothing else
+            loss.begin(x, y, False, torch.Generator().manual_seed(step))
+            layers.add(loss._fwd.dm_layer)
+    assert layers == {0, 1}
 
 
 def test_disc_mix_layer_must_exist():
