@@ -6,7 +6,7 @@
 # docs/mutation-testing.md).
 #
 #   .venv/bin/pip install mutmut==3.8.1                  # not a dev extra: only this script needs it
-#   bash scripts/mutation-test.sh [WORKDIR [PATTERN...]]  # default runs/mutmut, every mutant (~2,400: hours)
+#   bash scripts/mutation-test.sh [WORKDIR [PATTERN...]]  # default runs/mutmut, every mutant (~2,520: hours)
 #
 # PATTERNs pick mutants by name (fnmatch), e.g. 'amr_fast.mixing.x_sample_*' or 'amr_fast.losses.*_ae_loss*'
 # (methods are named MODULE.xǁCLASSǁMETHOD__mutmut_N; `mutmut results` lists the names).
