@@ -402,6 +402,15 @@ def test_betavae_noise_comes_from_the_generator_given():
     assert torch.equal(*rec)
 
 
+def test_the_class_mixer_needs_its_network():
+    cfg = tiny("mnist-mixup", mixer="class")
+    nets = build_networks(cfg)
+    assert "mixer" in nets
+    AMRLoss(cfg, nets, "cpu")
+    with pytest.raises(ValueError, match=r'mixer=class needs nets\["mixer"\]'):
+        AMRLoss(cfg, {name: net for name, net in nets.items() if name != "mixer"}, "cpu")
+
+
 def test_mixup_in_d_counts_one_d_pass_per_phase():
     cfg = tiny("mnist-mixup", disc_mix="pixel")  # D runs in two parts: the images, then the mixed features
     nets, loss = setup(cfg)
