@@ -372,6 +372,8 @@ def test_begin_checks_y_and_a_failed_begin_leaves_no_stale_forward():
     nets, loss = setup(cfg)
     x, y = batch(cfg)
     g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="call begin"):  # nothing cached yet
+        loss.accumulate_gradients("disc")
     for bad in (y[:-1], y[:, None]):  # wrong length; [B, 1] instead of [B]
         with pytest.raises(ValueError, match=r"y must be \[B\] int64 labels"):
             loss.begin(x, bad, True, g)

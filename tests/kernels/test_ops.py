@@ -135,6 +135,18 @@ def test_explicit_triton_runs_on_cpu_tensors_only_in_the_interpreter(monkeypatch
         kernels.resolve_impl("triton", h)
 
 
+def test_outputs_keep_dense_strides_and_are_contiguous_when_the_batch_is_not_outermost():
+    from amr_fast.kernels.layout import empty_out
+
+    h = torch.randn(4, 3, 5, 5).to(memory_format=torch.channels_last)
+    assert empty_out(h).stride() == h.stride()  # channels-last stays channels-last
+    perm, w = torch.stack([torch.arange(4), torch.arange(4).flip(0)]), torch.rand(4, 2)
+    assert kernels.simplex_mix(h, perm, w, impl="torch").is_contiguous(memory_format=torch.channels_last)
+    for batch in (2, 4):
+        t = torch.randn(3, batch, 5).transpose(0, 1)  # [B, 3, 5] with the batch inside
+        assert empty_out(t).is_contiguous()
+
+
 def test_ops_default_to_auto():
     h, perm, w = torch.randn(5, 3, 2), torch.stack([torch.arange(5), torch.arange(5).flip(0)]), torch.rand(5, 2)
     m = torch.rand(5, 2, 3)
