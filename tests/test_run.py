@@ -241,6 +241,14 @@ def test_reports_of_a_step_skipped_on_the_device_do_not_count():
 # The one tick of both trainers (`Run.after_step`) and the end of their steps (`apply_step`).
 
 
+def _recording_run(path, every_kimg: int, **cfg) -> tuple[run.Run, list, run.Outputs]:
+    """A resumed Run of TrainConfig(**cfg) in `path`, the list of calls its `_outputs` record, and those outputs."""
+    r = run.Run(TrainConfig(**cfg), path, run.LoopState(), log=None)
+    r.resume({}, {})
+    events: list = []
+    return r, events, _outputs(r, events, every_kimg)
+
+
 def _outputs(r: run.Run, events: list, every_kimg: int) -> run.Outputs:
     """An `Outputs` that records its calls; its evaluation is due every `every_kimg` and gives {"eval/at": nimg}."""
 
@@ -256,11 +264,7 @@ def _outputs(r: run.Run, events: list, every_kimg: int) -> run.Outputs:
 def test_after_step_evaluates_when_due_and_snapshots_and_saves_on_ticks(tmp_path):
     """Every step: the trainer's evaluation (its own schedule); every tick_kimg: the row, with the evaluations since
     the last tick, then the snapshot and the state when due; at the end all three."""
-    cfg = TrainConfig(total_kimg=10, tick_kimg=2, snapshot_kimg=4, state_kimg=8)
-    r = run.Run(cfg, tmp_path / "r", run.LoopState(), log=None)
-    r.resume({}, {})
-    events: list = []
-    out = _outputs(r, events, every_kimg=3)
+    r, events, out = _recording_run(tmp_path / "r", 3, total_kimg=10, tick_kimg=2, snapshot_kimg=4, state_kimg=8)
     with r:
         while not r.finished:
             prev, r.state.nimg = r.state.nimg, r.state.nimg + 1000
@@ -276,11 +280,7 @@ def test_after_step_evaluates_when_due_and_snapshots_and_saves_on_ticks(tmp_path
 
 
 def test_after_step_saves_a_state_and_ends_the_loop_after_a_signal(tmp_path):
-    cfg = TrainConfig(total_kimg=10, tick_kimg=4, snapshot_kimg=4, state_kimg=4)
-    r = run.Run(cfg, tmp_path / "r", run.LoopState(), log=None)
-    r.resume({}, {})
-    events: list = []
-    out = _outputs(r, events, every_kimg=100)
+    r, events, out = _recording_run(tmp_path / "r", 100, total_kimg=10, tick_kimg=4, snapshot_kimg=4, state_kimg=4)
     with r:
         r.state.nimg = 1000
         assert r.after_step(0, True, out, {})

@@ -35,6 +35,7 @@ independently and rendered, e.g. by the procedural dSprites renderer of `amr_fas
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -51,7 +52,7 @@ DSPRITES_SIZES = (3, 6, 40, 32, 32)
 Encode = Callable[[torch.Tensor], torch.Tensor]
 
 
-class FactorSampler:
+class FactorSampler(abc.ABC):
     """Draws images conditioned on generative factors. Subclasses define `num_factors`, `sizes` (values per
     factor), `sample(n, rng)` (n images with every factor random), `sample_fixed(k, n, rng)` (n images sharing one
     random value of factor k, the others random), `sample_value(k, value, n, rng)` (the same for a given value
@@ -61,17 +62,17 @@ class FactorSampler:
     num_factors: int
     sizes: np.ndarray
 
-    def sample(self, n: int, rng: np.random.Generator) -> torch.Tensor:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def sample(self, n: int, rng: np.random.Generator) -> torch.Tensor: ...
 
-    def sample_fixed(self, k: int, n: int, rng: np.random.Generator) -> torch.Tensor:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def sample_fixed(self, k: int, n: int, rng: np.random.Generator) -> torch.Tensor: ...
 
-    def sample_value(self, k: int, value: int, n: int, rng) -> torch.Tensor:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def sample_value(self, k: int, value: int, n: int, rng) -> torch.Tensor: ...
 
-    def sample_pairs(self, k: int, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def sample_pairs(self, k: int, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def _integers(rng, high, size) -> np.ndarray:
