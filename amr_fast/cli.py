@@ -12,6 +12,7 @@ import argparse
 import importlib
 import os
 import sys
+from pathlib import Path
 from types import ModuleType
 
 from amr_fast.bench import BENCHES
@@ -82,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         if os.environ.get("AMR_FAST_DEBUG"):
             raise
-        print(f"amr-fast {name}: error: {err}", file=sys.stderr)
+        message = f"amr-fast {name}: error: {err}"
+        errors = os.environ.get("AMR_FAST_ERRORS")  # one of the processes `run.start_processes` started
+        if errors:  # the launcher prints each different message once
+            Path(errors, os.environ.get("RANK", "0")).write_text(message)
+        else:
+            print(message, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"amr-fast {name}: interrupted", file=sys.stderr)

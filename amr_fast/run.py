@@ -41,6 +41,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -110,20 +111,30 @@ def start_processes(n: int, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    for name in list(logging.root.manager.loggerDict):  # its notes on every start and stop
+    for name in list(logging.root.manager.loggerDict):  # its notes on every start and stop, its failure lines
         if name.startswith("torch.distributed.elastic"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.update(AMR_FAST_STARTED="1", ACCELERATE_USE_CPU="1")  # Accelerate: gloo on the CPU
     args = get_args_parser().parse_args(["--standalone", "--nproc_per_node", str(n), "--module", "amr_fast.cli", *argv])
-    try:
-        run(args)
-    except ChildFailedError as err:
-        return next(iter(err.failures.values())).exitcode or 1
-    except SignalException as stop:  # Ctrl-C / SIGTERM: the processes had it too, saved a state and exited (Run)
-        _stop_signal[0] = stop.sigval
-        return exit_status()
+    with tempfile.TemporaryDirectory(prefix="amr-fast-errors-") as errors:
+        os.environ["AMR_FAST_ERRORS"] = errors  # a user error of a process: its message, in a file named by rank
+        try:
+            run(args)
+        except ChildFailedError as err:
+            messages = [p.read_text() for p in sorted(Path(errors).iterdir(), key=lambda p: int(p.name))]
+            for message in dict.fromkeys(messages):  # every process meets the same mistake: say it once
+                print(message, file=sys.stderr)
+            rank, failure = min(err.failures.items())
+            if not messages:  # a crash (its traceback is above) or a signal
+                print(f"amr-fast: process {rank} of {n} failed (exit code {failure.exitcode})", file=sys.stderr)
+            return failure.exitcode or 1
+        except SignalException as stop:  # Ctrl-C / SIGTERM: the processes had it too, saved a state and exited (Run)
+            _stop_signal[0] = stop.sigval
+            return exit_status()
+        finally:
+            del os.environ["AMR_FAST_ERRORS"]
     return 0
 
 

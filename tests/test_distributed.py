@@ -194,6 +194,25 @@ def test_ctrl_c_to_the_processes_exits_130_so_make_stops(shards, tmp_path):
     assert "stopped by a signal" in out and checkpoint.find_latest_state(run) is not None
 
 
+def test_a_user_error_in_the_processes_is_said_once_without_the_launchers_lines(shards, tmp_path):
+    """A mistake every process meets (here: an outdir holding a run of another config) prints its one-line error
+    once, exit 2, without torch's launcher's failure lines; a process that crashes is named with its exit code."""
+    run = tmp_path / "run"
+    r = subprocess.run(cli_train(shards, run, "total_kimg=0.016", "batch=16", "procs=1"), env=cli_env(),
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    r = subprocess.run(cli_train(shards, run, "total_kimg=0.032", "batch=16", "procs=2", "lamb=3"), env=cli_env(),
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    assert errors == [next(line for line in errors if line.startswith("amr-fast train: error:"))], r.stderr
+    assert "holds a run with another config" in errors[0] and "lamb" in errors[0]
+    r = subprocess.run(cli_train(shards, run, "total_kimg=0.032", "batch=16", "procs=2", "lamb=3"),
+                       env=cli_env(AMR_FAST_DEBUG="1"), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 1 and "Traceback" in r.stderr  # AMR_FAST_DEBUG: the error is raised, a crash
+    assert r.stderr.rstrip().endswith("failed (exit code 1)") and "amr-fast: process " in r.stderr, r.stderr
+
+
 def test_accelerate_launch_cpu_num_processes_is_stopped_with_the_right_command(shards, tmp_path):
     """accelerate 1.x: `accelerate launch --cpu --num_processes 2` starts ONE process with WORLD_SIZE unset."""
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]

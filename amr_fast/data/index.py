@@ -62,9 +62,10 @@ def load_index(root: str | Path) -> dict:
                 if path.parent.is_dir() and any(path.parent.glob("*.tar"))
                 else ""
             )
+            out = path.parent if path.name == INDEX_NAME else path  # the dataset's directory, as the user named it
             raise FileNotFoundError(
                 f"no dataset index at {path}{hint}; create the dataset with `amr-fast shard SOURCE --src ... "
-                f"--out {path.parent}`"
+                f"--out {out}`"
             )
         raw, where, base = path.read_bytes(), str(path), str(path.parent)
     index = _parse_index(raw, where)

@@ -1,14 +1,16 @@
-"""Layers with our own CPU kernels (autograd functions), the same maths as torch's layers they replace:
-`AvgPool2` (2x2 average pooling), `Upsample2` (nearest 2x upsampling) and `InstanceNorm` (with an NHWC function
-for channels-last input). They win on a CPU, where torch's kernels for these ops are slow in bf16 or in
-channels-last memory (README, "What makes the default fast"); on every other device each layer calls torch's op,
-one fused launch there. Tested against torch's layers in tests/models/.
+"""Layers with our own CPU kernels (autograd functions or other torch ops), the same maths as torch's layers they
+replace: `AvgPool2` (2x2 average pooling), `Upsample2` (nearest 2x upsampling), `InstanceNorm` (with an NHWC
+function for channels-last input) and `PointwiseConv` (a padded 1x1 convolution as one matrix product). They win
+on a CPU, where torch's kernels for these ops are slow in bf16, in channels-last memory or for few channels
+(README, "What makes the default fast"); on every other device each layer calls torch's op, one fused launch
+there. Tested against torch's layers in tests/models/.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 def _cpu_4d(x: torch.Tensor) -> bool:
@@ -156,3 +158,21 @@ class InstanceNorm(nn.GroupNorm):
         if _cpu_4d(x) and _is_nhwc(x):
             return _InstanceNormNHWC.apply(x, self.weight, self.bias, self.eps)
         return super().forward(x)
+
+
+class PointwiseConv(nn.Conv2d):
+    """`nn.Conv2d(cin, cout, 1, padding=p)`, the same maths, on channels-last CPU input computed as zero padding and
+    one matrix product over the channels (`F.linear` on the [B, H, W, cin] view; autograd gives the backward): the
+    AMR stems' 1x1 convolution from 1 or 3 channels is 4-5x faster so, mostly its weight gradient, which oneDNN
+    computes slowly for so few input channels. The output is channels-last, as torch's. NCHW input and other
+    devices: torch's convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int, padding: int = 0) -> None:
+        super().__init__(in_channels, out_channels, 1, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (_cpu_4d(x) and x.stride(1) == 1 and x.is_contiguous(memory_format=torch.channels_last)):
+            return super().forward(x)
+        p = self.padding[0]
+        x = F.pad(x, (p, p, p, p)) if p else x
+        return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)

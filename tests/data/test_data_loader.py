@@ -147,6 +147,12 @@ def test_interrupted_write_leaves_no_dataset(mnist_like, monkeypatch):
         load_index(mnist_like)
 
 
+def test_a_missing_dataset_says_the_shard_command_for_that_directory(tmp_path):
+    for given in (tmp_path / "fm32", tmp_path / "fm32" / "index.json"):
+        with pytest.raises(FileNotFoundError, match=f"--out {tmp_path / 'fm32'}`"):
+            load_index(given)
+
+
 def test_shards_are_webdataset_shards(mnist_like):
     index = load_index(mnist_like)
     urls = [str(mnist_like / name) for name in index["splits"]["valid"]["shards"]]
