@@ -126,10 +126,12 @@ def start_processes(n: int, argv: list[str]) -> int:
             messages = [p.read_text() for p in sorted(Path(errors).iterdir(), key=lambda p: int(p.name))]
             for message in dict.fromkeys(messages):  # every process meets the same mistake: say it once
                 print(message, file=sys.stderr)
-            rank, failure = min(err.failures.items())
+            # the cause: a process that exited by itself (the launcher then stops the others by SIGTERM), earliest
+            rank, failure = min(err.failures.items(), key=lambda f: (f[1].exitcode < 0, f[1].timestamp, f[0]))
+            code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # killed: 128 + signal
             if not messages:  # a crash (its traceback is above) or a signal
                 print(f"amr-fast: process {rank} of {n} failed (exit code {failure.exitcode})", file=sys.stderr)
-            return failure.exitcode or 1
+            return code
         except SignalException as stop:  # Ctrl-C / SIGTERM: the processes had it too, saved a state and exited (Run)
             _stop_signal[0] = stop.sigval
             return exit_status()
