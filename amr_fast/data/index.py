@@ -62,10 +62,16 @@ def load_index(root: str | Path) -> dict:
                 if path.parent.is_dir() and any(path.parent.glob("*.tar"))
                 else ""
             )
-            out = path.parent if path.name == INDEX_NAME else path  # the dataset's directory, as the user named it
+            folder = path.parent if path.name == INDEX_NAME else path  # the dataset's directory, as the user named it
+            if not hint and folder.is_dir() and any(folder.iterdir()):  # files, no shards: the raw data, likely
+                raise FileNotFoundError(
+                    f"{folder} holds no shards (no {INDEX_NAME}, no .tar): if these are a dataset's published files, "
+                    f"shard them first, `amr-fast shard SOURCE --src {folder} --out DIR` (DIR: a new folder), then "
+                    "pass data=DIR"
+                )
             raise FileNotFoundError(
                 f"no dataset index at {path}{hint}; create the dataset with `amr-fast shard SOURCE --src ... "
-                f"--out {out}`"
+                f"--out {folder}`"
             )
         raw, where, base = path.read_bytes(), str(path), str(path.parent)
     index = _parse_index(raw, where)

@@ -143,7 +143,7 @@ def test_interrupted_write_leaves_no_dataset(mnist_like, monkeypatch):
     with pytest.raises(RuntimeError):
         make_shards("spiral", None, mnist_like, limit=10)  # over an existing dataset
     assert not (mnist_like / "index.json").exists() and not list(mnist_like.glob("*.partial"))
-    with pytest.raises(FileNotFoundError, match="no dataset index"):
+    with pytest.raises(FileNotFoundError, match="holds no shards"):
         load_index(mnist_like)
 
 
@@ -151,6 +151,11 @@ def test_a_missing_dataset_says_the_shard_command_for_that_directory(tmp_path):
     for given in (tmp_path / "fm32", tmp_path / "fm32" / "index.json"):
         with pytest.raises(FileNotFoundError, match=f"--out {tmp_path / 'fm32'}`"):
             load_index(given)
+    raw = tmp_path / "fashion-mnist"  # data= pointed at the published files instead of their shards
+    raw.mkdir()
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=f"holds no shards .* --src {raw} --out DIR` .* data=DIR"):
+        load_index(raw)
 
 
 def test_shards_are_webdataset_shards(mnist_like):
