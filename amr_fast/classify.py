@@ -404,13 +404,14 @@ def _evaluate(net: nn.Module, root: Path, cfg: ClassifyConfig, run: Run, attack:
     cfg.eval_batch, predictions under the run's autocast (bf16 on GPUs), reported for the next tick's row."""
     t_eval = time.time()
     test = data.eval_loader(root, cfg.eval_split, cfg.eval_batch, rank=run.rank, world_size=run.world, workers=0)
-    total = -(-data.load_index(root)["splits"][cfg.eval_split]["num_samples"] // run.world)
+    total = data.load_index(root)["splits"][cfg.eval_split]["num_samples"]
     what = "test error" + ("".join(f" + FGSM {eps:g}" for eps in cfg.fgsm_eps) if attack else "")
     share = eval_share(cfg.eval_max, run.rank, run.world)
     if share is not None:  # eval_max images in all, whatever the number of processes
-        total, test = min(total, share), (test if share else iter(()))
+        total, test = min(total, cfg.eval_max), (test if share else iter(()))
         cfg = dataclasses.replace(cfg, eval_max=share)  # an empty share reads nothing
-    test = progress.counted(test, total, f"{what} on {cfg.eval_split}", run.is_main)
+    # rank 0's bar counts the images of every process (they read equal shares, in step)
+    test = progress.counted(test, total, f"{what} on {cfg.eval_split}", run.is_main, share=run.world)
     for name, values in evaluate(net, test, cfg, run.device, attack, run.accelerator.autocast).items():
         stats.report(name, values)
     stats.report("time/eval", time.time() - t_eval)

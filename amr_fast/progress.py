@@ -124,13 +124,14 @@ def phase(desc: str, show: bool = True) -> Iterator[None]:
             tqdm.write(f"{desc}: done in {time.monotonic() - start:.0f} s", file=sys.stderr)
 
 
-def counted(batches: Iterable[dict], total: int | None, desc: str, show: bool = True) -> Iterator[dict]:
-    """The batches (dicts with "x") of a loader, counting their images on a bar of `total` images."""
+def counted(batches: Iterable[dict], total: int | None, desc: str, show: bool = True, share: int = 1) -> Iterator[dict]:
+    """The batches (dicts with "x") of a loader, counting their images on a bar of `total` images. share: the
+    number of processes reading equal parts of the `total` images (the bar shows `share` x this one's count)."""
     b = bar(total=total, desc=desc, unit="img", unit_scale=True, show=show)
     try:
         for batch in batches:
             yield batch
-            b.update(len(batch["x"]))
+            b.update(min(share * len(batch["x"]), total - b.n) if total else share * len(batch["x"]))
     finally:
         b.close()
 

@@ -51,6 +51,17 @@ def test_off_a_terminal_progress_is_plain_lines_and_a_last_one(monkeypatch, caps
     assert "5/5" in lines[-1] and "5/5" not in lines[0]
 
 
+def test_a_counted_bar_of_several_processes_counts_the_whole_split(monkeypatch, capsys):
+    """Rank 0's bar of an evaluation that every process does on its share: the split's images, not rank 0's."""
+    monkeypatch.setattr(progress, "interactive", lambda: False)
+    monkeypatch.setenv("AMR_FAST_PROGRESS_S", "0.001")
+    batches = [{"x": np.zeros(4)} for _ in range(3)]  # rank 0 of 2 reads 12 of the split's 23 images
+    for _ in progress.counted(iter(batches), 23, "test error", share=2):
+        progress.time.sleep(0.005)
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert re.search(r"\b23(\.0)?/23(\.0)? ", last), last  # 3 batches x 4 x 2 processes, capped at 23
+
+
 def test_a_short_phase_prints_nothing_and_progress_can_be_silenced(monkeypatch, capsys):
     monkeypatch.setattr(progress, "interactive", lambda: False)
     for _ in progress.bar(range(3), desc="short"):  # shorter than the first line's delay

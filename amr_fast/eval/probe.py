@@ -181,9 +181,9 @@ def probe_accuracy(ae, probe, root: Path, split: str, device, rank: int, world_s
     ae.eval()
     probe.eval()
     counts = torch.zeros(2, dtype=torch.float64, device=device)  # correct, total
-    size = -(-load_index(root)["splits"][split]["num_samples"] // world_size)
+    size = load_index(root)["splits"][split]["num_samples"]  # rank 0's bar counts every rank's (equal) share
     batches = ({"x": x, "y": y} for x, y in _eval_batches(root, split, device, rank, world_size, cache))
-    for b in progress.counted(batches, size, f"online probe on {split}", rank == 0):
+    for b in progress.counted(batches, size, f"online probe on {split}", rank == 0, share=world_size):
         x, y = to_unit(b["x"], device), b["y"]
         with autocast():
             logits = probe(ae.encode(to_channels_last(x) if channels_last else x).flatten(1))
