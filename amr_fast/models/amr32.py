@@ -24,7 +24,8 @@ Quirks of the public code (architectures/arch_kyle.py) and what we did with each
   channel per group: the same per-example, per-channel normalisation and affine, same eps and parameter names;
   torch's CPU instance_norm goes through a slower batch-norm reshape), and by our own NHWC function on
   channels-last maps (the presets' default layout).
-- SAME MATHS, FASTER: the 1x1 stems are `cpu_ops.PointwiseConv` (padding, then one matrix product over channels).
+- SAME MATHS, FASTER: the first block is a `cpu_ops.StemBlock`: the 1x1 stem and the 3x3 conv right after it
+  (nothing between them) run as one linear map on channels-last CPU input.
 - SAME MATHS, FASTER: the 2x2 average pooling and the nearest 2x upsampling are `cpu_ops.AvgPool2` /
   `cpu_ops.Upsample2` (row-pair and column-pair adds / expand-copies, faster than torch's kernels on a CPU).
 - The ACGAN head (class-conditional mixer only) is a spectrally normalised linear layer on D's pooled last
@@ -38,7 +39,7 @@ import math
 from torch import nn
 
 from amr_fast.models.base import AutoEncoder, Discriminator, sn
-from amr_fast.models.cpu_ops import AvgPool2, InstanceNorm, PointwiseConv, Upsample2
+from amr_fast.models.cpu_ops import AvgPool2, InstanceNorm, StemBlock, Upsample2
 
 SLOPE = 0.01  # the public code's nn.LeakyReLU() default
 
@@ -70,12 +71,12 @@ def init_acai(module: nn.Module, slope: float = 0.2) -> None:
 def _encoder(channels: int, width: int, latent: int, scales: int, norm: bool) -> tuple[list[nn.Sequential], nn.Conv2d]:
     """Blocks [stem + scale 0], [scale 1], ..., [conv to width << scales], and the last conv to `latent` maps."""
     blocks: list[nn.Sequential] = []
-    stem = PointwiseConv(channels, width, padding=1)  # quirk kept: 32x32 -> 34x34
+    stem = nn.Conv2d(channels, width, 1, padding=1)  # quirk kept: 32x32 -> 34x34
     kp = width
     for s in range(scales):
         k = width << s
-        layers = ([stem] if s == 0 else []) + _conv(kp, k, norm) + _conv(k, k, norm) + [AvgPool2()]
-        blocks.append(nn.Sequential(*layers))
+        layers = _conv(kp, k, norm) + _conv(k, k, norm) + [AvgPool2()]
+        blocks.append(StemBlock(stem, *layers) if s == 0 else nn.Sequential(*layers))  # the stem and its conv: one
         kp = k
     blocks.append(nn.Sequential(*_conv(kp, width << scales, norm)))
     return blocks, nn.Conv2d(width << scales, latent, 3, padding=1)

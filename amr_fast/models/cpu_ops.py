@@ -1,6 +1,6 @@
 """Layers with our own CPU kernels (autograd functions or other torch ops), the same maths as torch's layers they
 replace: `AvgPool2` (2x2 average pooling), `Upsample2` (nearest 2x upsampling), `InstanceNorm` (with an NHWC
-function for channels-last input) and `PointwiseConv` (a padded 1x1 convolution as one matrix product). They win
+function for channels-last input) and `StemBlock` (a 1x1 stem and the 3x3 convolution after it as one). They win
 on a CPU, where torch's kernels for these ops are slow in bf16, in channels-last memory or for few channels
 (README, "What makes the default fast"); on every other device each layer calls torch's op, one fused launch
 there. Tested against torch's layers in tests/models/.
@@ -160,19 +160,53 @@ class InstanceNorm(nn.GroupNorm):
         return super().forward(x)
 
 
-class PointwiseConv(nn.Conv2d):
-    """`nn.Conv2d(cin, cout, 1, padding=p)`, the same maths, on channels-last CPU input computed as zero padding and
-    one matrix product over the channels (`F.linear` on the [B, H, W, cin] view; autograd gives the backward): the
-    AMR stems' 1x1 convolution from 1 or 3 channels is 4-5x faster so, mostly its weight gradient, which oneDNN
-    computes slowly for so few input channels. The output is channels-last, as torch's. NCHW input and other
-    devices: torch's convolution."""
 
-    def __init__(self, in_channels: int, out_channels: int, padding: int = 0) -> None:
-        super().__init__(in_channels, out_channels, 1, padding=padding)
+def _stem_conv3x3(x: torch.Tensor, stem: nn.Conv2d, conv: nn.Conv2d) -> torch.Tensor:
+    """conv(stem(x)) for a 1x1 `stem` (padding p) and a 3x3 `conv` (stride 1, padding 1), x channels-last [N, k, H, W]:
+    one 3x3 convolution of [x zero-padded by p; a channel of ones for the stem's bias] (k + 1 channels over the
+    stem's maps) with the weights conv.weight . [stem.weight | stem.bias]. Autograd gives every gradient (the
+    weights' through their product)."""
+    N, k, H, W = x.shape
+    p = stem.padding[0]
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype  # what conv would use
+    Hs, Ws = H + 2 * p, W + 2 * p  # the stem's maps
+    parts, w1 = [F.pad(x.to(dtype), (p, p, p, p))], stem.weight.flatten(1)  # w1 [C, k]
+    if stem.bias is not None:  # its bias is a weight on a channel of ones over the stem's maps (not the conv's padding)
+        parts.append(torch.ones((), dtype=dtype, device=x.device).expand(N, 1, Hs, Ws))
+        w1 = torch.cat([w1, stem.bias[:, None]], 1)
+    xa = torch.cat(parts, 1).contiguous(memory_format=torch.channels_last)  # [N, K, Hs, Ws]
+    if xa.shape[1] == 1:  # one channel: channels-last strides, or the conv returns NCHW maps (models.base)
+        xa = xa.as_strided(xa.shape, (Hs * Ws, 1, Ws, 1))
+    w3 = conv.weight  # one access, as conv's own forward (a spectral norm's power iteration runs once)
+    with torch.autocast(x.device.type, enabled=False):  # the weights' product in their own precision
+        w = torch.einsum("ocij,cK->oKij", w3, w1.to(w3.dtype))  # [O, K, 3, 3]
+    return F.conv2d(xa, w, conv.bias, padding=1)  # [N, O, Hs, Ws], channels-last
+
+
+class StemBlock(nn.Sequential):
+    """A block that opens with a 1x1 convolution (the stem, any padding) straight into a 3x3 convolution (stride 1,
+    padding 1), as the AMR 32x32 family's first blocks do: nothing lies between the two, so on channels-last CPU
+    input the pair runs as one linear map (`_stem_conv3x3`), the same maths: one 3x3 convolution from k + 1
+    channels instead of oneDNN's 1x1 convolution from 1 or 3 channels (slow, its weight gradient above all) and a
+    3x3 convolution of the stem's 16 maps. The layers after the pair run as they are; other input
+    (NCHW, other devices): every layer in turn. The same modules and state_dict keys as nn.Sequential."""
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__(*layers)
+        stem, conv = layers[0], layers[1]
+        if not (isinstance(stem, nn.Conv2d) and stem.kernel_size == (1, 1) and stem.stride == (1, 1)
+                and stem.groups == 1 and isinstance(stem.padding, tuple) and len(set(stem.padding)) == 1):  # fmt: skip
+            raise ValueError(f"StemBlock opens with a 1x1 convolution, stride 1, one padding; got {stem}")
+        if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+                and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1):  # fmt: skip
+            raise ValueError(f"StemBlock's second layer is a 3x3 convolution, stride 1, padding 1; got {conv}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (_cpu_4d(x) and x.stride(1) == 1 and x.is_contiguous(memory_format=torch.channels_last)):
-            return super().forward(x)
-        p = self.padding[0]
-        x = F.pad(x, (p, p, p, p)) if p else x
-        return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
+        stem, conv, *rest = self
+        if _cpu_4d(x) and x.stride(1) == 1 and x.is_contiguous(memory_format=torch.channels_last):
+            x = _stem_conv3x3(x, stem, conv)
+        else:
+            x = conv(stem(x))
+        for layer in rest:
+            x = layer(x)
+        return x
