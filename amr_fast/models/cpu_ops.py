@@ -160,7 +160,6 @@ class InstanceNorm(nn.GroupNorm):
         return super().forward(x)
 
 
-
 def _stem_conv3x3(x: torch.Tensor, stem: nn.Conv2d, conv: nn.Conv2d) -> torch.Tensor:
     """conv(stem(x)) for a 1x1 `stem` (padding p) and a 3x3 `conv` (stride 1, padding 1), x channels-last [N, k, H, W]:
     one 3x3 convolution of [x zero-padded by p; a channel of ones for the stem's bias] (k + 1 channels over the
