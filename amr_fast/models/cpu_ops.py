@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from amr_fast.models.base import to_channels_last
+
 
 def _cpu_4d(x: torch.Tensor) -> bool:
     """Whether the CPU tunings below apply: they win on a CPU; on a GPU torch's own kernel is one fused launch where
@@ -173,9 +175,7 @@ def _stem_conv3x3(x: torch.Tensor, stem: nn.Conv2d, conv: nn.Conv2d) -> torch.Te
     if stem.bias is not None:  # its bias is a weight on a channel of ones over the stem's maps (not the conv's padding)
         parts.append(torch.ones((), dtype=dtype, device=x.device).expand(N, 1, Hs, Ws))
         w1 = torch.cat([w1, stem.bias[:, None]], 1)
-    xa = torch.cat(parts, 1).contiguous(memory_format=torch.channels_last)  # [N, K, Hs, Ws]
-    if xa.shape[1] == 1:  # one channel: channels-last strides, or the conv returns NCHW maps (models.base)
-        xa = xa.as_strided(xa.shape, (Hs * Ws, 1, Ws, 1))
+    xa = to_channels_last(torch.cat(parts, 1))  # [N, K, Hs, Ws]; channels-last strides also for K = 1
     w3 = conv.weight  # one access, as conv's own forward (a spectral norm's power iteration runs once)
     with torch.autocast(x.device.type, enabled=False):  # the weights' product in their own precision
         w = torch.einsum("ocij,cK->oKij", w3, w1.to(w3.dtype))  # [O, K, 3, 3]

@@ -21,7 +21,7 @@ def _block(cin: int, padding: int, bias: bool, spectral: bool, norm: bool) -> St
 
 @pytest.mark.parametrize("cin, padding, bias, spectral, norm",
                          [(1, 1, True, True, False), (3, 1, True, False, True), (2, 0, False, False, False),
-                          (1, 2, True, False, False)])  # fmt: skip
+                          (1, 2, True, False, False), (1, 0, False, False, False)])  # fmt: skip
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_stem_block_is_the_layers_one_by_one(cin, padding, bias, spectral, norm, channels_last, monkeypatch):
     fused = _block(cin, padding, bias, spectral, norm)
