@@ -20,6 +20,8 @@ import hashlib
 import torch
 import torch.distributed as dist
 
+from amr_fast import comm
+
 
 def draws(seed: int, step: int, phase: str | int, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator on `device` seeded by a hash of (seed, step, phase): the same on every rank and every launch."""
@@ -30,16 +32,13 @@ def draws(seed: int, step: int, phase: str | int, device: torch.device | str = "
 class _GatherRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        world, rank = dist.get_world_size(), dist.get_rank()
-        ctx.rows, ctx.rank = x.shape[0], rank
-        out = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(out, x.contiguous())
-        return torch.cat(out)
+        ctx.rows, ctx.rank = x.shape[0], dist.get_rank()
+        return comm.all_gather(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad)  # every rank's loss reaches every row
+        comm.all_reduce(grad)  # every rank's loss reaches every row
         return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
 
 
@@ -47,11 +46,7 @@ def gather_rows(x: torch.Tensor, world: int) -> torch.Tensor:
     """[B, ...] per rank -> [world * B, ...], rank r's rows at r * B; the identity on one process."""
     if world <= 1:
         return x
-    if x.requires_grad:
-        return _GatherRows.apply(x)
-    out = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(out, x.contiguous())
-    return torch.cat(out)
+    return _GatherRows.apply(x) if x.requires_grad else comm.all_gather(x)
 
 
 def local_rows(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:

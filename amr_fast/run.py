@@ -49,10 +49,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from accelerate import Accelerator
 
-from amr_fast import checkpoint, progress, stats
+from amr_fast import checkpoint, comm, progress, stats
 from amr_fast.data import stream_counts
 from amr_fast.eval import tensorboard as eval_tensorboard
 from amr_fast.overrides import from_dict, parse_overrides, to_json
@@ -255,7 +254,7 @@ def skip_on_device(optimizers: Iterable[torch.optim.Optimizer], flags: torch.Ten
 
 def sum_over_ranks(flags: torch.Tensor, world_size: int) -> torch.Tensor:
     if world_size > 1:
-        dist.all_reduce(flags)
+        comm.all_reduce(flags)
     return flags
 
 
@@ -342,6 +341,7 @@ class Run:
         check_world_size(self.accelerator.num_processes)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device, self.is_main = self.accelerator.device, self.accelerator.is_main_process
+        self.shared_memory = comm.setup(self.rank, self.world, self.device)  # the step's collectives on one host
         if self.device.type == "cpu":
             keep_freed_memory()
         self.fp16 = self.accelerator.mixed_precision == "fp16"
@@ -598,6 +598,7 @@ class Run:
 
     def __exit__(self, *exc: Any) -> None:
         self.bar.close()
+        comm.close()
         for sig, handler in self._handlers.items():
             signal.signal(sig, handler)
         self._handlers.clear()

@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from amr_fast import checkpoint, globalbatch, models, progress
+from amr_fast import checkpoint, comm, globalbatch, models, progress
 from amr_fast import data as amr_data
 from amr_fast import run as run_lib
 from amr_fast.config import TrainConfig, probe_adam_args
@@ -147,7 +147,7 @@ def _reduce_gradients(params: list[torch.Tensor], flags: torch.Tensor, world_siz
         return flags
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.flatten().float() for g in grads] + [flags.float()])
-    dist.all_reduce(flat)
+    comm.all_reduce(flat)
     n = flat.numel() - flags.numel()
     flat[:n].div_(world_size)
     offset = 0

@@ -3,20 +3,22 @@ mixing of both trainers against a one-process reference computed on every rank.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/dist_checks.py OUT.json CONFIG.json
 
-Writes (rank 0) OUT.json: per check, the largest relative difference between the ranks' result and the reference.
+Writes (rank 0) OUT.json: per check, the largest relative difference between the ranks' result and the reference;
+the gather and AMR checks run twice, with the step's collectives through gloo and through shared memory (`comm`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from amr_fast import classify, globalbatch
+from amr_fast import classify, comm, globalbatch
 from amr_fast.config import ClassifyConfig
 from amr_fast.losses import AMRLoss
 from amr_fast.models import build_classifier, build_networks
@@ -93,13 +95,20 @@ def check_classify(rank: int, world: int) -> dict[str, float]:
 def main() -> None:
     out, cfg_path = sys.argv[1], sys.argv[2]
     dist.init_process_group("gloo")
+    os.environ["AMR_FAST_SHM"] = "0"  # first pass: gloo
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(1)
     base = from_dict(json.loads(open(cfg_path).read()))
-    result = {"gather_grad": check_gather_gradient(rank, world), **check_classify(rank, world)}
-    for label, kw in {"class": dict(mixer="class", disc_mix="pixel"), "mixup3": dict(mixer="mixup", k=3, beta=0.5),
-                      "bernoulli": dict(mixer="bernoulli", per_example_mask=False)}.items():  # fmt: skip
-        result.update({f"{label}/{k}": v for k, v in check_amr(dataclasses.replace(base, **kw), rank, world).items()})
+    result = {**check_classify(rank, world)}
+    for path in ("gloo", "shm"):  # the step's collectives through torch.distributed, then through shared memory
+        assert comm.setup(rank, world, torch.device("cpu")) == (path == "shm" and comm.supported())
+        result[f"{path}/gather_grad"] = check_gather_gradient(rank, world)
+        for label, kw in {"class": dict(mixer="class", disc_mix="pixel"), "mixup3": dict(mixer="mixup", k=3, beta=0.5),
+                          "bernoulli": dict(mixer="bernoulli", per_example_mask=False)}.items():  # fmt: skip
+            cfg = dataclasses.replace(base, **kw)
+            result.update({f"{path}/{label}/{k}": v for k, v in check_amr(cfg, rank, world).items()})
+        os.environ.pop("AMR_FAST_SHM", None)
+    comm.close()
     dist.barrier()
     dist.destroy_process_group()
     # the group's threads must be gone now: one left to the interpreter's exit aborts the process (kernels/ops.py)
