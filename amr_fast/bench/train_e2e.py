@@ -29,6 +29,8 @@ def end_to_end(args: argparse.Namespace, step: dict) -> dict:
         work = Path(tmp)
         out["runs"]["train, default config"] = run_train_e2e(data, args.e2e_kimg, {}, work)
         out["runs"]["train, procs=1"] = run_train_e2e(data, args.e2e_kimg, {"procs": "1"}, work)
+        if out["runs"]["train, default config"]["processes"] not in (None, 1):  # the collectives through gloo
+            out["runs"]["train, AMR_FAST_SHM=0"] = run_train_e2e(data, args.e2e_kimg, {}, work, env={"AMR_FAST_SHM": "0"})
         if out["runs"]["train, default config"]["precision"] != "fp32":
             out["runs"]["train, precision=fp32"] = run_train_e2e(data, args.e2e_kimg, {"precision": "fp32"}, work)
         with ThreadPoolExecutor(2) as pool:  # two default runs side by side, as two users of one machine
@@ -129,10 +131,12 @@ _HWM_MAIN = (
 )
 
 
-def run_train_e2e(data: Path, kimg: float, overrides: dict[str, str], workdir: Path, name: str = "") -> dict:
+def run_train_e2e(
+    data: Path, kimg: float, overrides: dict[str, str], workdir: Path, name: str = "", env: dict | None = None
+) -> dict:
     """`amr-fast train --preset fashion-mnist-mixup` (the default config plus `overrides`; `procs=N` chooses the
     number of processes, by default one per core on a CPU) for `kimg` on `data`, ticks every kimg / 8, no probe /
-    snapshot / state until the end: img/s over the steady ticks (all but the first, which holds start-up; the
+    snapshot / state until the end (`env`: variables set for it): img/s over the steady ticks (all but the first, which holds start-up; the
     end-of-run evaluation is timed apart by the trainer, `sec/eval`). Peak RSS: the command's own process (with
     several processes, the launcher's; each data-parallel process holds its own copy of the model)."""
     outdir = workdir / f"train-{name or len(list(workdir.glob('train-*')))}"
@@ -142,7 +146,7 @@ def run_train_e2e(data: Path, kimg: float, overrides: dict[str, str], workdir: P
     rss = workdir / f"rss-{outdir.name}.txt"
     cmd = [sys.executable, "-c", _HWM_MAIN, str(rss), "train", "--preset", "fashion-mnist-mixup"]
     cmd += ["--outdir", str(outdir), f"data={data}"] + [f"{k}={v}" for k, v in args.items()]
-    rc, info = _child(cmd)
+    rc, info = _child(cmd, env={**os.environ, **env} if env else None)
     if rc != 0:
         raise RuntimeError(f"amr-fast train failed ({rc}):\n{info['tail']}")
     info["peak_rss_mb"] = int(rss.read_text().split()[1]) / 1024  # VmHWM, kB
@@ -156,7 +160,7 @@ def run_train_e2e(data: Path, kimg: float, overrides: dict[str, str], workdir: P
     shutil.rmtree(outdir, ignore_errors=True)
     return {"img_per_s": sum(images) / seconds, "precision": precision, "peak_rss_mb": info["peak_rss_mb"],
             "cpu_s": info["cpu_s"], "wall_s": info["wall_s"], "sec_eval_last": rows[-1].get("sec/eval"),
-            "overrides": overrides, "processes": procs}  # fmt: skip
+            "overrides": overrides, "env": env or {}, "processes": procs}  # fmt: skip
 
 
 def run_public(public: Path, variant: str = "mixup", iters: int = 0) -> dict:

@@ -63,3 +63,5 @@ def test_end_to_end_row_runs_the_real_trainer(tmp_path):
     r = run_train_e2e(data, 0.128, {"workers": "1", "num_classes": "3"}, work)
     assert r["img_per_s"] > 0 and r["precision"] == "fp32" and r["processes"] == 1 and 50 < r["peak_rss_mb"] < 8000
     assert not list(work.glob("train-*"))  # the run directory is removed
+    two = run_train_e2e(data, 0.128, {"workers": "1", "num_classes": "3"}, work, env={"AMR_FAST_PROCS": "2"})
+    assert two["processes"] == 2 and two["env"] == {"AMR_FAST_PROCS": "2"}  # `env` reaches the trainer
