@@ -30,7 +30,8 @@ def end_to_end(args: argparse.Namespace, step: dict) -> dict:
         out["runs"]["train, default config"] = run_train_e2e(data, args.e2e_kimg, {}, work)
         out["runs"]["train, procs=1"] = run_train_e2e(data, args.e2e_kimg, {"procs": "1"}, work)
         if out["runs"]["train, default config"]["processes"] not in (None, 1):  # the collectives through gloo
-            out["runs"]["train, AMR_FAST_SHM=0"] = run_train_e2e(data, args.e2e_kimg, {}, work, env={"AMR_FAST_SHM": "0"})
+            gloo = {"AMR_FAST_SHM": "0"}
+            out["runs"]["train, AMR_FAST_SHM=0"] = run_train_e2e(data, args.e2e_kimg, {}, work, env=gloo)
         if out["runs"]["train, default config"]["precision"] != "fp32":
             out["runs"]["train, precision=fp32"] = run_train_e2e(data, args.e2e_kimg, {"precision": "fp32"}, work)
         with ThreadPoolExecutor(2) as pool:  # two default runs side by side, as two users of one machine
@@ -135,10 +136,11 @@ def run_train_e2e(
     data: Path, kimg: float, overrides: dict[str, str], workdir: Path, name: str = "", env: dict | None = None
 ) -> dict:
     """`amr-fast train --preset fashion-mnist-mixup` (the default config plus `overrides`; `procs=N` chooses the
-    number of processes, by default one per core on a CPU) for `kimg` on `data`, ticks every kimg / 8, no probe /
-    snapshot / state until the end (`env`: variables set for it): img/s over the steady ticks (all but the first, which holds start-up; the
-    end-of-run evaluation is timed apart by the trainer, `sec/eval`). Peak RSS: the command's own process (with
-    several processes, the launcher's; each data-parallel process holds its own copy of the model)."""
+    number of processes, by default one per core on a CPU; `env`: variables set for it) for `kimg` on `data`, ticks
+    every kimg / 8, no probe / snapshot / state until the end: img/s over the steady ticks (all but the first, which
+    holds start-up; the end-of-run evaluation is timed apart by the trainer, `sec/eval`). Peak RSS: the command's
+    own process (with several processes, the launcher's; each data-parallel process holds its own copy of the
+    model)."""
     outdir = workdir / f"train-{name or len(list(workdir.glob('train-*')))}"
     shutil.rmtree(outdir, ignore_errors=True)
     args = {"total_kimg": kimg, "tick_kimg": kimg / 8, "probe_kimg": 10 * kimg, "snapshot_kimg": 10 * kimg,
