@@ -93,6 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"amr-fast {name}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        end_process_group()
+
+
+def end_process_group() -> None:
+    """A process of a multi-process run that ends by an error: its process group (gloo's threads) ends here, not at
+    interpreter exit, where a native thread still joinable aborts the process (`terminate called without an active
+    exception`, SIGABRT) after the error was said. A run that ends well has ended it already (`Run.__exit__`)."""
+    dist = sys.modules.get("torch.distributed")  # not imported: no process group (and --help stays fast)
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        from amr_fast import comm
+
+        comm.close()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
